@@ -1,0 +1,25 @@
+# Two commands do everything on a fresh machine (Python >= 3.11 with pip, a Rust toolchain):
+#   make demo   set up, then run xfd end to end on embedded defaults
+#   make test   set up, then run every test (Rust and Python)
+# Both are idempotent: a second run only rebuilds what changed.
+
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+PYTHON ?= python3
+
+.PHONY: demo test setup
+
+demo: setup
+	$(UV) run --frozen xfd demo
+
+test: setup
+	cargo test --workspace --locked
+	$(UV) run --frozen pytest
+
+# uv is installed into the repository (.tools/), not into the user's environment. `uv sync --frozen`
+# installs exactly the versions in uv.lock and builds the Rust extension (again only if Rust changed).
+setup: $(UV)
+	$(UV) sync --frozen
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv uv==$(UV_VERSION)

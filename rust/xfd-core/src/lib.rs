@@ -1,0 +1,13 @@
+//! xfd-core: the node-local engine behind xfd.
+//!
+//! Pure Rust (no Python): everything here is usable and tested with `cargo test` alone. The pyo3 crate
+//! `xfd-py` only converts types and errors at the boundary.
+
+pub mod error;
+pub mod hash;
+
+pub use error::{Error, Result};
+pub use hash::{ChunkDigest, hash_file_range, hash_file_range_async};
+
+/// The engine's version, shared with the Python package (both come from the workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+"""DECLARE: the manifest, what must be on every node (stores, artifacts, settings)."""

@@ -1,0 +1,1 @@
+"""Notebook rendering: progress widgets and rich reprs, with a tqdm/text fallback."""
