@@ -2,6 +2,8 @@
 #   make demo   set up, then run xfd end to end on embedded defaults
 #   make test   set up, then run every test (Rust and Python)
 # Both are idempotent: a second run only rebuilds what changed.
+# Programs run from .venv/bin, not through `uv run`: Ray detects `uv run` and replays it on every worker
+# inside a copy of the working directory, where the git-ignored .tools/uv does not exist.
 
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
@@ -10,11 +12,11 @@ PYTHON ?= python3
 .PHONY: demo test setup
 
 demo: setup
-	$(UV) run --frozen xfd demo
+	.venv/bin/xfd demo
 
 test: setup
 	cargo test --workspace --locked
-	$(UV) run --frozen pytest
+	.venv/bin/pytest
 
 # uv is installed into the repository (.tools/), not into the user's environment. `uv sync --frozen`
 # installs exactly the versions in uv.lock and builds the Rust extension (again only if Rust changed).
