@@ -1,5 +1,7 @@
 """xfd: put large artifacts on every node of a Ray cluster, fetching each byte from object storage once."""
 
 from xfd._core import __version__
+from xfd.errors import ManifestError, PlanError, XfdError
+from xfd.manifest import Manifest, ManifestBuilder
 
-__all__ = ["__version__"]
+__all__ = ["Manifest", "ManifestBuilder", "ManifestError", "PlanError", "XfdError", "__version__"]

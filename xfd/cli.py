@@ -31,6 +31,22 @@ def _parser() -> argparse.ArgumentParser:
     hash_command.add_argument("--length", type=int, default=None, help="number of bytes (default: to the end)")
     hash_command.set_defaults(run=_run_hash)
 
+    check = commands.add_parser("check", help="validate a manifest without contacting any store")
+    check.add_argument("manifest", help="path of the TOML manifest")
+    check.set_defaults(run=_run_check)
+
+    plan = commands.add_parser("plan", help="resolve a manifest against its stores and print the plan")
+    plan.add_argument("manifest", help="path of the TOML manifest")
+    plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    plan.add_argument("--locked", action="store_true", help="fail if the stores changed since `xfd lock`")
+    plan.add_argument("--lock-file", default=None, help="lock file (default: <manifest>.lock.json)")
+    plan.set_defaults(run=_run_plan)
+
+    lock = commands.add_parser("lock", help="record the identity of every object the manifest resolves to")
+    lock.add_argument("manifest", help="path of the TOML manifest")
+    lock.add_argument("--lock-file", default=None, help="lock file (default: <manifest>.lock.json)")
+    lock.set_defaults(run=_run_lock)
+
     demo = commands.add_parser("demo", help="run xfd end to end on embedded defaults (local S3, simulated nodes)")
     demo.add_argument("--nodes", type=int, default=4, help="simulated nodes, head included (default: 4)")
     demo.add_argument("--size-mib", type=int, default=64, help="size of the sample artifact (default: 64)")
@@ -42,6 +58,34 @@ def _run_hash(args: argparse.Namespace) -> int:
     from xfd import _core
 
     print(_core.hash_file_range(args.path, args.offset, args.length))
+    return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from xfd.manifest import Manifest
+
+    manifest = Manifest.load(args.manifest)
+    print(f"{args.manifest}: ok ({len(manifest.stores)} stores, {len(manifest.artifacts)} artifacts)")
+    return 0
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from xfd.manifest import Manifest
+
+    plan = Manifest.load(args.manifest).plan(locked=args.locked, lock_path=args.lock_file)
+    print(plan.to_json(indent=2) if args.json else plan.summary())
+    return 0
+
+
+def _run_lock(args: argparse.Namespace) -> int:
+    from xfd.lockfile import default_lock_path
+    from xfd.manifest import Manifest
+
+    manifest = Manifest.load(args.manifest)
+    plan = manifest.plan()
+    path = args.lock_file or default_lock_path(manifest)
+    plan.write_lock(path)
+    print(f"locked {len(plan.objects)} objects in {path}")
     return 0
 
 

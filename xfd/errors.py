@@ -24,4 +24,32 @@ class RangeError(EngineError, ValueError):
     """A byte range does not lie inside the file it addresses."""
 
 
-__all__ = ["ConfigError", "EngineError", "RangeError", "XfdError"]
+
+
+class ManifestError(XfdError, ValueError):
+    """A manifest has problems. ``problems`` lists each with the path of the offending value.
+
+    The message names the source (the TOML file, or ``builder``) and has one line per problem, such as
+    ``artifacts[2].unpack.format: must be one of auto, tar, tar.gz, tgz, zip (got 'rar')``.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        lines = [f"{path}: {message}" if path else message for path, message in self.problems]
+        where = self.source or "manifest"
+        if len(lines) == 1:
+            return f"{where}: {lines[0]}"
+        return f"{where} has {len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class PlanError(XfdError):
+    """The stores do not hold what the manifest asks for (a missing key, a denied access, a key that
+    would land outside its destination, a changed object in locked mode). The message says which
+    artifact, which key, and what to do."""
+
+
+__all__ = ["ConfigError", "EngineError", "ManifestError", "PlanError", "RangeError", "XfdError"]

@@ -47,12 +47,12 @@ class OriginTraffic:
 
     @property
     def get_bytes(self) -> int:
-        """Body bytes sent in answer to GET requests: the bytes downloaded from the origin."""
-        return sum(r.body_bytes for r in self.requests if r.method == "GET")
+        """Body bytes of successful GETs: the object bytes downloaded from the origin."""
+        return sum(r.body_bytes for r in self.requests if r.method == "GET" and r.status < 300)
 
     def get_bytes_for(self, key_path: str) -> int:
         """GET body bytes for one object, addressed as ``/bucket/key`` (path-style)."""
-        return sum(r.body_bytes for r in self.requests if r.method == "GET" and r.path == key_path)
+        return sum(r.body_bytes for r in self.requests if r.method == "GET" and r.status < 300 and r.path == key_path)
 
 
 class CountingProxy:
@@ -69,6 +69,7 @@ class CountingProxy:
         self.host = host
         self._records: list[_Entry] = []
         self._lock = threading.Lock()
+        self._refusals: list[tuple[str, int]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -104,8 +105,20 @@ class CountingProxy:
             return OriginTraffic(tuple(entry.freeze() for entry in self._records))
 
     def reset(self) -> None:
+        """Clears the counters and every refusal rule."""
         with self._lock:
             self._records.clear()
+            self._refusals.clear()
+
+    def refuse(self, path_prefix: str, status: int = 403) -> None:
+        """Answers every request whose path starts with ``path_prefix`` with ``status`` and an S3-style
+        error body, without forwarding it: how tests make a store deny access or fail."""
+        with self._lock:
+            self._refusals.append((path_prefix, status))
+
+    def _refusal(self, path: str) -> int | None:
+        with self._lock:
+            return next((status for prefix, status in self._refusals if path.startswith(prefix)), None)
 
     def _begin(self, method: str, path: str, byte_range: str | None) -> _Entry:
         entry = _Entry(method, urlsplit(path).path, byte_range)
@@ -144,6 +157,9 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self._read_request_body()
+        if (status := self.proxy._refusal(urlsplit(self.path).path)) is not None:
+            self._refuse(status)
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body is not None:
             headers["Content-Length"] = str(len(body))
@@ -152,6 +168,20 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
             self.send_error(502, "upstream unreachable")
             return
         self._relay(response, self.proxy._begin(self.command, self.path, self.headers.get("Range")))
+
+    def _refuse(self, status: int) -> None:
+        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"))
+        entry.status = status
+        code = {403: "AccessDenied", 404: "NoSuchKey", 503: "SlowDown"}.get(status, "InternalError")
+        body = b"" if self.command == "HEAD" else (
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+            f"<Message>refused by the test proxy</Message></Error>".encode()
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_upstream(self, body: bytes | None, headers: dict[str, str]) -> http.client.HTTPResponse | None:
         # A kept-alive upstream connection may have been closed by the server meanwhile: one fresh retry.

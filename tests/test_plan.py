@@ -1,0 +1,251 @@
+"""The compiler: chunking, dedupe, destinations, determinism, lock files; against the real S3 server."""
+
+from __future__ import annotations
+
+import os
+
+import obstore
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xfd import Manifest, PlanError
+from xfd.cli import main
+from xfd.errors import ConfigError
+from xfd.manifest import ObjectArtifact, Settings, Store
+from xfd.plan import Plan, _assemble, _Found
+from xfd.sandbox import CountingProxy, LocalS3
+
+MiB = 1 << 20
+
+
+def local_manifest(sizes: list[int], chunk_size: int) -> tuple[Manifest, list[list[_Found]]]:
+    artifacts = tuple(ObjectArtifact(store="s", key=f"k{i}", to=f"/d/k{i}") for i in range(len(sizes)))
+    manifest = Manifest(stores={"s": Store("s3://b")}, artifacts=artifacts, settings=Settings(chunk_size=chunk_size))
+    listings = [[_Found(f"k{i}", size, f'"etag{i}"', None, None)] for i, size in enumerate(sizes)]
+    return manifest, listings
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50 * MiB), min_size=1, max_size=5), chunk_mib=st.integers(1, 16))
+def test_chunks_cover_every_object_exactly_once(sizes, chunk_mib):
+    manifest, listings = local_manifest(sizes, chunk_mib * MiB)
+    plan = _assemble(manifest, listings)
+    for plan_object in plan.objects:
+        position = 0
+        for index, chunk in enumerate(plan_object.chunks):
+            assert chunk.index == index and chunk.offset == position
+            assert 0 < chunk.length <= chunk_mib * MiB
+            position += chunk.length
+        assert position == plan_object.size
+    all_ids = [c.id for o in plan.objects for c in o.chunks]
+    assert len(all_ids) == len(set(all_ids))
+    assert plan.unique_bytes == sum(sizes)
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 10 * MiB), min_size=1, max_size=4))
+def test_the_same_inputs_give_the_same_plan_bytes(sizes):
+    first = _assemble(*local_manifest(sizes, MiB)).to_json()
+    again = _assemble(*local_manifest(sizes, MiB)).to_json()
+    assert first == again
+    assert Plan.from_json(first).to_json() == first
+
+
+def test_a_changed_etag_changes_every_id():
+    manifest, listings = local_manifest([3 * MiB], MiB)
+    before = _assemble(manifest, listings)
+    listings[0][0] = _Found("k0", 3 * MiB, '"other"', None, None)
+    after = _assemble(manifest, listings)
+    assert before.objects[0].id != after.objects[0].id
+    assert not {c.id for c in before.objects[0].chunks} & {c.id for c in after.objects[0].chunks}
+
+
+def test_plan_json_of_another_format_is_refused():
+    with pytest.raises(ConfigError, match="not an xfd plan"):
+        Plan.from_json('{"format": "something/9"}')
+
+
+# --- against the S3 server ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(s3: LocalS3, bucket: str) -> dict[str, bytes]:
+    store = s3.store(bucket)
+    objects = {
+        "root/model.bin": os.urandom(3 * MiB + 5),
+        "root/empty.bin": b"",
+        "root/tok/a.json": b'{"a": 1}',
+        "root/tok/sub/b.json": b'{"b": 2}',
+        "root/tok/sub/c.txt": b"c",
+        "root/tok/skip.tmp.json": b"{}",
+    }
+    for key, data in objects.items():
+        obstore.put(store, key, data)
+    return objects
+
+
+def builder_for(s3: LocalS3, bucket: str, endpoint: str | None = None):
+    options = s3.store_options(endpoint)
+    client = options.pop("client_options")
+    return Manifest.builder().store("m", f"s3://{bucket}/root", **options, **client).settings(chunk_size="1MiB")
+
+
+def test_objects_and_prefixes_resolve_with_nested_keys_and_globs(s3, bucket, filled):
+    plan = (
+        builder_for(s3, bucket)
+        .object("m", "model.bin", to="/models/")
+        .object("m", "empty.bin", to="/models/empty.bin")
+        .prefix("m", "tok", to="/tok", include=["*.json"], exclude=["*.tmp.json"], name="tokenizer")
+        .build()
+        .plan()
+    )
+    assert [f.destination for f in plan.files] == [
+        "/models/empty.bin", "/models/model.bin", "/tok/a.json", "/tok/sub/b.json",
+    ]
+    sizes = {plan.object(f.object_id).key: plan.object(f.object_id).size for f in plan.files}
+    assert sizes == {"model.bin": 3 * MiB + 5, "empty.bin": 0, "tok/a.json": 8, "tok/sub/b.json": 8}
+    model = next(o for o in plan.objects if o.key == "model.bin")
+    assert [c.length for c in model.chunks] == [MiB, MiB, MiB, 5]
+    assert model.etag and model.last_modified
+    assert next(o for o in plan.objects if o.key == "empty.bin").chunks == ()
+
+
+def test_a_prefix_with_or_without_trailing_slash_gives_the_same_plan(s3, bucket, filled):
+    with_slash = builder_for(s3, bucket).prefix("m", "tok/", to="/tok/").build().plan()
+    without = builder_for(s3, bucket).prefix("m", "tok", to="/tok").build().plan()
+    assert with_slash.files == without.files and with_slash.objects == without.objects
+
+
+def test_the_same_object_at_two_destinations_is_fetched_once(s3, bucket, filled):
+    plan = (
+        builder_for(s3, bucket)
+        .object("m", "model.bin", to="/a/model.bin")
+        .object("m", "model.bin", to="/b/model.bin", name="copy")
+        .prefix("m", "tok", to="/tok", include=["a.json"])
+        .object("m", "tok/a.json", to="/again/a.json")
+        .build()
+        .plan()
+    )
+    assert len(plan.objects) == 2
+    assert len(plan.files) == 4
+    assert plan.unique_bytes == 3 * MiB + 5 + 8
+
+
+def test_plans_are_deterministic_against_the_store(s3, bucket, filled):
+    manifest = builder_for(s3, bucket).object("m", "model.bin", to="/m").prefix("m", "tok", to="/t").build()
+    assert manifest.plan().to_json() == manifest.plan().to_json()
+
+
+def test_resolution_is_concurrent_and_counted_at_the_origin(s3, bucket, filled, origin: CountingProxy):
+    builder = builder_for(s3, bucket, origin.endpoint)
+    for index in range(20):
+        builder = builder.object("m", "model.bin", to=f"/copies/{index}.bin")
+    plan = builder.prefix("m", "tok", to="/t").build().plan()
+    traffic = origin.traffic()
+    assert [r.method for r in traffic.requests].count("HEAD") == 20
+    assert traffic.get_bytes < 10_000  # listing only: planning never downloads object bytes
+    assert len(plan.objects) == 5
+
+
+def test_missing_keys_and_empty_prefixes_are_clear_errors(s3, bucket, filled):
+    manifest = (
+        builder_for(s3, bucket)
+        .object("m", "nope.bin", to="/x")
+        .object("m", "model.bin", to="/y")
+        .prefix("m", "nothing-here", to="/z")
+        .prefix("m", "tok", to="/w", include=["*.yaml"])
+        .build()
+    )
+    with pytest.raises(PlanError) as info:
+        manifest.plan()
+    assert str(info.value) == (
+        "3 artifacts cannot be resolved:\n"
+        f"  artifacts[0] (nope.bin): s3://{bucket}/root/nope.bin does not exist; check the key and the store URL\n"
+        f"  artifacts[2] (nothing-here): no objects under s3://{bucket}/root/nothing-here; check the prefix and the globs\n"
+        f"  artifacts[3] (tok): none of the 4 objects match include/exclude under s3://{bucket}/root/tok; "
+        "check the prefix and the globs"
+    )
+
+
+def test_access_denied_is_a_clear_error(s3, bucket, filled, origin: CountingProxy):
+    origin.refuse(f"/{bucket}/root/model.bin", 403)
+    with pytest.raises(PlanError) as info:
+        builder_for(s3, bucket, origin.endpoint).object("m", "model.bin", to="/x").build().plan()
+    assert str(info.value) == (
+        f"artifacts[0] (model.bin): access to s3://{bucket}/root/model.bin was denied; "
+        "check the credentials of store 'm'"
+    )
+
+
+def test_hostile_keys_under_a_prefix_are_refused(s3, bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="x", aws_secret_access_key="y",
+                          region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="root/data/../../escape", Body=b"x")
+    with pytest.raises(PlanError, match=r"holds a key that cannot be mapped to a file safely"):
+        builder_for(s3, bucket).prefix("m", "data", to="/data").build().plan()
+
+
+def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, bucket, filled):
+    with pytest.raises(PlanError, match=r"/tok/a.json is the destination of two different objects"):
+        (builder_for(s3, bucket).prefix("m", "tok", to="/tok")
+         .object("m", "model.bin", to="/tok/a.json").build().plan())
+    with pytest.raises(PlanError, match=r"/tok is a file of artifact 'model.bin' and also a directory holding"):
+        builder_for(s3, bucket).prefix("m", "tok", to="/tok").object("m", "model.bin", to="/tok").build().plan()
+
+
+def test_secrets_stay_out_of_plans(s3, bucket, filled):
+    canary = "CANARY-SECRET-91ab"
+    options = s3.store_options()
+    client = options.pop("client_options")
+    options["session_token"] = canary
+    plan = (Manifest.builder().store("m", f"s3://{bucket}/root", **{**options, **client})
+            .object("m", "model.bin", to="/x").build().plan())
+    assert canary not in plan.to_json() and canary not in repr(plan) and canary not in plan._repr_html_()
+    assert "session_token" not in plan.to_json()
+
+
+def test_environment_templates_are_resolved_when_planning(s3, bucket, filled, monkeypatch):
+    monkeypatch.setenv("XFD_TEST_ENDPOINT", s3.endpoint)
+    options = s3.store_options()
+    client = options.pop("client_options")
+    options["endpoint"] = "${XFD_TEST_ENDPOINT}"
+    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options, **client).object(
+        "m", "model.bin", to="/x").build()
+    assert manifest.plan().stores["m"].options["endpoint"] == "${XFD_TEST_ENDPOINT}"
+    monkeypatch.delenv("XFD_TEST_ENDPOINT")
+    with pytest.raises(ConfigError, match=r"stores.m.endpoint: environment variable XFD_TEST_ENDPOINT is not set"):
+        manifest.plan()
+
+
+def test_lock_file_accepts_the_same_store_and_refuses_a_changed_one(s3, bucket, filled, tmp_path, capsys):
+    options = s3.store_options()
+    client = options.pop("client_options")
+    path = tmp_path / "artifacts.toml"
+    store_lines = "\n".join(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
+                            for k, v in {**options, **client}.items())
+    path.write_text(f'[stores.m]\nurl = "s3://{bucket}/root"\n{store_lines}\n'
+                    '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/tok"\n')
+    assert main(["lock", str(path)]) == 0
+    assert (tmp_path / "artifacts.lock.json").exists()
+    assert main(["plan", "--locked", str(path)]) == 0
+    assert "plan: 1 artifacts, 4 files" in capsys.readouterr().out
+
+    obstore.put(s3.store(bucket), "root/tok/a.json", b'{"a": "changed"}')
+    obstore.put(s3.store(bucket), "root/tok/new.json", b"{}")
+    assert main(["plan", "--locked", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the stores no longer match the lock file" in err
+    assert f"changed: s3://{bucket}/root/tok/a.json" in err and f"new: s3://{bucket}/root/tok/new.json" in err
+
+
+def test_cli_check_and_plan_json(s3, bucket, filled, tmp_path, capsys):
+    path = tmp_path / "a.toml"
+    path.write_text('[stores.m]\nurl = "s3://b"\n[[artifacts]]\nstore = "m"\nkey = "k"\nto = "/k"\n')
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok (1 stores, 1 artifacts)"
+    path.write_text('[stores.m]\nurl = "s3://b"\n[[artifacts]]\nstore = "m"\nkey = "k"\nto = "k"\n')
+    assert main(["check", str(path)]) == 2
+    assert "artifacts[0].to: must be an absolute path" in capsys.readouterr().err

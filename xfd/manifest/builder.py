@@ -1,0 +1,122 @@
+"""A fluent builder for manifests, for notebooks and code.
+
+Each call returns a new builder (re-running a notebook cell never adds an artifact twice), and
+:meth:`ManifestBuilder.build` validates exactly like a TOML file does, with the same messages::
+
+    manifest = (
+        xfd.Manifest.builder()
+        .store("models", "s3://my-bucket/llama", region="us-west-2")
+        .object("models", "7b/model.safetensors", to="/models/llama/model.safetensors")
+        .object("models", "7b/tokenizer.tar.gz", to="/models/llama/tokenizer.tar.gz")
+        .unpack()                                    # into /models/llama/tokenizer
+        .prefix("models", "7b/config/", to="/models/llama/config/", include=["*.json"])
+        .settings(chunk_size="32MiB")
+        .build()
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from xfd.errors import ManifestError
+from xfd.manifest.model import Manifest, UnpackFormat
+from xfd.manifest.stores import OptionValue
+
+
+@attrs.frozen
+class ManifestBuilder:
+    """Collects stores, artifacts and settings; :meth:`build` turns them into a validated Manifest."""
+
+    _settings: dict[str, Any] = attrs.field(factory=dict, alias="settings")
+    _stores: dict[str, dict[str, Any]] = attrs.field(factory=dict, alias="stores")
+    _artifacts: tuple[dict[str, Any], ...] = attrs.field(default=(), alias="artifacts")
+
+    def settings(
+        self,
+        *,
+        chunk_size: int | str | None = None,
+        node_parallelism: int | None = None,
+        upload_slots: int | None = None,
+        origin_parallelism: int | None = None,
+        overwrite: bool | None = None,
+    ) -> ManifestBuilder:
+        """Overrides settings (see :class:`xfd.manifest.model.Settings` for each one's meaning and default)."""
+        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        return attrs.evolve(self, settings={**self._settings, **given})
+
+    def store(self, name: str, url: str, **options: OptionValue) -> ManifestBuilder:
+        """Declares the store ``name`` at ``url`` (s3://, gs://, az://, https://, file://, memory://).
+
+        ``options`` use obstore's names (``region``, ``endpoint``, ``allow_http``, ...); string values
+        may reference the environment as ``"${VAR}"``.
+        """
+        return attrs.evolve(self, stores={**self._stores, name: {"url": url, **options}})
+
+    def object(
+        self,
+        store: str,
+        key: str,
+        *,
+        to: str,
+        name: str | None = None,
+        sha256: str | None = None,
+        cache: bool = True,
+    ) -> ManifestBuilder:
+        """Adds one object of ``store``, put at ``to`` on every node (``to`` ending in ``/``: inside it)."""
+        artifact = {"store": store, "key": key, "to": to, "name": name, "sha256": sha256, "cache": cache}
+        return self._add(artifact)
+
+    def prefix(
+        self,
+        store: str,
+        prefix: str,
+        *,
+        to: str,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        name: str | None = None,
+        cache: bool = True,
+    ) -> ManifestBuilder:
+        """Adds every object under ``prefix`` of ``store``, mirrored below the directory ``to``."""
+        artifact = {"store": store, "prefix": prefix, "to": to, "name": name, "cache": cache,
+                    "include": list(include), "exclude": list(exclude)}
+        return self._add(artifact)
+
+    def unpack(self, format: UnpackFormat = "auto", *, to: str | None = None) -> ManifestBuilder:  # noqa: A002
+        """Extracts the archive added by the previous :meth:`object` call after it arrives.
+
+        ``to`` defaults to the archive's destination without its suffix (``x.tar.gz`` -> ``x``).
+        """
+        if not self._artifacts or "key" not in self._artifacts[-1]:
+            raise ManifestError([("", "unpack() applies to the artifact added just before it: call object() first")],
+                                "builder")
+        last = {**self._artifacts[-1], "unpack": {"format": format, "to": to}}
+        return attrs.evolve(self, artifacts=(*self._artifacts[:-1], last))
+
+    def build(self) -> Manifest:
+        """Validates everything and returns the Manifest; raises ManifestError listing every problem."""
+        from xfd.manifest.toml_format import from_document
+
+        return from_document(self.to_document(), source="builder")
+
+    def to_document(self) -> dict[str, Any]:
+        """The manifest in its TOML shape (``None`` values dropped), before validation."""
+        document: dict[str, Any] = {}
+        if self._settings:
+            document["settings"] = dict(self._settings)
+        if self._stores:
+            document["stores"] = {name: dict(raw) for name, raw in self._stores.items()}
+        if self._artifacts:
+            document["artifacts"] = [_without_none(a) for a in self._artifacts]
+        return document
+
+    def _add(self, artifact: dict[str, Any]) -> ManifestBuilder:
+        return attrs.evolve(self, artifacts=(*self._artifacts, artifact))
+
+
+def _without_none(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_without_none(v) if isinstance(v, dict) else v) for k, v in raw.items() if v is not None}

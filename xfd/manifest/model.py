@@ -1,0 +1,194 @@
+"""The manifest model: frozen attrs classes, plain data. Change them with ``attrs.evolve``.
+
+Validation lives in :mod:`xfd.manifest.validate` (every problem at once, each with its path), the
+TOML format in :mod:`xfd.manifest.toml_format`, the fluent builder in :mod:`xfd.manifest.builder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from xfd.manifest.stores import OptionValue, display_options
+
+if TYPE_CHECKING:
+    from xfd.plan import Plan
+
+MiB = 1 << 20
+
+UnpackFormat = Literal["auto", "tar", "tar.gz", "tgz", "zip"]
+UNPACK_FORMATS: tuple[str, ...] = ("auto", "tar", "tar.gz", "tgz", "zip")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+@attrs.frozen
+class Settings:
+    """How a distribution runs. Every default is chosen for clusters of 2 to 1000 nodes on 10-100 Gb/s."""
+
+    chunk_size: int = 64 * MiB
+    """Bytes per chunk, the unit of transfer and of verification. 64 MiB keeps a 100 GB artifact at
+    ~1,600 chunks (little scheduling work) while a chunk still reaches a peer in well under a second on
+    a fast network, so the swarm starts sharing early. Between 1 MiB and 4 GiB."""
+
+    node_parallelism: int = 8
+    """Chunks a node downloads at once (from the origin or from peers). 8 streams fill a 25-100 Gb/s
+    link from S3-class stores without thrashing the disk."""
+
+    upload_slots: int = 8
+    """Chunks a node serves to peers at once. Matches ``node_parallelism`` so that every download a node
+    starts can find a free slot somewhere."""
+
+    origin_parallelism: int = 32
+    """Concurrent ranged GETs to the origin across the whole cluster. Enough to saturate an S3 prefix,
+    few enough to stay clear of its request-rate throttling (503 SlowDown)."""
+
+    overwrite: bool = False
+    """Replace files at destinations that xfd did not write. Off: such a file stops the run with an
+    error and is left as it is."""
+
+
+@attrs.frozen
+class Store:
+    """Where artifacts come from: a URL and obstore options (see :mod:`xfd.manifest.stores`)."""
+
+    url: str
+    options: Mapping[str, OptionValue] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Store(url={self.url!r}, options={display_options(self.options)!r})"
+
+
+@attrs.frozen
+class Unpack:
+    """Extract an archive artifact after it has arrived.
+
+    ``to`` defaults to the archive's destination without its archive suffix
+    (``/data/set.tar.gz`` unpacks into ``/data/set``).
+    """
+
+    format: UnpackFormat = "auto"
+    to: str | None = None
+
+
+@attrs.frozen
+class ObjectArtifact:
+    """One object of a store, put at ``to`` on every node (``to`` ending in ``/``: inside that directory)."""
+
+    store: str
+    key: str
+    to: str
+    name: str | None = None
+    sha256: str | None = None
+    cache: bool = True
+    unpack: Unpack | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.key
+
+    @property
+    def destination(self) -> str:
+        """The file path on every node."""
+        if self.to.endswith("/"):
+            return self.to + PurePosixPath(self.key).name
+        return self.to
+
+    @property
+    def unpack_destination(self) -> str | None:
+        if self.unpack is None:
+            return None
+        if self.unpack.to is not None:
+            return self.unpack.to
+        destination = self.destination
+        for suffix in ARCHIVE_SUFFIXES:
+            if destination.endswith(suffix) and len(destination) > len(suffix):
+                return destination[: -len(suffix)]
+        return None  # validation asks for an explicit ``unpack.to`` here
+
+
+@attrs.frozen
+class PrefixArtifact:
+    """Every object under ``prefix`` in a store, mirrored below the directory ``to`` on every node.
+
+    ``include`` / ``exclude`` are globs matched against the path below the prefix (``*`` stays within
+    one path segment, ``**`` spans segments; a pattern without ``/`` matches the file name anywhere).
+    An object is taken when it matches some ``include`` (or ``include`` is empty) and no ``exclude``.
+    """
+
+    store: str
+    prefix: str
+    to: str
+    name: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    cache: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.prefix.strip("/") or "(whole store)"
+
+
+Artifact = ObjectArtifact | PrefixArtifact
+
+
+@attrs.frozen
+class Manifest:
+    """What must be on every node: stores, artifacts and settings.
+
+    Load one with :meth:`load` / :meth:`loads`, or build one with :meth:`builder`.
+    """
+
+    stores: Mapping[str, Store] = attrs.field(factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
+    settings: Settings = attrs.field(factory=Settings)
+    source: str | None = attrs.field(default=None, eq=False, repr=False)
+    """The file the manifest was loaded from, if any: named in error messages, and the place of the lock file."""
+
+    @classmethod
+    def load(cls, path: str | PurePosixPath) -> Manifest:
+        """Reads and validates a TOML manifest file."""
+        from xfd.manifest.toml_format import load
+
+        return load(path)
+
+    @classmethod
+    def loads(cls, text: str, source: str | None = None) -> Manifest:
+        """Parses and validates TOML text; ``source`` names it in error messages."""
+        from xfd.manifest.toml_format import loads
+
+        return loads(text, source)
+
+    def to_toml(self) -> str:
+        """The manifest as TOML text; ``Manifest.loads(m.to_toml()) == m``."""
+        from xfd.manifest.toml_format import dumps
+
+        return dumps(self)
+
+    @classmethod
+    def builder(cls) -> ManifestBuilder:
+        """A fluent builder: ``Manifest.builder().store(...).object(...).build()``."""
+        from xfd.manifest.builder import ManifestBuilder
+
+        return ManifestBuilder()
+
+    def plan(self, *, locked: bool = False, lock_path: str | None = None) -> Plan:
+        """Resolves every object and prefix in the stores and compiles the chunk plan.
+
+        ``locked=True`` compares what the stores hold now with the lock file (see :meth:`Plan.write_lock`)
+        and fails if anything changed.
+        """
+        from xfd.plan import compile_plan
+
+        return compile_plan(self, locked=locked, lock_path=lock_path)
+
+    def _repr_html_(self) -> str:
+        from xfd.notebook.reprs import manifest_html
+
+        return manifest_html(self)
+
+
+if TYPE_CHECKING:
+    from xfd.manifest.builder import ManifestBuilder

@@ -1,0 +1,211 @@
+"""The TOML file format: one cattrs converter, strict about unknown keys and about types.
+
+Each section (``settings``, each store, each artifact) is structured on its own so that every problem in
+the file is found in one pass; then :func:`xfd.manifest.validate.validate` checks meaning. Problems come
+back as one :class:`~xfd.errors.ManifestError` whose lines read ``path: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+import tomli_w
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from xfd.errors import ManifestError
+from xfd.manifest.model import UNPACK_FORMATS, Artifact, UnpackFormat, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store, Unpack
+from xfd.manifest.units import format_size, parse_size
+from xfd.manifest.validate import Problem, did_you_mean, validate_parts
+
+TOP_LEVEL_KEYS = ("settings", "stores", "artifacts")
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
+
+
+def _strict(kind: type) -> Any:
+    def structure(value: Any, _: type) -> Any:
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ValueError(f"must be {_TYPE_NAMES[kind]} (got {value!r})")
+        return value
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for kind in (str, bool, int, float):
+        converter.register_structure_hook(kind, _strict(kind))
+    converter.register_structure_hook(
+        Settings,
+        make_dict_structure_fn(Settings, converter, chunk_size=override(struct_hook=lambda v, _: parse_size(v))),
+    )
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
+    converter.register_structure_hook_func(lambda t: t == UnpackFormat, _unpack_format)
+    converter.register_structure_hook(Store, _structure_store)
+    converter.register_structure_hook(Artifact, _structure_artifact)
+    converter.register_unstructure_hook(Store, lambda s: {"url": s.url, **s.options})
+    for cls in (Settings, Unpack, ObjectArtifact, PrefixArtifact):
+        converter.register_unstructure_hook(
+            cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True)
+        )
+    return converter
+
+
+def _string_list(value: Any, _: type) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of strings (got {value!r})")
+    return tuple(value)
+
+
+def _unpack_format(value: Any, _: type) -> str:
+    if value not in UNPACK_FORMATS:
+        raise ValueError(f"must be one of {', '.join(UNPACK_FORMATS)} (got {value!r})")
+    return value
+
+
+def _structure_store(value: Any, _: type) -> Store:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table with url = ... and options")
+    options = dict(value)
+    url = options.pop("url", None)
+    if not isinstance(url, str):
+        raise ValueError("needs url = \"s3://bucket/prefix\" (or gs://, az://, https://, file://, memory://)")
+    for key, option in options.items():
+        if not isinstance(option, (str, bool, int, float)):
+            raise ValueError(f"option {key!r} must be a string, boolean or number")
+    return Store(url=url, options=options)
+
+
+def _structure_artifact(value: Any, _: type) -> Artifact:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table")
+    has_key, has_prefix = "key" in value, "prefix" in value
+    if has_key == has_prefix:
+        raise ValueError("needs exactly one of key = \"dir/file\" (one object) or prefix = \"dir/\" (every object under it)")
+    return CONVERTER.structure(value, ObjectArtifact if has_key else PrefixArtifact)
+
+
+CONVERTER = _make_converter()
+
+
+def loads(text: str, source: str | None = None) -> Manifest:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ManifestError([("", f"not valid TOML: {error}")], source) from None
+    return from_document(document, source)
+
+
+def load(path: str | os.PathLike[str]) -> Manifest:
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as error:
+        raise ManifestError([("", f"cannot read the manifest: {error.strerror}")], path) from None
+    return loads(text, path)
+
+
+def from_document(document: Mapping[str, Any], source: str | None = None) -> Manifest:
+    """A validated manifest from parsed TOML (or any dict of the same shape)."""
+    problems: list[Problem] = []
+    for key in document:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append((key, f"unknown key{did_you_mean(key, TOP_LEVEL_KEYS)} (top-level keys: {', '.join(TOP_LEVEL_KEYS)})"))
+    settings = _section(document.get("settings", {}), Settings, "settings", problems)
+    stores_raw = document.get("stores", {})
+    stores: dict[str, Store] = {}
+    if not isinstance(stores_raw, dict):
+        problems.append(("stores", "must be a table of stores, as in [stores.models]"))
+    else:
+        for name, raw in stores_raw.items():
+            if (store := _section(raw, Store, f"stores.{name}", problems)) is not None:
+                stores[name] = store
+    artifacts_raw = document.get("artifacts", [])
+    artifacts: list[tuple[int, Artifact]] = []
+    if not isinstance(artifacts_raw, list):
+        problems.append(("artifacts", "must be an array of tables, as in [[artifacts]]"))
+    else:
+        for index, raw in enumerate(artifacts_raw):
+            if (artifact := _section(raw, Artifact, f"artifacts[{index}]", problems)) is not None:
+                artifacts.append((index, artifact))
+    manifest = Manifest(
+        stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings or Settings(), source=source
+    )
+    # Meaning is checked on every part that could be structured, so one pass reports everything.
+    problems += validate_parts(manifest, artifacts, check_settings=settings is not None)
+    if problems:
+        raise ManifestError(sorted(problems, key=_document_order), source)
+    return manifest
+
+
+def _document_order(problem: Problem) -> tuple[int, int]:
+    """Problems in the order of the file: unknown top-level keys, settings, stores, artifacts by index."""
+    head = problem[0].split(".")[0]
+    section = head.split("[")[0]
+    rank = {"settings": 1, "stores": 2, "artifacts": 3}.get(section, 0)
+    index = int(head[len(section) + 1 : -1]) if head.startswith("artifacts[") else -1
+    return rank, index
+
+
+def _section(raw: Any, kind: Any, path: str, problems: list[Problem]) -> Any:
+    try:
+        return CONVERTER.structure(raw, kind)
+    except Exception as error:  # noqa: BLE001 - every structuring failure becomes a problem line
+        problems.extend(_flatten(error, path))
+        return None
+
+
+def _flatten(error: BaseException, path: str) -> Iterator[Problem]:
+    if isinstance(error, (ClassValidationError, IterableValidationError)):
+        with_notes, without = error.group_exceptions()
+        for inner, note in with_notes:
+            step = f"[{note.index!r}]" if isinstance(error, IterableValidationError) else f".{note.name}"
+            yield from _flatten(inner, path + step)
+        for inner in without:
+            yield from _flatten(inner, path)
+    elif isinstance(error, ForbiddenExtraKeysError):
+        fields = [a.name for a in attrs.fields(error.cl)] if attrs.has(error.cl) else []
+        for key in sorted(error.extra_fields):
+            hint = did_you_mean(key, fields) or f" (allowed: {', '.join(fields)})"
+            yield f"{path}.{key}", f"unknown key{hint}"
+    elif isinstance(error, KeyError):
+        yield path, "required key missing"
+    elif isinstance(error, (ValueError, TypeError)):
+        yield path, str(error)
+    else:
+        raise error
+
+
+def to_document(manifest: Manifest) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    settings = CONVERTER.unstructure(manifest.settings)
+    if "chunk_size" in settings:
+        settings["chunk_size"] = format_size(settings["chunk_size"])
+    if settings:
+        document["settings"] = settings
+    if manifest.stores:
+        document["stores"] = {name: CONVERTER.unstructure(s, Store) for name, s in manifest.stores.items()}
+    if manifest.artifacts:
+        document["artifacts"] = [_unstructure_artifact(a) for a in manifest.artifacts]
+    return document
+
+
+def _unstructure_artifact(artifact: Artifact) -> dict[str, Any]:
+    raw = CONVERTER.unstructure(artifact, type(artifact))
+    for key in ("include", "exclude"):
+        if key in raw:
+            raw[key] = list(raw[key])
+    return raw
+
+
+def dumps(manifest: Manifest) -> str:
+    return tomli_w.dumps(to_document(manifest))

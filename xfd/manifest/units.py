@@ -1,0 +1,48 @@
+"""Byte sizes written the way people write them: ``64MiB``, ``1.5 GiB``, ``100MB``, or a plain integer."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes in ``value``; raises ``ValueError`` with a message meant for the user."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 64MiB or a number of bytes, not a boolean")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be a size such as 64MiB or a number of bytes (got {value!r})")
+    match = _SIZE.match(value)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(f"must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got {value!r})")
+    bytes_ = float(match.group(1)) * _UNITS[unit]
+    if bytes_ != int(bytes_):
+        raise ValueError(f"must be a whole number of bytes (got {value!r})")
+    return int(bytes_)
+
+
+def format_size(size: int) -> str:
+    """The shortest exact binary form of ``size``: ``64MiB`` rather than ``67108864``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        factor = _UNITS[unit.lower()]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def human_size(size: float) -> str:
+    """Approximate, for display: ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

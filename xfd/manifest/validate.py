@@ -1,0 +1,165 @@
+"""Semantic checks of a manifest: every problem at once, each with the path of the offending value."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+from xfd.manifest.model import (
+    UNPACK_FORMATS,
+    Manifest,
+    ObjectArtifact,
+    PrefixArtifact,
+    Settings,
+    Store,
+)
+from xfd.manifest.stores import SCHEMES, allowed_options, scheme_of, template_problem
+
+Problem = tuple[str, str]
+MiB, GiB = 1 << 20, 1 << 30
+_STORE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def validate(manifest: Manifest) -> list[Problem]:
+    """Every problem of a fully structured manifest."""
+    return validate_parts(manifest, list(enumerate(manifest.artifacts)), check_settings=True)
+
+
+def validate_parts(
+    manifest: Manifest, indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]], check_settings: bool
+) -> list[Problem]:
+    """Problems of the parts of a manifest that could be structured; ``indexed_artifacts`` keep the index
+    they have in the file, so paths stay right when some artifacts failed to structure."""
+    problems = list(settings_problems(manifest.settings)) if check_settings else []
+    for name, store in manifest.stores.items():
+        problems += store_problems(name, store)
+    for index, artifact in indexed_artifacts:
+        problems += artifact_problems(f"artifacts[{index}]", artifact, manifest)
+    problems += cross_artifact_problems(indexed_artifacts)
+    return problems
+
+
+def settings_problems(settings: Settings) -> Iterator[Problem]:
+    if not 1 * MiB <= settings.chunk_size <= 4 * GiB:
+        yield "settings.chunk_size", f"must be between 1MiB and 4GiB (got {settings.chunk_size} bytes)"
+    for field, upper in (("node_parallelism", 1024), ("upload_slots", 1024), ("origin_parallelism", 100_000)):
+        value = getattr(settings, field)
+        if not 1 <= value <= upper:
+            yield f"settings.{field}", f"must be between 1 and {upper} (got {value})"
+
+
+def store_problems(name: str, store: Store) -> Iterator[Problem]:
+    path = f"stores.{name}"
+    if not _STORE_NAME.match(name):
+        yield path, "a store name may hold letters, digits, '_', '.' and '-' only"
+    yield from _url_problems(f"{path}.url", store.url)
+    allowed = allowed_options(scheme_of(store.url))
+    for key, value in store.options.items():
+        if key not in allowed and scheme_of(store.url) in SCHEMES:
+            hint = did_you_mean(key, allowed) or (
+                f"; options of {scheme_of(store.url)}:// stores: {', '.join(sorted(allowed))}"
+                if allowed
+                else f"; {scheme_of(store.url)}:// stores take no options"
+            )
+            yield f"{path}.{key}", f"unknown option{hint}"
+        elif isinstance(value, str) and (why := template_problem(value)):
+            yield f"{path}.{key}", why
+
+
+def _url_problems(path: str, url: str) -> Iterator[Problem]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        yield path, f"must be a URL starting with one of {', '.join(s + '://' for s in SCHEMES)} (got {url!r})"
+    elif scheme in ("s3", "gs", "az", "http", "https") and not parts.netloc:
+        what = "host" if scheme.startswith("http") else "bucket"
+        yield path, f"must name a {what}, as in {scheme}://{what}/optional/prefix (got {url!r})"
+    elif scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+        yield path, f"must be file:///absolute/directory (got {url!r})"
+
+
+def artifact_problems(path: str, artifact: ObjectArtifact | PrefixArtifact, manifest: Manifest) -> Iterator[Problem]:
+    if artifact.store not in manifest.stores:
+        known = ", ".join(sorted(manifest.stores)) or "none are defined"
+        yield f"{path}.store", (
+            f"no store named {artifact.store!r}{did_you_mean(artifact.store, manifest.stores)} (stores: {known})"
+        )
+    yield from _destination_problems(f"{path}.to", artifact.to)
+    if isinstance(artifact, ObjectArtifact):
+        yield from _object_problems(path, artifact)
+    else:
+        yield from _prefix_problems(path, artifact)
+
+
+def _destination_problems(path: str, destination: str) -> Iterator[Problem]:
+    posix = PurePosixPath(destination)
+    if not posix.is_absolute():
+        yield path, f"must be an absolute path such as /data/file (got {destination!r})"
+    elif ".." in posix.parts or "\x00" in destination:
+        yield path, f"must not contain '..' segments or NUL bytes (got {destination!r})"
+    elif posix == PurePosixPath("/"):
+        yield path, "must not be the root directory itself"
+
+
+def _object_problems(path: str, artifact: ObjectArtifact) -> Iterator[Problem]:
+    if not artifact.key or artifact.key.endswith("/") or artifact.key.startswith("/"):
+        yield f"{path}.key", (
+            f"must be an object key such as dir/file.bin, without leading or trailing '/' (got {artifact.key!r});"
+            " for every object under a prefix use prefix = ..."
+        )
+    if artifact.sha256 is not None and not _SHA256.match(artifact.sha256):
+        yield f"{path}.sha256", "must be 64 lower-case hexadecimal digits"
+    if artifact.unpack is None:
+        return
+    if artifact.unpack.format not in UNPACK_FORMATS:
+        yield f"{path}.unpack.format", f"must be one of {', '.join(UNPACK_FORMATS)} (got {artifact.unpack.format!r})"
+    target = artifact.unpack_destination
+    if target is None:
+        yield f"{path}.unpack.to", "required when the destination does not end in .tar, .tar.gz, .tgz or .zip"
+        return
+    problems = list(_destination_problems(f"{path}.unpack.to", target))
+    yield from problems
+    if not problems and _is_within(artifact.destination, target):
+        yield f"{path}.unpack.to", f"must not contain the archive itself ({artifact.destination})"
+
+
+def _prefix_problems(path: str, artifact: PrefixArtifact) -> Iterator[Problem]:
+    if artifact.prefix.startswith("/"):
+        yield f"{path}.prefix", f"must be relative to the store URL, without a leading '/' (got {artifact.prefix!r})"
+    for field in ("include", "exclude"):
+        for index, pattern in enumerate(getattr(artifact, field)):
+            if not pattern or pattern.startswith("/"):
+                yield f"{path}.{field}[{index}]", "must be a non-empty glob relative to the prefix"
+
+
+def cross_artifact_problems(
+    indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]],
+) -> Iterator[Problem]:
+    names: dict[str, int] = {}
+    targets: dict[str, tuple[int, tuple[str, str]]] = {}
+    for index, artifact in indexed_artifacts:
+        if artifact.name is not None:
+            if artifact.name in names:
+                yield f"artifacts[{index}].name", f"{artifact.name!r} is already the name of artifacts[{names[artifact.name]}]"
+            names.setdefault(artifact.name, index)
+        if isinstance(artifact, ObjectArtifact):
+            source = (artifact.store, artifact.key)
+            first = targets.setdefault(artifact.destination, (index, source))
+            if first[1] != source:
+                yield f"artifacts[{index}].to", (
+                    f"{artifact.destination} is also the destination of artifacts[{first[0]}], a different object"
+                )
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return PurePosixPath(path).is_relative_to(PurePosixPath(directory))

@@ -1,0 +1,366 @@
+"""COMPILE: Manifest -> Plan.
+
+The plan is what the runtime executes: every object the manifest names, resolved against its store
+(size, ETag, version), cut into chunks, deduplicated, with the files and unpack steps each node must
+produce. It is plain, versioned, JSON-serializable data and deterministic: the same manifest against the
+same store contents gives the same plan, byte for byte, on every machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Coroutine, Mapping
+from pathlib import PurePosixPath
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+
+from xfd.errors import ConfigError, PlanError
+from xfd.manifest.globs import selected
+from xfd.manifest.model import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
+from xfd.manifest.stores import build_obstore, public_options
+from xfd.manifest.units import human_size
+
+PLAN_FORMAT = "xfd.plan/1"
+# HEAD and LIST requests in flight at once while compiling: enough to resolve thousands of objects in
+# seconds, few enough to stay far below any store's request-rate limits.
+RESOLVE_CONCURRENCY = 64
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Chunk:
+    """Bytes ``[offset, offset + length)`` of an object; ``id`` is stable across runs and machines."""
+
+    id: str
+    index: int
+    offset: int
+    length: int
+
+
+@attrs.frozen
+class PlanObject:
+    """One object of one store, as it was when the plan was compiled."""
+
+    id: str
+    store: str
+    key: str
+    size: int
+    etag: str | None
+    version: str | None
+    last_modified: str | None
+    chunks: tuple[Chunk, ...]
+
+
+@attrs.frozen
+class PlanFile:
+    """An object written to ``destination`` (absolute, under each node's root) on every node."""
+
+    object_id: str
+    destination: str
+    artifact: str
+    sha256: str | None = None
+    cache: bool = True
+
+
+@attrs.frozen
+class PlanUnpack:
+    """The archive at ``archive`` extracted into the directory ``to``."""
+
+    object_id: str
+    archive: str
+    format: str
+    to: str
+    artifact: str
+
+
+@attrs.frozen
+class PlanStore:
+    """A store's URL and its non-secret options. Credentials never enter a plan: each node resolves
+    them from the manifest's store definition and its own environment."""
+
+    url: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Plan:
+    """The compiled, deterministic work of a distribution. See the module docstring."""
+
+    settings: Settings
+    stores: Mapping[str, PlanStore]
+    objects: tuple[PlanObject, ...]
+    files: tuple[PlanFile, ...]
+    unpacks: tuple[PlanUnpack, ...] = ()
+    format: str = PLAN_FORMAT
+
+    @property
+    def unique_bytes(self) -> int:
+        """Bytes that must come from the origin once: the sum of distinct objects' sizes."""
+        return sum(o.size for o in self.objects)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(o.chunks) for o in self.objects)
+
+    def object(self, object_id: str) -> PlanObject:
+        return next(o for o in self.objects if o.id == object_id)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(_CONVERTER.unstructure(self), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        raw = json.loads(text)
+        if raw.get("format") != PLAN_FORMAT:
+            raise ConfigError(f"not an xfd plan of format {PLAN_FORMAT} (format: {raw.get('format')!r})")
+        return _CONVERTER.structure(raw, cls)
+
+    def summary(self) -> str:
+        """A few lines for a terminal: artifacts, files, bytes, chunks."""
+        artifacts = sorted({f.artifact for f in self.files})
+        lines = [
+            f"plan: {len(artifacts)} artifacts, {len(self.files)} files, {len(self.objects)} unique objects, "
+            f"{human_size(self.unique_bytes)} unique, {self.chunk_count} chunks of up to "
+            f"{human_size(self.settings.chunk_size)}"
+        ]
+        for name in artifacts:
+            files = [f for f in self.files if f.artifact == name]
+            size = sum(self.object(f.object_id).size for f in files)
+            lines.append(f"  {name}: {len(files)} file{'s' if len(files) != 1 else ''}, {human_size(size)}")
+        lines += [f"  unpack {u.archive} -> {u.to} ({u.format})" for u in self.unpacks]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        from xfd.notebook.reprs import plan_html
+
+        return plan_html(self)
+
+    def write_lock(self, path: str) -> None:
+        """Records every object's identity (size, ETag, version) so ``plan(locked=True)`` can insist on it."""
+        from xfd.lockfile import write_lock
+
+        write_lock(self, path)
+
+
+_CONVERTER = cattrs.Converter(forbid_extra_keys=True)
+
+
+def compile_plan(manifest: Manifest, *, locked: bool = False, lock_path: str | None = None) -> Plan:
+    """Resolves every artifact of ``manifest`` against its store and compiles the plan."""
+    stores = {name: _open_store(name, store) for name, store in manifest.stores.items()}
+    listings = run_sync(_resolve_all(manifest, stores))
+    plan = _assemble(manifest, listings)
+    if locked:
+        from xfd.lockfile import check_lock, default_lock_path
+
+        check_lock(plan, lock_path or default_lock_path(manifest))
+    return plan
+
+
+def _open_store(name: str, store: Store) -> Any:
+    try:
+        return build_obstore(store.url, store.options, where=f"stores.{name}")
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - obstore raises a variety of builder errors
+        raise PlanError(f"stores.{name}: cannot open {store.url}: {error}") from None
+
+
+# --- resolving: HEAD objects, LIST prefixes, all at once ---------------------------------------------
+
+
+@attrs.frozen
+class _Found:
+    key: str
+    size: int
+    etag: str | None
+    version: str | None
+    last_modified: str | None
+
+
+async def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[list[_Found]]:
+    gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+    tasks = [_resolve(index, a, manifest, stores[a.store], gate) for index, a in enumerate(manifest.artifacts)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    problems = [str(r) for r in results if isinstance(r, PlanError)]
+    if unexpected := [r for r in results if isinstance(r, BaseException) and not isinstance(r, PlanError)]:
+        raise unexpected[0]
+    if problems:
+        raise PlanError(problems[0] if len(problems) == 1 else
+                        f"{len(problems)} artifacts cannot be resolved:\n" + "\n".join(f"  {p}" for p in problems))
+    return results  # type: ignore[return-value]
+
+
+async def _resolve(index: int, artifact: Any, manifest: Manifest, store: Any, gate: asyncio.Semaphore) -> list[_Found]:
+    import obstore
+
+    where = f"artifacts[{index}] ({artifact.display_name})"
+    location = manifest.stores[artifact.store].url.rstrip("/")
+    async with gate:
+        try:
+            if isinstance(artifact, ObjectArtifact):
+                return [_found(await obstore.head_async(store, artifact.key))]
+            prefix = artifact.prefix.strip("/")
+            listed = await obstore.list(store, prefix=prefix or None).collect_async()
+        except Exception as error:  # noqa: BLE001 - mapped to a message below
+            raise PlanError(_store_error_message(where, location, artifact, error)) from None
+    found = [_found(meta) for meta in listed if not meta["path"].endswith("/")]
+    chosen = [f for f in found if selected(_relative(f.key, prefix), artifact.include, artifact.exclude)]
+    if not chosen:
+        what = "no objects" if not found else f"none of the {len(found)} objects match include/exclude"
+        raise PlanError(f"{where}: {what} under {location}/{prefix}; check the prefix and the globs")
+    return sorted(chosen, key=lambda f: f.key)
+
+
+def _found(meta: Mapping[str, Any]) -> _Found:
+    modified = meta.get("last_modified")
+    return _Found(
+        key=meta["path"],
+        size=int(meta["size"]),
+        etag=meta.get("e_tag"),
+        version=meta.get("version"),
+        last_modified=modified.isoformat() if modified is not None else None,
+    )
+
+
+def _store_error_message(where: str, location: str, artifact: Any, error: Exception) -> str:
+    import obstore.exceptions as errors
+
+    target = f"{location}/{artifact.key}" if isinstance(artifact, ObjectArtifact) else f"{location}/{artifact.prefix}"
+    if isinstance(error, (errors.NotFoundError, FileNotFoundError)):
+        return f"{where}: {target} does not exist; check the key and the store URL"
+    if isinstance(error, (errors.PermissionDeniedError, errors.UnauthenticatedError, PermissionError)):
+        return f"{where}: access to {target} was denied; check the credentials of store {artifact.store!r}"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "invalid path" in first_line:
+        # object_store refuses keys with '..' or empty segments: they could not land safely anyway.
+        return (f"{where}: {target} holds a key that cannot be mapped to a file safely ({first_line}); "
+                "rename or remove that object, or narrow the prefix")
+    return f"{where}: cannot read {target}: {first_line}"
+
+
+def _relative(key: str, prefix: str) -> str:
+    return key[len(prefix) + 1 :] if prefix else key
+
+
+# --- assembling: dedupe, chunk, map to destinations --------------------------------------------------
+
+
+def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
+    objects: dict[tuple[str, str], PlanObject] = {}
+    files: dict[str, PlanFile] = {}
+    unpacks: list[PlanUnpack] = []
+    for index, (artifact, found) in enumerate(zip(manifest.artifacts, listings, strict=True)):
+        for item in found:
+            plan_object = _plan_object(manifest, artifact.store, item, objects)
+            destination = _destination(index, artifact, item)
+            _add_file(files, PlanFile(
+                object_id=plan_object.id,
+                destination=destination,
+                artifact=artifact.display_name,
+                sha256=artifact.sha256 if isinstance(artifact, ObjectArtifact) else None,
+                cache=artifact.cache,
+            ))
+            if isinstance(artifact, ObjectArtifact) and artifact.unpack is not None:
+                unpacks.append(PlanUnpack(plan_object.id, destination, artifact.unpack.format,
+                                          artifact.unpack_destination or "", artifact.display_name))
+    _check_nesting(files)
+    stores = {
+        name: PlanStore(url=store.url, options=public_options(store.options))
+        for name, store in sorted(manifest.stores.items())
+    }
+    return Plan(
+        settings=manifest.settings,
+        stores=stores,
+        objects=tuple(sorted(objects.values(), key=lambda o: o.id)),
+        files=tuple(sorted(files.values(), key=lambda f: f.destination)),
+        unpacks=tuple(unpacks),
+    )
+
+
+def _plan_object(manifest: Manifest, store_name: str, item: _Found, objects: dict[tuple[str, str], PlanObject]) -> PlanObject:
+    store = manifest.stores[store_name]
+    location = f"{store.url.rstrip('/')}|{store.options.get('endpoint', '')}"
+    if (location, item.key) in objects:
+        return objects[(location, item.key)]
+    identity = "\0".join([location, item.key, item.etag or "", item.version or "", str(item.size)])
+    object_id = _digest(identity)
+    chunk_size = manifest.settings.chunk_size
+    chunks = tuple(
+        Chunk(id=_digest(f"{identity}\0{chunk_size}\0{i}"), index=i, offset=offset,
+              length=min(chunk_size, item.size - offset))
+        for i, offset in enumerate(range(0, item.size, chunk_size))
+    )
+    plan_object = PlanObject(object_id, store_name, item.key, item.size, item.etag, item.version,
+                             item.last_modified, chunks)
+    objects[(location, item.key)] = plan_object
+    return plan_object
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _destination(index: int, artifact: Any, item: _Found) -> str:
+    if isinstance(artifact, ObjectArtifact):
+        return artifact.destination
+    relative = _relative(item.key, artifact.prefix.strip("/"))
+    segments = relative.split("/")
+    if any(s in ("", ".", "..") for s in segments) or "\x00" in relative:
+        raise PlanError(
+            f"artifacts[{index}] ({artifact.display_name}): key {item.key!r} would not land inside "
+            f"{artifact.to} (empty, '.' or '..' path segments); rename the object or exclude it"
+        )
+    return artifact.to.rstrip("/") + "/" + relative
+
+
+def _add_file(files: dict[str, PlanFile], new: PlanFile) -> None:
+    existing = files.get(new.destination)
+    if existing is None:
+        files[new.destination] = new
+    elif existing.object_id != new.object_id:
+        raise PlanError(f"{new.destination} is the destination of two different objects "
+                        f"(artifacts {existing.artifact!r} and {new.artifact!r}); give them different paths")
+
+
+def _check_nesting(files: Mapping[str, PlanFile]) -> None:
+    """A file cannot also be a directory holding another file."""
+    paths = set(files)
+    for path in paths:
+        for parent in PurePosixPath(path).parents:
+            if str(parent) in paths:
+                raise PlanError(f"{parent} is a file of artifact {files[str(parent)].artifact!r} and also a "
+                                f"directory holding {path} (artifact {files[path].artifact!r})")
+
+
+# --- running coroutines from sync code, notebooks included -------------------------------------------
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs ``coroutine`` to completion, even when called from a running event loop (a notebook cell)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, name="xfd-plan")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
