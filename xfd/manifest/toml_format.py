@@ -43,12 +43,12 @@ def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for kind in (str, bool, int, float):
         converter.register_structure_hook(kind, _strict(kind))
-    converter.register_structure_hook(
-        Settings,
-        make_dict_structure_fn(Settings, converter, chunk_size=override(struct_hook=lambda v, _: parse_size(v))),
-    )
-    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
     converter.register_structure_hook_func(lambda t: t == UnpackFormat, _unpack_format)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
+    size_hook = override(struct_hook=lambda v, _: parse_size(v))
+    for cls, overrides in ((Settings, {"chunk_size": size_hook}), (Unpack, {}), (ObjectArtifact, {}),
+                           (PrefixArtifact, {})):
+        converter.register_structure_hook(cls, _tables_only(make_dict_structure_fn(cls, converter, **overrides)))
     converter.register_structure_hook(Store, _structure_store)
     converter.register_structure_hook(Artifact, _structure_artifact)
     converter.register_unstructure_hook(Store, lambda s: {"url": s.url, **s.options})
@@ -57,6 +57,17 @@ def _make_converter() -> cattrs.Converter:
             cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True)
         )
     return converter
+
+
+def _tables_only(structure: Any) -> Any:
+    """cattrs assumes a mapping; a list or a string where a table belongs gets a message instead."""
+
+    def checked(value: Any, cls: type) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a table (got {type(value).__name__} {value!r:.40})")
+        return structure(value, cls)
+
+    return checked
 
 
 def _string_list(value: Any, _: type) -> tuple[str, ...]:
@@ -157,6 +168,9 @@ def _document_order(problem: Problem) -> tuple[int, int]:
 
 
 def _section(raw: Any, kind: Any, path: str, problems: list[Problem]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append((path, f"must be a table (got {type(raw).__name__} {raw!r:.40})"))
+        return None
     try:
         return CONVERTER.structure(raw, kind)
     except Exception as error:  # noqa: BLE001 - every structuring failure becomes a problem line
