@@ -1,7 +1,11 @@
 //! One error type for the engine. Each variant names the path it concerns so that a message read in a
 //! notebook, far from the node that raised it, still says where the problem is.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::hash::ChunkDigest;
+use crate::p2p::ChunkId;
 
 /// Result alias used throughout the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,9 +32,156 @@ pub enum Error {
         size: u64,
     },
 
+    /// The origin could not deliver a range even after retries (or broke the protocol).
+    #[error("origin fetch of {key:?} failed: {message}")]
+    Origin { key: String, message: String },
+
+    /// The object at the origin is no longer the one the plan resolved: never mix two versions.
+    #[error("object {key:?} changed at the origin since it was planned (expected {expected}); plan again")]
+    ObjectChanged { key: String, expected: String },
+
+    /// A store URL or option the engine cannot use.
+    #[error("store {url}: {message}")]
+    StoreConfig { url: String, message: String },
+
+    /// A plan the engine cannot use (another format, or inconsistent).
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+
+    /// The whole-file SHA-256 named in the manifest does not match what was assembled.
+    #[error("{path}: sha256 is {actual}, the manifest expects {expected}; the file was not published")]
+    Sha256Mismatch { path: PathBuf, expected: String, actual: String },
+
     /// A background task died (panicked or was cancelled) before it produced its result.
     #[error("engine task failed: {0}")]
     Task(String),
+
+    /// A string that names no archive format xfd knows.
+    #[error("unknown archive format {value:?}; valid values are: auto, tar, tar.gz (or tgz), zip")]
+    InvalidArchiveFormat { value: String },
+
+    /// An archive whose content matches none of the formats xfd unpacks (detection never uses the name).
+    #[error("cannot tell the format of archive {path}: {detail}")]
+    UnknownArchiveFormat { path: PathBuf, detail: &'static str },
+
+    /// An archive that cannot be read: corrupt, truncated, or using a feature xfd does not support.
+    #[error("cannot read archive {path}{}: {source}", entry_suffix(.entry))]
+    ArchiveUnreadable {
+        path: PathBuf,
+        entry: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// An entry that would write outside the destination, or create something xfd never creates. The
+    /// whole archive is refused: a partial tree could be worse than none.
+    #[error("refusing archive {archive}: entry {entry:?} {reason}")]
+    UnsafeArchiveEntry {
+        archive: PathBuf,
+        entry: String,
+        reason: String,
+    },
+
+    /// An archive that expands to more bytes than allowed (counted as written, not as declared).
+    #[error(
+        "refusing archive {archive}: it expands to more than {max_total_bytes} bytes (max_total_bytes)"
+    )]
+    ArchiveTooLarge {
+        archive: PathBuf,
+        max_total_bytes: u64,
+    },
+
+    /// An archive with more entries than allowed.
+    #[error("refusing archive {archive}: it has more than {max_entries} entries (max_entries)")]
+    TooManyArchiveEntries { archive: PathBuf, max_entries: u64 },
+
+    /// A destination that holds something xfd did not write; it is left untouched.
+    #[error("destination {path} exists and was not written by xfd; pass overwrite to replace it")]
+    DestinationExists { path: PathBuf },
+
+    /// A destination path that cannot be unpacked into (for example `/` or a path ending in `..`).
+    #[error("cannot unpack into {path}: {reason}")]
+    InvalidDestination { path: PathBuf, reason: &'static str },
+
+    /// A string that is not a chunk id (32 lower-case hex characters); `value` is cut to 64 characters.
+    #[error("invalid chunk id {value:?}: expected 32 lower-case hex characters")]
+    InvalidChunkId { value: String },
+
+    /// A peer server or client setting that cannot work.
+    #[error("invalid peer transfer setting {field}: {reason}")]
+    InvalidP2pConfig { field: &'static str, reason: &'static str },
+
+    /// The peer server cannot listen on its address.
+    #[error("peer server cannot listen on {addr}: {source}")]
+    P2pBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A peer that cannot be reached or went away before answering in time (refused, reset, timed
+    /// out). Connection failures were already retried; the scheduler should try another source.
+    #[error("peer {peer} unreachable for chunk {chunk}: {reason}")]
+    PeerUnreachable {
+        peer: SocketAddr,
+        chunk: ChunkId,
+        reason: String,
+    },
+
+    /// A peer that refused this run's token (a peer from another run, or a misconfigured one).
+    #[error("peer {peer} refused the token (chunk {chunk})")]
+    PeerAuthRefused { peer: SocketAddr, chunk: ChunkId },
+
+    /// A peer that does not hold the chunk verified (yet, or any more).
+    #[error("peer {peer} does not serve chunk {chunk}")]
+    ChunkNotOnPeer { peer: SocketAddr, chunk: ChunkId },
+
+    /// A peer whose upload slots are all in use; another source (or a later try) should be used.
+    #[error("peer {peer} is busy (no free upload slot) for chunk {chunk}")]
+    PeerBusy { peer: SocketAddr, chunk: ChunkId },
+
+    /// A peer that answered outside the protocol (unexpected status, length or headers).
+    #[error("peer {peer} answered badly for chunk {chunk}: {detail}")]
+    PeerProtocol {
+        peer: SocketAddr,
+        chunk: ChunkId,
+        detail: String,
+    },
+
+    /// A peer whose body ended before the announced length (it died, or its file was short).
+    #[error("peer {peer} sent {received} of {expected} bytes of chunk {chunk}")]
+    PeerShortBody {
+        peer: SocketAddr,
+        chunk: ChunkId,
+        received: u64,
+        expected: u64,
+    },
+
+    /// Bytes from a peer that do not hash to the chunk's digest. Never retried against the same peer:
+    /// the caller should penalize it.
+    #[error("chunk {chunk} from peer {peer} has digest {actual}, expected {expected}")]
+    PeerDigestMismatch {
+        chunk: ChunkId,
+        peer: SocketAddr,
+        expected: ChunkDigest,
+        actual: ChunkDigest,
+    },
+
+    /// A write of fetched chunk bytes into the destination file that failed.
+    #[error("cannot write chunk {chunk} at offset {offset} of its destination: {source}")]
+    ChunkWrite {
+        chunk: ChunkId,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn entry_suffix(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|name| format!(" (entry {name:?})"))
+        .unwrap_or_default()
 }
 
 impl Error {

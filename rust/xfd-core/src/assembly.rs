@@ -1,0 +1,304 @@
+//! Assembly and publish: chunks land in a part file beside the destination; the finished file is
+//! renamed into place whole, then a cache sidecar records what it is.
+//!
+//! Beside a destination `dir/name` xfd keeps, all hidden:
+//! - `dir/.name.xfd-part`: the file being assembled, preallocated to its final size;
+//! - `dir/.name.xfd-state.json`: the chunks already in the part file, with their digests, so a later
+//!   run resumes with only the missing ones (each recorded chunk is re-hashed before it is trusted);
+//! - `dir/.name.xfd.json`: the sidecar of a published file (object identity, size, chunk digests).
+//!   A destination with a sidecar was written by xfd; one without is the user's and is never replaced
+//!   unless `overwrite` is set.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::hash::{ChunkDigest, hash_file_range};
+
+pub const SIDECAR_FORMAT: &str = "xfd.file/1";
+
+/// Everything that makes a file "the same": where it came from and which version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub store_url: String,
+    pub key: String,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub size: u64,
+}
+
+/// One chunk of a file: its plan id and byte range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub id: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// A file this node must produce.
+#[derive(Clone, Debug)]
+pub struct FileTarget {
+    pub destination: PathBuf,
+    pub identity: FileIdentity,
+    pub chunks: Vec<ChunkSpan>,
+    pub sha256: Option<String>,
+    pub overwrite: bool,
+}
+
+/// The record beside a published file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub format: String,
+    pub identity: FileIdentity,
+    /// Chunk id -> BLAKE3 hex digest of its bytes.
+    pub chunks: BTreeMap<String, String>,
+}
+
+/// What is at a destination now, compared with what the plan wants there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheState {
+    /// Nothing there yet.
+    Absent,
+    /// The wanted file, published by xfd: its chunks can be served to peers at once.
+    Hit(Sidecar),
+    /// A file xfd wrote for another identity (an older version): safe to replace.
+    Stale,
+    /// Something xfd did not write: replaced only with `overwrite`.
+    Foreign,
+}
+
+pub fn sidecar_path(destination: &Path) -> PathBuf {
+    hidden_beside(destination, ".xfd.json")
+}
+
+pub fn part_path(destination: &Path) -> PathBuf {
+    hidden_beside(destination, ".xfd-part")
+}
+
+fn state_path(destination: &Path) -> PathBuf {
+    hidden_beside(destination, ".xfd-state.json")
+}
+
+fn hidden_beside(destination: &Path, suffix: &str) -> PathBuf {
+    let name = destination.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    destination.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// Compares the destination with `identity` by size and sidecar; cheap (no hashing).
+pub fn inspect(destination: &Path, identity: &FileIdentity) -> Result<CacheState> {
+    let meta = match fs::symlink_metadata(destination) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheState::Absent),
+        Err(e) => return Err(Error::io("stat", destination, e)),
+    };
+    let Some(sidecar) = read_json::<Sidecar>(&sidecar_path(destination)) else {
+        return Ok(CacheState::Foreign);
+    };
+    if !meta.is_file() {
+        return Ok(CacheState::Foreign);
+    }
+    if sidecar.format == SIDECAR_FORMAT && &sidecar.identity == identity && meta.len() == identity.size {
+        Ok(CacheState::Hit(sidecar))
+    } else {
+        Ok(CacheState::Stale)
+    }
+}
+
+/// Re-hashes every chunk of a cache hit against its sidecar: `true` when all match.
+pub fn deep_verify(destination: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<bool> {
+    for chunk in &target.chunks {
+        let digest = hash_file_range(destination, chunk.offset, Some(chunk.length))?;
+        if sidecar.chunks.get(&chunk.id) != Some(&digest.to_hex()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A file being assembled from chunks, in its part file beside the destination.
+pub struct PartFile {
+    target: FileTarget,
+    file: Arc<File>,
+    done: BTreeMap<String, ChunkDigest>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PartState {
+    identity: FileIdentity,
+    chunks: BTreeMap<String, String>,
+}
+
+impl PartFile {
+    /// Opens the part file, keeping the chunks an interrupted run recorded (after re-hashing them),
+    /// or creates it preallocated. Refuses a destination that holds a user's file unless `overwrite`.
+    pub fn open(target: FileTarget) -> Result<PartFile> {
+        refuse_foreign(&target)?;
+        let parent = target.destination.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+        let part = part_path(&target.destination);
+        let resumed = resumable_chunks(&target, &part);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(resumed.is_empty())
+            .open(&part)
+            .map_err(|e| Error::io("create", &part, e))?;
+        file.set_len(target.identity.size).map_err(|e| Error::io("preallocate", &part, e))?;
+        Ok(PartFile { target, file: Arc::new(file), done: resumed })
+    }
+
+    /// The open part file, for positional writes of chunks.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn path(&self) -> PathBuf {
+        part_path(&self.target.destination)
+    }
+
+    pub fn target(&self) -> &FileTarget {
+        &self.target
+    }
+
+    /// Chunks already in the part file (resumed or recorded), with their digests.
+    pub fn done(&self) -> &BTreeMap<String, ChunkDigest> {
+        &self.done
+    }
+
+    pub fn missing(&self) -> Vec<ChunkSpan> {
+        self.target.chunks.iter().filter(|c| !self.done.contains_key(&c.id)).cloned().collect()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.target.chunks.iter().all(|c| self.done.contains_key(&c.id))
+    }
+
+    /// Records that a chunk's bytes are in the part file. Its data reaches the disk before the record
+    /// does, so a record never points at bytes a crash lost.
+    pub fn record(&mut self, chunk_id: &str, digest: ChunkDigest) -> Result<()> {
+        if !self.target.chunks.iter().any(|c| c.id == chunk_id) {
+            return Err(Error::InvalidPlan(format!("chunk {chunk_id} is not part of {}", self.target.destination.display())));
+        }
+        self.file.sync_data().map_err(|e| Error::io("sync", self.path(), e))?;
+        self.done.insert(chunk_id.to_owned(), digest);
+        let state = PartState {
+            identity: self.target.identity.clone(),
+            chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
+        };
+        write_json_atomically(&state_path(&self.target.destination), &state)
+    }
+
+    /// Verifies the optional whole-file SHA-256, then moves the file into place and writes its sidecar.
+    /// Until this returns, the destination holds either its old content or nothing: never a partial file.
+    pub fn publish(self) -> Result<Sidecar> {
+        if let Some(missing) = self.missing().first() {
+            return Err(Error::InvalidPlan(format!("cannot publish {}: chunk {} is missing", self.target.destination.display(), missing.id)));
+        }
+        let part = self.path();
+        if let Some(expected) = &self.target.sha256 {
+            let actual = sha256_of(&part)?;
+            if &actual != expected {
+                // Which chunk is wrong cannot be known: start the file over on the next run.
+                let _ = fs::remove_file(state_path(&self.target.destination));
+                let _ = fs::remove_file(&part);
+                return Err(Error::Sha256Mismatch { path: self.target.destination.clone(), expected: expected.clone(), actual });
+            }
+        }
+        refuse_foreign(&self.target)?;
+        self.file.sync_all().map_err(|e| Error::io("sync", &part, e))?;
+        let destination = &self.target.destination;
+        if fs::symlink_metadata(destination).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::DestinationExists { path: destination.clone() });
+        }
+        fs::rename(&part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
+        sync_directory(destination)?;
+        let sidecar = Sidecar {
+            format: SIDECAR_FORMAT.into(),
+            identity: self.target.identity.clone(),
+            chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
+        };
+        write_json_atomically(&sidecar_path(destination), &sidecar)?;
+        let _ = fs::remove_file(state_path(destination));
+        Ok(sidecar)
+    }
+}
+
+/// Copies a published file to another destination of the same object (same checks, same sidecar).
+pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Result<()> {
+    refuse_foreign(target)?;
+    let parent = target.destination.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    let part = part_path(&target.destination);
+    fs::copy(source, &part).map_err(|e| Error::io("copy", &part, e))?;
+    File::open(&part).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", &part, e))?;
+    fs::rename(&part, &target.destination).map_err(|e| Error::io("rename into place", &target.destination, e))?;
+    sync_directory(&target.destination)?;
+    write_json_atomically(&sidecar_path(&target.destination), sidecar)
+}
+
+fn refuse_foreign(target: &FileTarget) -> Result<()> {
+    match inspect(&target.destination, &target.identity)? {
+        CacheState::Foreign if !target.overwrite => Err(Error::DestinationExists { path: target.destination.clone() }),
+        _ => Ok(()),
+    }
+}
+
+fn resumable_chunks(target: &FileTarget, part: &Path) -> BTreeMap<String, ChunkDigest> {
+    let Some(state) = read_json::<PartState>(&state_path(&target.destination)) else {
+        return BTreeMap::new();
+    };
+    let part_ok = fs::metadata(part).is_ok_and(|m| m.len() == target.identity.size);
+    if state.identity != target.identity || !part_ok {
+        return BTreeMap::new();
+    }
+    target
+        .chunks
+        .iter()
+        .filter_map(|chunk| {
+            let recorded = state.chunks.get(&chunk.id)?;
+            let digest = hash_file_range(part, chunk.offset, Some(chunk.length)).ok()?;
+            (&digest.to_hex() == recorded).then(|| (chunk.id.clone(), digest))
+        })
+        .collect()
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(|e| Error::io("read", path, e))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Temp file + fsync + rename: a reader sees the old record or the new one, never half of one.
+fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io("create", parent, e))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Task(e.to_string()))?;
+    temp.write_all(&bytes).map_err(|e| Error::io("write", temp.path(), e))?;
+    temp.as_file().sync_all().map_err(|e| Error::io("sync", temp.path(), e))?;
+    temp.persist(path).map_err(|e| Error::io("rename into place", path, e.error))?;
+    Ok(())
+}
+
+fn sync_directory(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync", parent, e))
+}

@@ -1,0 +1,470 @@
+//! The node engine: everything one node does for a plan, behind a small API the runtime drives.
+//!
+//! - [`Engine::scan`] finds what this node already holds: published files whose sidecar matches the
+//!   plan (cache hits) and chunks of interrupted runs (resume). Held chunks are served to peers at once.
+//! - [`Engine::fetch_from_origin`] / [`Engine::fetch_from_peer`] bring one chunk into the part file.
+//! - When every chunk of an object is in, the file is published (and copied to the object's other
+//!   destinations); [`Engine::finish`] then runs the plan's unpacks.
+//!
+//! Each object has its own lock, so chunks of different objects never wait for each other; disk work
+//! that syncs or hashes runs on tokio's blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use serde::Serialize;
+
+use crate::assembly::{self, CacheState, ChunkSpan, FileIdentity, FileTarget, PartFile, Sidecar};
+use crate::error::{Error, Result};
+use crate::hash::{ChunkDigest, hash_file_range};
+use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
+use crate::p2p::{ChunkId, MemoryRegistry, ServedChunk};
+use crate::plan::{Plan, PlanChunk, PlanObject};
+use crate::unpack::{self, ArchiveFormat, UnpackOptions};
+
+/// How one node runs a plan.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// The directory that stands for `/` on this node (`/` on a real cluster).
+    pub node_root: PathBuf,
+    /// Store name -> URL and resolved options (credentials included: they stay on this node).
+    pub stores: BTreeMap<String, StoreConfig>,
+    pub retry: RetryPolicy,
+    /// Re-hash cache hits against their sidecar before trusting them.
+    pub deep_verify: bool,
+}
+
+/// Where a chunk came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Origin,
+    Peer,
+    Cache,
+}
+
+/// Something that happened, for progress and reports. Plain data: the runtime forwards it as is.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    ChunkDone { chunk_id: String, object_id: String, bytes: u64, source: Source, peer: Option<String>, seconds: f64, digest: String },
+    ChunkFailed { chunk_id: String, object_id: String, source: Source, peer: Option<String>, error: String },
+    FilePublished { object_id: String, destination: String, bytes: u64 },
+    Unpacked { object_id: String, destination: String, files: u64, bytes: u64, skipped: bool },
+}
+
+/// The result of bringing one chunk in.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkDone {
+    pub chunk_id: String,
+    pub bytes: u64,
+    pub digest: String,
+    pub seconds: f64,
+    /// `true` when the chunk was already held and nothing was transferred.
+    pub already_held: bool,
+}
+
+/// What [`Engine::scan`] found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScanReport {
+    /// Chunk id -> digest of every chunk this node can serve now.
+    pub held: BTreeMap<String, String>,
+    /// Files found complete and valid from an earlier run.
+    pub cached_files: u64,
+    /// Chunks found in part files of interrupted runs.
+    pub resumed_chunks: u64,
+}
+
+pub(crate) struct ObjectWork {
+    object: PlanObject,
+    /// Every destination of this object on this node; the first one is assembled, the others copied.
+    targets: Vec<FileTarget>,
+    part: Option<PartFile>,
+    published: Option<Sidecar>,
+}
+
+pub struct Engine {
+    plan: Plan,
+    config: EngineConfig,
+    stores: BTreeMap<String, Arc<dyn ObjectStore>>,
+    objects: BTreeMap<String, Arc<Mutex<ObjectWork>>>,
+    chunks: HashMap<String, (String, PlanChunk)>,
+    registry: Arc<MemoryRegistry>,
+    events: Arc<(Mutex<Vec<Event>>, Condvar)>,
+}
+
+impl Engine {
+    /// Checks the plan against this node's configuration and opens its stores (no network yet).
+    pub fn new(plan: Plan, config: EngineConfig) -> Result<Engine> {
+        let stores = open_stores(&plan, &config)?;
+        let mut objects = BTreeMap::new();
+        let mut chunks = HashMap::new();
+        for object in &plan.objects {
+            let targets = targets_of(&plan, object, &config)?;
+            if targets.is_empty() {
+                continue;
+            }
+            for chunk in &object.chunks {
+                chunks.insert(chunk.id.clone(), (object.id.clone(), chunk.clone()));
+            }
+            let work = ObjectWork { object: object.clone(), targets, part: None, published: None };
+            objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
+        }
+        Ok(Engine {
+            plan,
+            config,
+            stores,
+            objects,
+            chunks,
+            registry: Arc::new(MemoryRegistry::new()),
+            events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The verified chunks this node can serve; hand it to a [`crate::p2p::P2pServer`].
+    pub fn registry(&self) -> Arc<MemoryRegistry> {
+        self.registry.clone()
+    }
+
+    /// Finds cache hits and resumable parts; publishes what is already complete.
+    pub async fn scan(&self) -> Result<ScanReport> {
+        let mut report = ScanReport::default();
+        for work in self.objects.values() {
+            let work = work.clone();
+            let deep = self.config.deep_verify;
+            let found = tokio::task::spawn_blocking(move || scan_object(&mut work.lock().unwrap(), deep))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            self.absorb(found, &mut report);
+        }
+        Ok(report)
+    }
+
+    fn absorb(&self, found: ScanFound, report: &mut ScanReport) {
+        match found {
+            ScanFound::Cached { path, digests, object_id } => {
+                report.cached_files += 1;
+                self.register_all(&object_id, &path, &digests, report);
+            }
+            ScanFound::Partial { path, digests, object_id, published } => {
+                report.resumed_chunks += digests.len() as u64;
+                self.register_all(&object_id, &path, &digests, report);
+                if let Some(event) = published {
+                    self.emit(event);
+                }
+            }
+        }
+    }
+
+    fn register_all(&self, object_id: &str, path: &Path, digests: &BTreeMap<String, ChunkDigest>, report: &mut ScanReport) {
+        for (chunk_id, digest) in digests {
+            self.register(chunk_id, path, *digest);
+            report.held.insert(chunk_id.clone(), digest.to_hex());
+            self.emit(Event::ChunkDone {
+                chunk_id: chunk_id.clone(),
+                object_id: object_id.to_owned(),
+                bytes: self.chunks[chunk_id].1.length,
+                source: Source::Cache,
+                peer: None,
+                seconds: 0.0,
+                digest: digest.to_hex(),
+            });
+        }
+    }
+
+    /// Fetches one chunk from the origin into its part file.
+    pub async fn fetch_from_origin(&self, chunk_id: &str) -> Result<ChunkDone> {
+        let (work, chunk) = self.locate(chunk_id)?;
+        let Some((file, identity, store)) = self.prepare(&work, &chunk)? else {
+            return Ok(self.already_held(&work, &chunk));
+        };
+        let started = Instant::now();
+        let fetched = origin::fetch_range(store.as_ref(), &identity, chunk.offset, chunk.length, file, chunk.offset, &self.config.retry).await;
+        match fetched {
+            Ok(range) => self.complete(work, chunk, range.digest, Source::Origin, None, started.elapsed()).await,
+            Err(error) => Err(self.failed(&work, &chunk, Source::Origin, None, error)),
+        }
+    }
+
+    /// Records a chunk whose bytes were written into the part file by someone else (the peer client).
+    pub(crate) async fn complete(
+        &self,
+        work: Arc<Mutex<ObjectWork>>,
+        chunk: PlanChunk,
+        digest: ChunkDigest,
+        source: Source,
+        peer: Option<String>,
+        elapsed: Duration,
+    ) -> Result<ChunkDone> {
+        let object_id = work.lock().unwrap().object.id.clone();
+        let chunk_id = chunk.id.clone();
+        let (path, published) = tokio::task::spawn_blocking(move || record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        self.register(&chunk.id, &path, digest);
+        self.emit(Event::ChunkDone {
+            chunk_id: chunk.id.clone(),
+            object_id: object_id.clone(),
+            bytes: chunk.length,
+            source,
+            peer,
+            seconds: elapsed.as_secs_f64(),
+            digest: digest.to_hex(),
+        });
+        if let Some((destination, digests)) = published {
+            for (id, digest) in digests {
+                self.register(&id, &destination, digest);
+            }
+            let bytes = self.objects[&object_id].lock().unwrap().object.size;
+            self.emit(Event::FilePublished { object_id, destination: destination.display().to_string(), bytes });
+        }
+        Ok(ChunkDone { chunk_id: chunk.id, bytes: chunk.length, digest: digest.to_hex(), seconds: elapsed.as_secs_f64(), already_held: false })
+    }
+
+    /// Runs the plan's unpacks whose archives are published on this node.
+    pub async fn finish(&self, options: UnpackOptions) -> Result<Vec<Event>> {
+        let mut done = Vec::new();
+        for step in &self.plan.unpacks {
+            let Some(work) = self.objects.get(&step.object_id) else { continue };
+            if work.lock().unwrap().published.is_none() {
+                return Err(Error::InvalidPlan(format!("cannot unpack {}: the archive is not complete on this node", step.archive)));
+            }
+            let archive = localize(&self.config.node_root, &step.archive)?;
+            let destination = localize(&self.config.node_root, &step.to)?;
+            let options = UnpackOptions { format: step.format.parse::<ArchiveFormat>()?, ..options.clone() };
+            let identity = format!("{}:{}", step.object_id, step.format);
+            let (a, d) = (archive.clone(), destination.clone());
+            let report = tokio::task::spawn_blocking(move || unpack::unpack(&a, &d, &identity, &options))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            let event = Event::Unpacked {
+                object_id: step.object_id.clone(),
+                destination: destination.display().to_string(),
+                files: report.files,
+                bytes: report.bytes_written,
+                skipped: report.skipped,
+            };
+            self.emit(event.clone());
+            done.push(event);
+        }
+        Ok(done)
+    }
+
+    /// Takes every event so far (oldest first).
+    pub fn drain_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.0.lock().unwrap())
+    }
+
+    /// Waits up to `timeout` for at least one event, then takes them all.
+    pub fn wait_events(&self, timeout: Duration) -> Vec<Event> {
+        let (queue, ready) = &*self.events;
+        let guard = queue.lock().unwrap();
+        let (mut guard, _) = ready.wait_timeout_while(guard, timeout, |events| events.is_empty()).unwrap();
+        std::mem::take(&mut *guard)
+    }
+
+    /// `true` when every file of the plan for this node is published.
+    pub fn is_complete(&self) -> bool {
+        self.objects.values().all(|w| w.lock().unwrap().published.is_some())
+    }
+
+    pub(crate) fn locate(&self, chunk_id: &str) -> Result<(Arc<Mutex<ObjectWork>>, PlanChunk)> {
+        let (object_id, chunk) = self.chunks.get(chunk_id).ok_or_else(|| Error::InvalidPlan(format!("unknown chunk {chunk_id}")))?;
+        Ok((self.objects[object_id].clone(), chunk.clone()))
+    }
+
+    /// The part file, object identity and store for a chunk still missing; `None` when already held.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn prepare(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> Result<Option<(Arc<std::fs::File>, ObjectIdentity, Arc<dyn ObjectStore>)>> {
+        let mut work = work.lock().unwrap();
+        if work.published.is_some() {
+            return Ok(None);
+        }
+        if work.part.is_none() {
+            work.part = Some(PartFile::open(work.targets[0].clone())?);
+        }
+        let part = work.part.as_ref().expect("opened above");
+        if part.done().contains_key(&chunk.id) {
+            return Ok(None);
+        }
+        let object = &work.object;
+        let identity = ObjectIdentity { key: object.key.clone(), size: object.size, etag: object.etag.clone(), version: object.version.clone() };
+        Ok(Some((part.file(), identity, self.stores[&object.store].clone())))
+    }
+
+    pub(crate) fn already_held(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> ChunkDone {
+        let work = work.lock().unwrap();
+        let digest = match (&work.published, &work.part) {
+            (Some(sidecar), _) => sidecar.chunks.get(&chunk.id).cloned().unwrap_or_default(),
+            (None, Some(part)) => part.done().get(&chunk.id).map(|d| d.to_hex()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        ChunkDone { chunk_id: chunk.id.clone(), bytes: 0, digest, seconds: 0.0, already_held: true }
+    }
+
+    pub(crate) fn failed(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk, source: Source, peer: Option<String>, error: Error) -> Error {
+        let object_id = work.lock().unwrap().object.id.clone();
+        self.emit(Event::ChunkFailed { chunk_id: chunk.id.clone(), object_id, source, peer, error: error.to_string() });
+        error
+    }
+
+    fn register(&self, chunk_id: &str, path: &Path, digest: ChunkDigest) {
+        let (_, chunk) = &self.chunks[chunk_id];
+        if let Ok(id) = ChunkId::parse(chunk_id) {
+            let served = ServedChunk { path: path.to_owned(), offset: chunk.offset, length: chunk.length, digest };
+            self.registry.insert(id, served);
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        let (queue, ready) = &*self.events;
+        queue.lock().unwrap().push(event);
+        ready.notify_all();
+    }
+}
+
+enum ScanFound {
+    Cached { object_id: String, path: PathBuf, digests: BTreeMap<String, ChunkDigest> },
+    Partial { object_id: String, path: PathBuf, digests: BTreeMap<String, ChunkDigest>, published: Option<Event> },
+}
+
+fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
+    let object_id = work.object.id.clone();
+    if let Some((index, sidecar)) = find_cache_hit(work, deep_verify)? {
+        let source = work.targets[index].destination.clone();
+        let digests = chunk_digests(&source, &work.targets[index], &sidecar)?;
+        let sidecar = Sidecar { chunks: digests.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(), ..sidecar };
+        for (other, target) in work.targets.iter().enumerate() {
+            if other != index && !matches!(assembly::inspect(&target.destination, &target.identity)?, CacheState::Hit(_)) {
+                assembly::publish_copy(&source, &sidecar, target)?;
+            }
+        }
+        work.published = Some(sidecar);
+        return Ok(ScanFound::Cached { object_id, path: source, digests });
+    }
+    let part = PartFile::open(work.targets[0].clone())?;
+    let digests = part.done().clone();
+    let path = part.path();
+    work.part = Some(part);
+    // An object with no missing chunks (empty, or fully resumed) is published right away.
+    let published = if work.part.as_ref().is_some_and(PartFile::is_complete) {
+        let (destination, _) = publish(work)?;
+        Some(Event::FilePublished { object_id: object_id.clone(), destination: destination.display().to_string(), bytes: work.object.size })
+    } else {
+        None
+    };
+    let path = if published.is_some() { work.targets[0].destination.clone() } else { path };
+    Ok(ScanFound::Partial { object_id, path, digests, published })
+}
+
+fn find_cache_hit(work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, Sidecar)>> {
+    for (index, target) in work.targets.iter().enumerate() {
+        if let CacheState::Hit(sidecar) = assembly::inspect(&target.destination, &target.identity)? {
+            if !deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)? {
+                return Ok(Some((index, sidecar)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Digests of every chunk of a cached file: from its sidecar, or re-hashed when the sidecar was written
+/// with another chunk size (its chunk ids differ from the plan's).
+fn chunk_digests(path: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<BTreeMap<String, ChunkDigest>> {
+    target
+        .chunks
+        .iter()
+        .map(|chunk| {
+            let recorded = sidecar.chunks.get(&chunk.id).and_then(|hex| parse_digest(hex));
+            let digest = match recorded {
+                Some(digest) => digest,
+                None => hash_file_range(path, chunk.offset, Some(chunk.length))?,
+            };
+            Ok((chunk.id.clone(), digest))
+        })
+        .collect()
+}
+
+fn parse_digest(hex: &str) -> Option<ChunkDigest> {
+    blake3::Hash::from_hex(hex).ok().map(|h| ChunkDigest(*h.as_bytes()))
+}
+
+type Published = (PathBuf, BTreeMap<String, ChunkDigest>);
+
+fn record_and_maybe_publish(work: &mut ObjectWork, chunk_id: &str, digest: ChunkDigest) -> Result<(PathBuf, Option<Published>)> {
+    let part = work.part.as_mut().ok_or_else(|| Error::InvalidPlan("chunk recorded before its part file was opened".into()))?;
+    part.record(chunk_id, digest)?;
+    if !part.is_complete() {
+        return Ok((part.path(), None));
+    }
+    let published = publish(work)?;
+    Ok((published.0.clone(), Some(published)))
+}
+
+fn publish(work: &mut ObjectWork) -> Result<Published> {
+    let part = work.part.take().expect("publish needs a part file");
+    let digests = part.done().clone();
+    let sidecar = part.publish()?;
+    let primary = work.targets[0].destination.clone();
+    for target in &work.targets[1..] {
+        assembly::publish_copy(&primary, &sidecar, target)?;
+    }
+    work.published = Some(sidecar);
+    Ok((primary, digests))
+}
+
+fn open_stores(plan: &Plan, config: &EngineConfig) -> Result<BTreeMap<String, Arc<dyn ObjectStore>>> {
+    plan.stores
+        .iter()
+        .map(|(name, store)| {
+            let configured = config.stores.get(name).cloned().unwrap_or_else(|| StoreConfig { url: store.url.clone(), options: Vec::new() });
+            if configured.url != store.url {
+                return Err(Error::StoreConfig { url: store.url.clone(), message: format!("this node's store {name:?} is {}", configured.url) });
+            }
+            Ok((name.clone(), origin::open_store(&configured)?))
+        })
+        .collect()
+}
+
+fn targets_of(plan: &Plan, object: &PlanObject, config: &EngineConfig) -> Result<Vec<FileTarget>> {
+    let store_url = plan.stores.get(&object.store).map(|s| s.url.clone()).unwrap_or_default();
+    let identity = FileIdentity { store_url, key: object.key.clone(), etag: object.etag.clone(), version: object.version.clone(), size: object.size };
+    let spans: Vec<ChunkSpan> = object.chunks.iter().map(|c| ChunkSpan { id: c.id.clone(), offset: c.offset, length: c.length }).collect();
+    plan.files
+        .iter()
+        .filter(|f| f.object_id == object.id)
+        .map(|file| {
+            Ok(FileTarget {
+                destination: localize(&config.node_root, &file.destination)?,
+                identity: identity.clone(),
+                chunks: spans.clone(),
+                sha256: file.sha256.clone(),
+                overwrite: plan.settings.overwrite,
+            })
+        })
+        .collect()
+}
+
+/// `destination` (absolute, from the plan) under the node root; never outside it.
+pub fn localize(node_root: &Path, destination: &str) -> Result<PathBuf> {
+    let path = Path::new(destination);
+    let mut out = node_root.to_path_buf();
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => out.push(part),
+            _ => return Err(Error::InvalidPlan(format!("destination {destination:?} must be absolute and free of '..'"))),
+        }
+    }
+    if !path.is_absolute() || out == node_root {
+        return Err(Error::InvalidPlan(format!("destination {destination:?} must be an absolute path below /")));
+    }
+    Ok(out)
+}

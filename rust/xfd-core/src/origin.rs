@@ -1,0 +1,224 @@
+//! Origin fetch: ranged GETs from object storage streamed straight into a file at their offset.
+//!
+//! Every request is pinned to the object identity of the plan (ETag `If-Match`, and the version id
+//! where the store has versions), so an object replaced mid-download fails loudly instead of yielding
+//! a file mixed from two versions. Bodies are streamed: memory per transfer is bounded by
+//! [`WRITE_BLOCK`], whatever the chunk size. The chunk's BLAKE3 digest is computed on the way.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{GetOptions, GetRange, ObjectStore};
+
+use crate::error::{Error, Result};
+use crate::hash::ChunkDigest;
+
+mod stores;
+
+pub use stores::{StoreConfig, open_store};
+
+/// Bytes gathered before one positional write: few syscalls, and a bounded buffer per transfer.
+pub const WRITE_BLOCK: usize = 4 << 20;
+
+/// The object a chunk belongs to, as the plan resolved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectIdentity {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// When and how long to retry a failed ranged GET. Requests that fail before a body starts are
+/// first retried inside `object_store`'s own client; this policy covers what that cannot: a body
+/// that breaks off half-way is resumed from the last byte received, and throttling backs off harder.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per range, the first included. 8 rides out a few seconds of origin trouble.
+    pub max_attempts: u32,
+    /// First backoff after an ordinary failure (connection reset, 5xx); doubled each time, jittered.
+    pub base_backoff: Duration,
+    /// First backoff after throttling (503 SlowDown, 429): the origin asked us to slow down, so wait
+    /// ten times longer than for an ordinary failure.
+    pub throttled_backoff: Duration,
+    /// No single wait is longer than this.
+    pub max_backoff: Duration,
+    /// The whole range, all attempts and waits included, must be done by then: 10 minutes is ample
+    /// for a 64 MiB chunk on any working link, and bounds how long a dead origin can stall a node.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_backoff: Duration::from_millis(100),
+            throttled_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(20),
+            deadline: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one ranged fetch did.
+#[derive(Clone, Debug)]
+pub struct RangeFetch {
+    pub bytes: u64,
+    pub digest: ChunkDigest,
+    pub attempts: u32,
+    pub duration: Duration,
+}
+
+/// Fetches bytes `[offset, offset + length)` of `object` and writes them at `dest_offset` in `dest`.
+pub async fn fetch_range(
+    store: &dyn ObjectStore,
+    object: &ObjectIdentity,
+    offset: u64,
+    length: u64,
+    dest: Arc<File>,
+    dest_offset: u64,
+    policy: &RetryPolicy,
+) -> Result<RangeFetch> {
+    let started = Instant::now();
+    let mut sink = RangeSink::new(dest, dest_offset, length);
+    let mut attempts = 0;
+    while sink.done < length {
+        attempts += 1;
+        let failure = match stream_once(store, object, offset + sink.done, offset + length, &mut sink).await {
+            Ok(()) if sink.done == length => break,
+            // The body ended early without an error: resume from where it stopped.
+            Ok(()) => Failure::Transient(format!("body ended after {} of {length} bytes", sink.done)),
+            Err(failure) => failure,
+        };
+        sink.flush().await?;
+        let message = match failure {
+            Failure::Fatal(error) => return Err(error),
+            Failure::Throttled(message) | Failure::Transient(message) => message,
+        };
+        let wait = backoff(policy, attempts, message.contains("throttl"));
+        if attempts >= policy.max_attempts || started.elapsed() + wait > policy.deadline {
+            return Err(Error::Origin {
+                key: object.key.clone(),
+                message: format!("gave up after {attempts} attempts: {message}"),
+            });
+        }
+        tokio::time::sleep(wait).await;
+    }
+    sink.flush().await?;
+    Ok(RangeFetch {
+        bytes: sink.done,
+        digest: ChunkDigest(*sink.hasher.finalize().as_bytes()),
+        attempts,
+        duration: started.elapsed(),
+    })
+}
+
+enum Failure {
+    Fatal(Error),
+    Throttled(String),
+    Transient(String),
+}
+
+async fn stream_once(
+    store: &dyn ObjectStore,
+    object: &ObjectIdentity,
+    start: u64,
+    end: u64,
+    sink: &mut RangeSink,
+) -> std::result::Result<(), Failure> {
+    let options = GetOptions {
+        range: Some(GetRange::Bounded(start..end)),
+        if_match: object.etag.clone(),
+        version: object.version.clone(),
+        ..GetOptions::default()
+    };
+    let location = StorePath::from(object.key.as_str());
+    let result = store.get_opts(&location, options).await.map_err(|e| classify(object, e))?;
+    let mut body = result.into_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| classify(object, e))?;
+        sink.accept(piece).await.map_err(Failure::Fatal)?;
+    }
+    Ok(())
+}
+
+fn classify(object: &ObjectIdentity, error: object_store::Error) -> Failure {
+    match error {
+        object_store::Error::Precondition { .. } => Failure::Fatal(Error::ObjectChanged {
+            key: object.key.clone(),
+            expected: object.etag.clone().or(object.version.clone()).unwrap_or_default(),
+        }),
+        object_store::Error::NotFound { .. } => Failure::Fatal(Error::ObjectChanged {
+            key: object.key.clone(),
+            expected: "an object that no longer exists".into(),
+        }),
+        other => {
+            let message = format!("{other}");
+            if message.contains("SlowDown") || message.contains("503") || message.contains("429") {
+                Failure::Throttled(format!("throttled by the origin: {message}"))
+            } else {
+                Failure::Transient(message)
+            }
+        }
+    }
+}
+
+fn backoff(policy: &RetryPolicy, attempt: u32, throttled: bool) -> Duration {
+    let base = if throttled { policy.throttled_backoff } else { policy.base_backoff };
+    let ceiling = base.saturating_mul(1 << attempt.min(16)).min(policy.max_backoff);
+    // Full jitter: nodes that failed together do not retry together.
+    let unit = getrandom::u64().unwrap_or(u64::MAX / 2) as f64 / u64::MAX as f64;
+    ceiling.mul_f64(unit)
+}
+
+/// Receives the body: hashes each piece, batches pieces into positional writes.
+struct RangeSink {
+    dest: Arc<File>,
+    dest_offset: u64,
+    length: u64,
+    done: u64,
+    written: u64,
+    buffer: BytesMut,
+    hasher: blake3::Hasher,
+}
+
+impl RangeSink {
+    fn new(dest: Arc<File>, dest_offset: u64, length: u64) -> Self {
+        RangeSink { dest, dest_offset, length, done: 0, written: 0, buffer: BytesMut::new(), hasher: blake3::Hasher::new() }
+    }
+
+    async fn accept(&mut self, piece: Bytes) -> Result<()> {
+        if self.done + piece.len() as u64 > self.length {
+            return Err(Error::Origin {
+                key: String::new(),
+                message: format!("origin sent more than the {} bytes asked for", self.length),
+            });
+        }
+        self.hasher.update(&piece);
+        self.done += piece.len() as u64;
+        self.buffer.extend_from_slice(&piece);
+        if self.buffer.len() >= WRITE_BLOCK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered at its position, on the blocking pool (disk never stalls the reactor).
+    async fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let block = self.buffer.split().freeze();
+        let (file, position) = (self.dest.clone(), self.dest_offset + self.written);
+        self.written += block.len() as u64;
+        tokio::task::spawn_blocking(move || file.write_all_at(&block, position))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|e| Error::io("write", "<destination>", e))
+    }
+}

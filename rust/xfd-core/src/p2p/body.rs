@@ -1,0 +1,166 @@
+//! Response bodies of the peer server: a short fixed text, or a chunk streamed from disk.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::limiter::EgressLimiter;
+use super::server::Counters;
+
+/// Largest block read from disk at once. With one block queued and one being read, a transfer holds
+/// at most a few blocks in memory whatever the chunk's size.
+pub(crate) const READ_BLOCK: usize = 1 << 20;
+
+/// A response body.
+pub(crate) enum ServerBody {
+    Fixed(Option<Bytes>),
+    Chunk(ChunkBody),
+}
+
+impl ServerBody {
+    pub(crate) fn empty() -> Self {
+        ServerBody::Fixed(None)
+    }
+
+    pub(crate) fn text(text: &'static str) -> Self {
+        ServerBody::Fixed(Some(Bytes::from_static(text.as_bytes())))
+    }
+}
+
+/// The bytes of one chunk range, read by a background task in bounded blocks.
+///
+/// Holds an upload slot for as long as hyper holds the body, so a slot is freed exactly when the
+/// response finishes or the client goes away (dropping the body is the cancellation).
+pub(crate) struct ChunkBody {
+    blocks: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+    counters: Arc<Counters>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Where a streamed range comes from.
+pub(crate) struct FileRange {
+    pub(crate) file: Arc<File>,
+    pub(crate) offset: u64,
+    pub(crate) length: u64,
+}
+
+impl ChunkBody {
+    /// Starts reading `source` in the background and returns the body that yields it.
+    pub(crate) fn spawn(
+        source: FileRange,
+        limiter: Option<Arc<EgressLimiter>>,
+        counters: Arc<Counters>,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        // One block queued while the next is read: enough to keep the socket busy, and bounded.
+        let (sender, blocks) = mpsc::channel(1);
+        let remaining = source.length;
+        tokio::spawn(read_blocks(source, limiter, sender));
+        ChunkBody {
+            blocks,
+            remaining,
+            counters,
+            _slot: slot,
+        }
+    }
+}
+
+/// Reads `source` block by block into `sender`; stops early when the body is dropped.
+async fn read_blocks(
+    source: FileRange,
+    limiter: Option<Arc<EgressLimiter>>,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+) {
+    let block_size = limiter.as_ref().map_or(READ_BLOCK, |l| l.block_size(READ_BLOCK));
+    let mut done = 0u64;
+    while done < source.length {
+        let want = (source.length - done).min(block_size as u64) as usize;
+        if let Some(limiter) = &limiter {
+            limiter.acquire(want as u64).await;
+        }
+        let block = read_block(source.file.clone(), source.offset + done, want).await;
+        let failed = block.is_err();
+        if sender.send(block).await.is_err() || failed {
+            return;
+        }
+        done += want as u64;
+    }
+}
+
+/// One positional read on the blocking pool. A file shorter than announced is an error, never padding:
+/// the body is then aborted and the client sees a truncated transfer.
+async fn read_block(file: Arc<File>, position: u64, length: usize) -> io::Result<Bytes> {
+    let read = move || {
+        let mut buffer = vec![0u8; length];
+        file.read_exact_at(&mut buffer, position)?;
+        Ok(Bytes::from(buffer))
+    };
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join)))
+}
+
+impl Body for ServerBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            ServerBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ServerBody::Chunk(chunk) => chunk.poll_block(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ServerBody::Fixed(bytes) => bytes.is_none(),
+            ServerBody::Chunk(chunk) => chunk.remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ServerBody::Fixed(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ServerBody::Chunk(chunk) => SizeHint::with_exact(chunk.remaining),
+        }
+    }
+}
+
+impl ChunkBody {
+    fn poll_block(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match self.blocks.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(block))) => {
+                self.remaining -= block.len() as u64;
+                self.counters.bytes_served.fetch_add(block.len() as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(Frame::data(block))))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(self.abort(error)))),
+            Poll::Ready(None) => {
+                let error = io::Error::other("chunk reader stopped early");
+                Poll::Ready(Some(Err(self.abort(error))))
+            }
+        }
+    }
+
+    fn abort(&mut self, error: io::Error) -> io::Error {
+        self.counters.read_failures.fetch_add(1, Ordering::Relaxed);
+        self.remaining = 0;
+        error
+    }
+}

@@ -1,0 +1,105 @@
+//! The plan as the engine reads it: the JSON written by `xfd.plan.Plan.to_json()` (format `xfd.plan/1`).
+//!
+//! Unknown fields are refused: a plan from another version of xfd must fail loudly, never half-work.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const PLAN_FORMAT: &str = "xfd.plan/1";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub format: String,
+    pub settings: Settings,
+    pub stores: BTreeMap<String, PlanStore>,
+    pub objects: Vec<PlanObject>,
+    pub files: Vec<PlanFile>,
+    #[serde(default)]
+    pub unpacks: Vec<PlanUnpack>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub chunk_size: u64,
+    pub node_parallelism: u32,
+    pub upload_slots: u32,
+    pub origin_parallelism: u32,
+    pub overwrite: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanStore {
+    pub url: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanObject {
+    pub id: String,
+    pub store: String,
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub last_modified: Option<String>,
+    pub chunks: Vec<PlanChunk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChunk {
+    pub id: String,
+    pub index: u64,
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    pub object_id: String,
+    pub destination: String,
+    pub artifact: String,
+    pub sha256: Option<String>,
+    pub cache: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanUnpack {
+    pub object_id: String,
+    pub archive: String,
+    pub format: String,
+    pub to: String,
+    pub artifact: String,
+}
+
+impl Plan {
+    /// Parses and checks a plan: its format, and that every file and unpack names a known object.
+    pub fn from_json(text: &str) -> Result<Plan> {
+        let plan: Plan = serde_json::from_str(text).map_err(|e| Error::InvalidPlan(e.to_string()))?;
+        if plan.format != PLAN_FORMAT {
+            return Err(Error::InvalidPlan(format!("format {:?}, expected {PLAN_FORMAT:?}", plan.format)));
+        }
+        let known = |id: &String| plan.objects.iter().any(|o| &o.id == id);
+        if let Some(file) = plan.files.iter().find(|f| !known(&f.object_id)) {
+            return Err(Error::InvalidPlan(format!("file {} names unknown object {}", file.destination, file.object_id)));
+        }
+        if let Some(unpack) = plan.unpacks.iter().find(|u| !known(&u.object_id)) {
+            return Err(Error::InvalidPlan(format!("unpack {} names unknown object {}", unpack.to, unpack.object_id)));
+        }
+        Ok(plan)
+    }
+
+    pub fn object(&self, id: &str) -> Option<&PlanObject> {
+        self.objects.iter().find(|o| o.id == id)
+    }
+}
