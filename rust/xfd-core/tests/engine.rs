@@ -1,0 +1,190 @@
+//! The node engine end to end on one machine: a local directory as the origin, node roots in temp dirs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
+use serde_json::json;
+use xfd_core::engine::{Engine, EngineConfig, Event, Source};
+use xfd_core::origin::{StoreConfig, open_store};
+use xfd_core::plan::Plan;
+use xfd_core::unpack::UnpackOptions;
+
+const CHUNK: u64 = 1 << 20;
+
+fn bytes(size: usize, seed: u8) -> Vec<u8> {
+    (0..size).map(|i| ((i * 31) as u8).wrapping_add(seed)).collect()
+}
+
+fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// Writes `objects` under `origin/` and returns a plan that puts them at the given destinations.
+async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: Option<(&str, &str, &str)>) -> Plan {
+    let url = format!("file://{}", origin.display());
+    let store = open_store(&StoreConfig { url: url.clone(), options: vec![] }).unwrap();
+    let mut plan_objects = Vec::new();
+    let mut files = Vec::new();
+    for (index, (key, data, destinations)) in objects.iter().enumerate() {
+        let path = origin.join(key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data).unwrap();
+        let meta = store.head(&StorePath::from(*key)).await.unwrap();
+        let id = format!("{index:032x}");
+        let chunks: Vec<_> = (0..meta.size.div_ceil(CHUNK))
+            .map(|i| json!({"id": format!("{index:016x}{i:016x}"), "index": i, "offset": i * CHUNK,
+                            "length": CHUNK.min(meta.size - i * CHUNK)}))
+            .collect();
+        plan_objects.push(json!({"id": id, "store": "origin", "key": key, "size": meta.size, "etag": meta.e_tag,
+                                 "version": null, "last_modified": null, "chunks": chunks}));
+        for destination in *destinations {
+            files.push(json!({"object_id": id, "destination": destination, "artifact": key, "sha256": null, "cache": true}));
+        }
+    }
+    let unpacks: Vec<_> = unpack
+        .map(|(key, archive, to)| {
+            let index = objects.iter().position(|(k, _, _)| *k == key).unwrap();
+            json!({"object_id": format!("{index:032x}"), "archive": archive, "format": "auto", "to": to, "artifact": key})
+        })
+        .into_iter()
+        .collect();
+    let plan = json!({
+        "format": "xfd.plan/1",
+        "settings": {"chunk_size": CHUNK, "node_parallelism": 8, "upload_slots": 8, "origin_parallelism": 32, "overwrite": false},
+        "stores": {"origin": {"url": url, "options": {}}},
+        "objects": plan_objects, "files": files, "unpacks": unpacks,
+    });
+    Plan::from_json(&plan.to_string()).unwrap()
+}
+
+fn engine(plan: &Plan, root: &Path) -> Engine {
+    let url = plan.stores["origin"].url.clone();
+    let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
+    Engine::new(plan.clone(), EngineConfig { node_root: root.to_owned(), stores, ..Default::default() }).unwrap()
+}
+
+async fn fetch_all_from_origin(engine: &Engine) {
+    for object in &engine.plan().objects {
+        for chunk in &object.chunks {
+            engine.fetch_from_origin(&chunk.id).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plan_is_fetched_published_copied_and_unpacked() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let model = bytes(3 * CHUNK as usize + 77, 1);
+    let archive = tar_gz(&[("a.txt", b"alpha"), ("dir/b.txt", b"beta")]);
+    let plan = plan_for(
+        origin.path(),
+        &[("w/model.bin", model.clone(), &["/models/model.bin", "/backup/model.bin"]), ("data.tar.gz", archive, &["/data/data.tar.gz"]),
+          ("empty", vec![], &["/e/empty"])],
+        Some(("data.tar.gz", "/data/data.tar.gz", "/data/data")),
+    )
+    .await;
+    let engine = engine(&plan, root.path());
+    let scan = engine.scan().await.unwrap();
+    assert_eq!(scan.held.len(), 0);
+    fetch_all_from_origin(&engine).await;
+    assert!(engine.is_complete());
+    let unpacked = engine.finish(UnpackOptions::default()).await.unwrap();
+    assert_eq!(unpacked.len(), 1);
+
+    assert_eq!(fs::read(root.path().join("models/model.bin")).unwrap(), model);
+    assert_eq!(fs::read(root.path().join("backup/model.bin")).unwrap(), model);
+    assert_eq!(fs::read(root.path().join("e/empty")).unwrap(), b"");
+    assert_eq!(fs::read(root.path().join("data/data/dir/b.txt")).unwrap(), b"beta");
+
+    let events = engine.drain_events();
+    let origin_chunks = events.iter().filter(|e| matches!(e, Event::ChunkDone { source: Source::Origin, .. })).count();
+    assert_eq!(origin_chunks, plan.objects.iter().map(|o| o.chunks.len()).sum::<usize>());
+    let published = events.iter().filter(|e| matches!(e, Event::FilePublished { .. })).count();
+    assert_eq!(published, 3);
+    assert!(engine.registry().len() >= origin_chunks);
+}
+
+#[tokio::test]
+async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("k", bytes(2 * CHUNK as usize + 5, 9), &["/f", "/g"])], None).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    fetch_all_from_origin(&first).await;
+    fs::remove_file(root.path().join("g")).unwrap(); // one copy lost: restored from the other, not the origin
+
+    let second = engine(&plan, root.path());
+    let scan = second.scan().await.unwrap();
+    assert_eq!(scan.cached_files, 1);
+    assert_eq!(scan.held.len(), 3);
+    assert!(second.is_complete());
+    assert_eq!(fs::read(root.path().join("g")).unwrap(), bytes(2 * CHUNK as usize + 5, 9));
+    let done = second.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
+    assert!(done.already_held);
+    let events = second.drain_events();
+    assert!(events.iter().all(|e| matches!(e, Event::ChunkDone { source: Source::Cache, .. })), "{events:?}");
+}
+
+#[tokio::test]
+async fn an_interrupted_run_resumes_with_only_the_missing_chunks() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("k", bytes(4 * CHUNK as usize, 3), &["/f"])], None).await;
+    {
+        let first = engine(&plan, root.path());
+        first.scan().await.unwrap();
+        first.fetch_from_origin(&plan.objects[0].chunks[1].id).await.unwrap();
+        first.fetch_from_origin(&plan.objects[0].chunks[3].id).await.unwrap();
+    } // interrupted
+    assert!(!root.path().join("f").exists(), "a partial file must never be at the destination");
+    let second = engine(&plan, root.path());
+    let scan = second.scan().await.unwrap();
+    assert_eq!(scan.resumed_chunks, 2);
+    let mut fetched = 0;
+    for chunk in &plan.objects[0].chunks {
+        if !second.fetch_from_origin(&chunk.id).await.unwrap().already_held {
+            fetched += 1;
+        }
+    }
+    assert_eq!(fetched, 2);
+    assert_eq!(fs::read(root.path().join("f")).unwrap(), bytes(4 * CHUNK as usize, 3));
+}
+
+#[tokio::test]
+async fn an_object_changed_at_the_origin_is_reported_and_never_published() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("k", bytes(2 * CHUNK as usize, 1), &["/f"])], None).await;
+    let engine = engine(&plan, root.path());
+    engine.scan().await.unwrap();
+    engine.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(origin.path().join("k"), bytes(2 * CHUNK as usize, 2)).unwrap();
+    let error = engine.fetch_from_origin(&plan.objects[0].chunks[1].id).await.unwrap_err();
+    assert!(error.to_string().contains("changed at the origin"), "{error}");
+    assert!(!root.path().join("f").exists());
+    assert!(engine.drain_events().iter().any(|e| matches!(e, Event::ChunkFailed { .. })));
+}
+
+#[test]
+fn destinations_never_leave_the_node_root() {
+    let root = Path::new("/srv/node-1");
+    assert_eq!(xfd_core::engine::localize(root, "/models/m.bin").unwrap(), root.join("models/m.bin"));
+    for bad in ["/a/../../etc/passwd", "relative/x", "/"] {
+        assert!(xfd_core::engine::localize(root, bad).is_err(), "{bad}");
+    }
+}
