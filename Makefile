@@ -15,6 +15,8 @@ demo: setup
 	.venv/bin/xfd demo
 
 test: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --locked
 	.venv/bin/pytest
 

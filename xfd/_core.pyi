@@ -1,7 +1,8 @@
 # Type stub of the Rust extension module built from rust/xfd-py (mirrors rust/xfd-py/src/lib.rs).
 import os
+from typing import Any, final
 
-__all__ = ["__version__", "hash_file_range"]
+__all__ = ["Engine", "__version__", "hash_file_range"]
 
 __version__: str
 
@@ -14,3 +15,55 @@ def hash_file_range(path: str | os.PathLike[str], offset: int = 0, length: int |
         FileNotFoundError, PermissionError, OSError: the file cannot be opened or read.
         xfd.errors.RangeError: the range does not lie inside the file.
     """
+
+
+@final
+class Engine:
+    """The engine of one node for one plan (mirrors rust/xfd-py/src/engine.rs).
+
+    Every method releases the GIL; results and events are plain dicts. Events have a ``kind`` of
+    ``chunk_done``, ``chunk_failed``, ``file_published`` or ``unpacked``.
+    """
+
+    def __new__(
+        cls,
+        plan_json: str,
+        node_root: str | os.PathLike[str],
+        stores: dict[str, tuple[str, list[tuple[str, str]]]],
+        *,
+        peer_token: str | None = None,
+        deep_verify: bool = False,
+    ) -> Engine: ...
+    def scan(self) -> dict[str, Any]:
+        """Finds cache hits and resumable chunks: ``{"held": {chunk_id: digest}, "cached_files", "resumed_chunks"}``."""
+    def fetch_from_origin(self, chunk_id: str) -> dict[str, Any]:
+        """Fetches one chunk from the origin into its part file, blocking until done."""
+    def submit_origin(self, chunk_ids: list[str]) -> None:
+        """Starts fetching these chunks from the origin in the background; outcomes arrive as events."""
+    def fetch_from_peer(
+        self, chunk_id: str, host: str, port: int, expected_digest: str | None = None
+    ) -> dict[str, Any]:
+        """Fetches one chunk from the peer at ``host:port``, verified against ``expected_digest``."""
+    def submit_peer(self, transfers: list[tuple[str, str, int, str | None]]) -> None:
+        """Starts ``(chunk_id, host, port, expected_digest)`` peer fetches in the background."""
+    def start_server(
+        self, bind: str, port: int = 0, upload_slots: int = 8, egress_bytes_per_sec: int | None = None
+    ) -> tuple[str, int]:
+        """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use."""
+    def stop_server(self, grace: float = 5.0) -> None:
+        """Stops the peer server, letting in-flight uploads finish for up to ``grace`` seconds."""
+    def server_stats(self) -> dict[str, Any] | None:
+        """The peer server's counters, or ``None`` when it is not running."""
+    def finish(
+        self, *, max_total_bytes: int | None = None, max_entries: int | None = None, overwrite: bool = False
+    ) -> list[dict[str, Any]]:
+        """Runs the plan's unpacks on this node."""
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Every event since the last call, oldest first."""
+    def wait_events(self, timeout: float) -> list[dict[str, Any]]:
+        """Waits up to ``timeout`` seconds for at least one event, then returns them all."""
+    def is_complete(self) -> bool:
+        """Whether every file of the plan is published on this node."""
+    @property
+    def served_chunks(self) -> int:
+        """Number of verified chunks this node can serve to peers."""

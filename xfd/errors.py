@@ -24,6 +24,40 @@ class RangeError(EngineError, ValueError):
     """A byte range does not lie inside the file it addresses."""
 
 
+class OriginError(EngineError, ConnectionError):
+    """The origin store could not deliver bytes, even after retries with backoff."""
+
+
+class ObjectChangedError(EngineError):
+    """An object changed at the origin since the plan was compiled; nothing mixed was published.
+    Plan again (or investigate who rewrote the object)."""
+
+
+class StoreConfigError(EngineError, ValueError):
+    """A store URL or option the engine cannot use on this node."""
+
+
+class IntegrityError(EngineError):
+    """Bytes did not match their digest (a peer's chunk, or the manifest's sha256); never published."""
+
+
+class DestinationExistsError(EngineError, FileExistsError):
+    """A destination holds something xfd did not write; it was left untouched. Set overwrite to replace it."""
+
+
+class ArchiveError(EngineError):
+    """An archive cannot be read or its format cannot be told."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive was refused: an entry would escape its destination, is a device, or limits were hit.
+    Nothing was written outside the destination and the destination was not changed."""
+
+
+class PeerError(EngineError, ConnectionError):
+    """A peer node could not deliver a chunk (gone, refused, busy, or answered badly)."""
+
+
 
 
 class ManifestError(XfdError, ValueError):
@@ -52,4 +86,19 @@ class PlanError(XfdError):
     artifact, which key, and what to do."""
 
 
-__all__ = ["ConfigError", "EngineError", "ManifestError", "PlanError", "RangeError", "XfdError"]
+__all__ = [
+    "ArchiveError",
+    "ConfigError",
+    "DestinationExistsError",
+    "EngineError",
+    "IntegrityError",
+    "ManifestError",
+    "ObjectChangedError",
+    "OriginError",
+    "PeerError",
+    "PlanError",
+    "RangeError",
+    "StoreConfigError",
+    "UnsafeArchiveError",
+    "XfdError",
+]

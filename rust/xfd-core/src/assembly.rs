@@ -150,8 +150,13 @@ impl PartFile {
             .truncate(resumed.is_empty())
             .open(&part)
             .map_err(|e| Error::io("create", &part, e))?;
-        file.set_len(target.identity.size).map_err(|e| Error::io("preallocate", &part, e))?;
-        Ok(PartFile { target, file: Arc::new(file), done: resumed })
+        file.set_len(target.identity.size)
+            .map_err(|e| Error::io("preallocate", &part, e))?;
+        Ok(PartFile {
+            target,
+            file: Arc::new(file),
+            done: resumed,
+        })
     }
 
     /// The open part file, for positional writes of chunks.
@@ -173,7 +178,12 @@ impl PartFile {
     }
 
     pub fn missing(&self) -> Vec<ChunkSpan> {
-        self.target.chunks.iter().filter(|c| !self.done.contains_key(&c.id)).cloned().collect()
+        self.target
+            .chunks
+            .iter()
+            .filter(|c| !self.done.contains_key(&c.id))
+            .cloned()
+            .collect()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -184,7 +194,10 @@ impl PartFile {
     /// does, so a record never points at bytes a crash lost.
     pub fn record(&mut self, chunk_id: &str, digest: ChunkDigest) -> Result<()> {
         if !self.target.chunks.iter().any(|c| c.id == chunk_id) {
-            return Err(Error::InvalidPlan(format!("chunk {chunk_id} is not part of {}", self.target.destination.display())));
+            return Err(Error::InvalidPlan(format!(
+                "chunk {chunk_id} is not part of {}",
+                self.target.destination.display()
+            )));
         }
         self.file.sync_data().map_err(|e| Error::io("sync", self.path(), e))?;
         self.done.insert(chunk_id.to_owned(), digest);
@@ -199,7 +212,11 @@ impl PartFile {
     /// Until this returns, the destination holds either its old content or nothing: never a partial file.
     pub fn publish(self) -> Result<Sidecar> {
         if let Some(missing) = self.missing().first() {
-            return Err(Error::InvalidPlan(format!("cannot publish {}: chunk {} is missing", self.target.destination.display(), missing.id)));
+            return Err(Error::InvalidPlan(format!(
+                "cannot publish {}: chunk {} is missing",
+                self.target.destination.display(),
+                missing.id
+            )));
         }
         let part = self.path();
         if let Some(expected) = &self.target.sha256 {
@@ -208,14 +225,20 @@ impl PartFile {
                 // Which chunk is wrong cannot be known: start the file over on the next run.
                 let _ = fs::remove_file(state_path(&self.target.destination));
                 let _ = fs::remove_file(&part);
-                return Err(Error::Sha256Mismatch { path: self.target.destination.clone(), expected: expected.clone(), actual });
+                return Err(Error::Sha256Mismatch {
+                    path: self.target.destination.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
             }
         }
         refuse_foreign(&self.target)?;
         self.file.sync_all().map_err(|e| Error::io("sync", &part, e))?;
         let destination = &self.target.destination;
         if fs::symlink_metadata(destination).is_ok_and(|m| m.is_dir()) {
-            return Err(Error::DestinationExists { path: destination.clone() });
+            return Err(Error::DestinationExists {
+                path: destination.clone(),
+            });
         }
         fs::rename(&part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
         sync_directory(destination)?;
@@ -237,7 +260,9 @@ pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Re
     fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     let part = part_path(&target.destination);
     fs::copy(source, &part).map_err(|e| Error::io("copy", &part, e))?;
-    File::open(&part).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", &part, e))?;
+    File::open(&part)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("sync", &part, e))?;
     fs::rename(&part, &target.destination).map_err(|e| Error::io("rename into place", &target.destination, e))?;
     sync_directory(&target.destination)?;
     write_json_atomically(&sidecar_path(&target.destination), sidecar)
@@ -245,7 +270,9 @@ pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Re
 
 fn refuse_foreign(target: &FileTarget) -> Result<()> {
     match inspect(&target.destination, &target.identity)? {
-        CacheState::Foreign if !target.overwrite => Err(Error::DestinationExists { path: target.destination.clone() }),
+        CacheState::Foreign if !target.overwrite => Err(Error::DestinationExists {
+            path: target.destination.clone(),
+        }),
         _ => Ok(()),
     }
 }
@@ -293,12 +320,17 @@ fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io("create", parent, e))?;
     let bytes = serde_json::to_vec(value).map_err(|e| Error::Task(e.to_string()))?;
     temp.write_all(&bytes).map_err(|e| Error::io("write", temp.path(), e))?;
-    temp.as_file().sync_all().map_err(|e| Error::io("sync", temp.path(), e))?;
-    temp.persist(path).map_err(|e| Error::io("rename into place", path, e.error))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("sync", temp.path(), e))?;
+    temp.persist(path)
+        .map_err(|e| Error::io("rename into place", path, e.error))?;
     Ok(())
 }
 
 fn sync_directory(path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
-    File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync", parent, e))
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync", parent, e))
 }

@@ -10,6 +10,7 @@
 //! that syncs or hashes runs on tokio's blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use crate::assembly::{self, CacheState, ChunkSpan, FileIdentity, FileTarget, Par
 use crate::error::{Error, Result};
 use crate::hash::{ChunkDigest, hash_file_range};
 use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
-use crate::p2p::{ChunkId, MemoryRegistry, ServedChunk};
+use crate::p2p::{ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, ServerStats};
 use crate::plan::{Plan, PlanChunk, PlanObject};
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
 
@@ -35,6 +36,9 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Re-hash cache hits against their sidecar before trusting them.
     pub deep_verify: bool,
+    /// The run's secret for peer transfers: required by this node's server, sent to other nodes'.
+    /// Empty: this engine neither serves nor fetches from peers.
+    pub peer_token: String,
 }
 
 /// Where a chunk came from.
@@ -50,10 +54,34 @@ pub enum Source {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    ChunkDone { chunk_id: String, object_id: String, bytes: u64, source: Source, peer: Option<String>, seconds: f64, digest: String },
-    ChunkFailed { chunk_id: String, object_id: String, source: Source, peer: Option<String>, error: String },
-    FilePublished { object_id: String, destination: String, bytes: u64 },
-    Unpacked { object_id: String, destination: String, files: u64, bytes: u64, skipped: bool },
+    ChunkDone {
+        chunk_id: String,
+        object_id: String,
+        bytes: u64,
+        source: Source,
+        peer: Option<String>,
+        seconds: f64,
+        digest: String,
+    },
+    ChunkFailed {
+        chunk_id: String,
+        object_id: String,
+        source: Source,
+        peer: Option<String>,
+        error: String,
+    },
+    FilePublished {
+        object_id: String,
+        destination: String,
+        bytes: u64,
+    },
+    Unpacked {
+        object_id: String,
+        destination: String,
+        files: u64,
+        bytes: u64,
+        skipped: bool,
+    },
 }
 
 /// The result of bringing one chunk in.
@@ -89,11 +117,15 @@ pub(crate) struct ObjectWork {
 pub struct Engine {
     plan: Plan,
     config: EngineConfig,
-    stores: BTreeMap<String, Arc<dyn ObjectStore>>,
+    /// Opened when the engine is made; a store that cannot be opened fails only origin fetches, so a
+    /// node that gets everything from peers (or its cache) does not need it.
+    stores: BTreeMap<String, OpenedStore>,
     objects: BTreeMap<String, Arc<Mutex<ObjectWork>>>,
     chunks: HashMap<String, (String, PlanChunk)>,
     registry: Arc<MemoryRegistry>,
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
+    peers: Option<P2pClient>,
+    server: Mutex<Option<P2pServer>>,
 }
 
 impl Engine {
@@ -110,17 +142,24 @@ impl Engine {
             for chunk in &object.chunks {
                 chunks.insert(chunk.id.clone(), (object.id.clone(), chunk.clone()));
             }
-            let work = ObjectWork { object: object.clone(), targets, part: None, published: None };
+            let work = ObjectWork {
+                object: object.clone(),
+                targets,
+                part: None,
+                published: None,
+            };
             objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
         }
         Ok(Engine {
             plan,
-            config,
             stores,
             objects,
             chunks,
             registry: Arc::new(MemoryRegistry::new()),
             events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
+            peers: peer_client(&config)?,
+            server: Mutex::new(None),
+            config,
         })
     }
 
@@ -149,11 +188,20 @@ impl Engine {
 
     fn absorb(&self, found: ScanFound, report: &mut ScanReport) {
         match found {
-            ScanFound::Cached { path, digests, object_id } => {
+            ScanFound::Cached {
+                path,
+                digests,
+                object_id,
+            } => {
                 report.cached_files += 1;
                 self.register_all(&object_id, &path, &digests, report);
             }
-            ScanFound::Partial { path, digests, object_id, published } => {
+            ScanFound::Partial {
+                path,
+                digests,
+                object_id,
+                published,
+            } => {
                 report.resumed_chunks += digests.len() as u64;
                 self.register_all(&object_id, &path, &digests, report);
                 if let Some(event) = published {
@@ -163,7 +211,13 @@ impl Engine {
         }
     }
 
-    fn register_all(&self, object_id: &str, path: &Path, digests: &BTreeMap<String, ChunkDigest>, report: &mut ScanReport) {
+    fn register_all(
+        &self,
+        object_id: &str,
+        path: &Path,
+        digests: &BTreeMap<String, ChunkDigest>,
+        report: &mut ScanReport,
+    ) {
         for (chunk_id, digest) in digests {
             self.register(chunk_id, path, *digest);
             report.held.insert(chunk_id.clone(), digest.to_hex());
@@ -179,18 +233,113 @@ impl Engine {
         }
     }
 
-    /// Fetches one chunk from the origin into its part file.
+    /// Fetches one chunk from the origin into its part file. Failures are also emitted as events.
     pub async fn fetch_from_origin(&self, chunk_id: &str) -> Result<ChunkDone> {
+        let result = self.origin_fetch(chunk_id).await;
+        result.map_err(|error| self.failed(chunk_id, Source::Origin, None, error))
+    }
+
+    async fn origin_fetch(&self, chunk_id: &str) -> Result<ChunkDone> {
         let (work, chunk) = self.locate(chunk_id)?;
-        let Some((file, identity, store)) = self.prepare(&work, &chunk)? else {
+        let Some((file, identity, store_name)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
         };
+        let store = self.store(&store_name)?;
         let started = Instant::now();
-        let fetched = origin::fetch_range(store.as_ref(), &identity, chunk.offset, chunk.length, file, chunk.offset, &self.config.retry).await;
-        match fetched {
-            Ok(range) => self.complete(work, chunk, range.digest, Source::Origin, None, started.elapsed()).await,
-            Err(error) => Err(self.failed(&work, &chunk, Source::Origin, None, error)),
+        let range = origin::fetch_range(
+            store.as_ref(),
+            &identity,
+            chunk.offset,
+            chunk.length,
+            file,
+            chunk.offset,
+            &self.config.retry,
+        )
+        .await?;
+        self.complete(work, chunk, range.digest, Source::Origin, None, started.elapsed())
+            .await
+    }
+
+    /// Fetches one chunk from a peer that holds it, verifying it against `expected` (the digest the
+    /// chunk had when it was first fetched from the origin). Failures are also emitted as events.
+    pub async fn fetch_from_peer(
+        &self,
+        chunk_id: &str,
+        peer: SocketAddr,
+        expected: Option<ChunkDigest>,
+    ) -> Result<ChunkDone> {
+        let result = self.peer_fetch(chunk_id, peer, expected).await;
+        result.map_err(|error| self.failed(chunk_id, Source::Peer, Some(peer.to_string()), error))
+    }
+
+    async fn peer_fetch(&self, chunk_id: &str, peer: SocketAddr, expected: Option<ChunkDigest>) -> Result<ChunkDone> {
+        let client = self.peers.as_ref().ok_or(Error::InvalidP2pConfig {
+            field: "peer_token",
+            reason: "is empty: peer transfers are off",
+        })?;
+        let (work, chunk) = self.locate(chunk_id)?;
+        let Some((file, _, _)) = self.prepare(&work, &chunk)? else {
+            return Ok(self.already_held(&work, &chunk));
+        };
+        let id = ChunkId::parse(chunk_id)?;
+        let started = Instant::now();
+        let report = client
+            .fetch_chunk(peer, &id, expected, file, chunk.offset, chunk.length)
+            .await?;
+        self.complete(
+            work,
+            chunk,
+            report.digest,
+            Source::Peer,
+            Some(peer.to_string()),
+            started.elapsed(),
+        )
+        .await
+    }
+
+    /// Starts serving this node's verified chunks to peers on `bind` (the node's own address) and
+    /// `port` (0: chosen by the OS). Returns the address peers must use.
+    pub async fn start_server(
+        &self,
+        bind: IpAddr,
+        port: u16,
+        upload_slots: usize,
+        egress_bytes_per_sec: Option<u64>,
+    ) -> Result<SocketAddr> {
+        if self.config.peer_token.is_empty() {
+            return Err(Error::InvalidP2pConfig {
+                field: "peer_token",
+                reason: "is empty: peer transfers are off",
+            });
         }
+        let config = ServerConfig {
+            bind,
+            port,
+            token: self.config.peer_token.clone(),
+            upload_slots,
+            egress_bytes_per_sec,
+            ..ServerConfig::default()
+        };
+        let server = P2pServer::start(config, self.registry.clone()).await?;
+        let address = server.local_addr();
+        let previous = self.server.lock().unwrap().replace(server);
+        if let Some(previous) = previous {
+            previous.shutdown(Duration::ZERO).await;
+        }
+        Ok(address)
+    }
+
+    /// Stops the peer server, letting in-flight uploads finish for up to `grace`.
+    pub async fn stop_server(&self, grace: Duration) {
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
+            server.shutdown(grace).await;
+        }
+    }
+
+    /// The peer server's counters, if it runs.
+    pub fn server_stats(&self) -> Option<ServerStats> {
+        self.server.lock().unwrap().as_ref().map(P2pServer::stats)
     }
 
     /// Records a chunk whose bytes were written into the part file by someone else (the peer client).
@@ -205,9 +354,10 @@ impl Engine {
     ) -> Result<ChunkDone> {
         let object_id = work.lock().unwrap().object.id.clone();
         let chunk_id = chunk.id.clone();
-        let (path, published) = tokio::task::spawn_blocking(move || record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let (path, published) =
+            tokio::task::spawn_blocking(move || record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
         self.register(&chunk.id, &path, digest);
         self.emit(Event::ChunkDone {
             chunk_id: chunk.id.clone(),
@@ -223,22 +373,40 @@ impl Engine {
                 self.register(&id, &destination, digest);
             }
             let bytes = self.objects[&object_id].lock().unwrap().object.size;
-            self.emit(Event::FilePublished { object_id, destination: destination.display().to_string(), bytes });
+            self.emit(Event::FilePublished {
+                object_id,
+                destination: destination.display().to_string(),
+                bytes,
+            });
         }
-        Ok(ChunkDone { chunk_id: chunk.id, bytes: chunk.length, digest: digest.to_hex(), seconds: elapsed.as_secs_f64(), already_held: false })
+        Ok(ChunkDone {
+            chunk_id: chunk.id,
+            bytes: chunk.length,
+            digest: digest.to_hex(),
+            seconds: elapsed.as_secs_f64(),
+            already_held: false,
+        })
     }
 
     /// Runs the plan's unpacks whose archives are published on this node.
     pub async fn finish(&self, options: UnpackOptions) -> Result<Vec<Event>> {
         let mut done = Vec::new();
         for step in &self.plan.unpacks {
-            let Some(work) = self.objects.get(&step.object_id) else { continue };
+            let Some(work) = self.objects.get(&step.object_id) else {
+                continue;
+            };
             if work.lock().unwrap().published.is_none() {
-                return Err(Error::InvalidPlan(format!("cannot unpack {}: the archive is not complete on this node", step.archive)));
+                return Err(Error::InvalidPlan(format!(
+                    "cannot unpack {}: the archive is not complete on this node",
+                    step.archive
+                )));
             }
             let archive = localize(&self.config.node_root, &step.archive)?;
             let destination = localize(&self.config.node_root, &step.to)?;
-            let options = UnpackOptions { format: step.format.parse::<ArchiveFormat>()?, ..options.clone() };
+            let options = UnpackOptions {
+                format: step.format.parse::<ArchiveFormat>()?,
+                ..options.clone()
+            };
             let identity = format!("{}:{}", step.object_id, step.format);
             let (a, d) = (archive.clone(), destination.clone());
             let report = tokio::task::spawn_blocking(move || unpack::unpack(&a, &d, &identity, &options))
@@ -266,7 +434,9 @@ impl Engine {
     pub fn wait_events(&self, timeout: Duration) -> Vec<Event> {
         let (queue, ready) = &*self.events;
         let guard = queue.lock().unwrap();
-        let (mut guard, _) = ready.wait_timeout_while(guard, timeout, |events| events.is_empty()).unwrap();
+        let (mut guard, _) = ready
+            .wait_timeout_while(guard, timeout, |events| events.is_empty())
+            .unwrap();
         std::mem::take(&mut *guard)
     }
 
@@ -276,13 +446,19 @@ impl Engine {
     }
 
     pub(crate) fn locate(&self, chunk_id: &str) -> Result<(Arc<Mutex<ObjectWork>>, PlanChunk)> {
-        let (object_id, chunk) = self.chunks.get(chunk_id).ok_or_else(|| Error::InvalidPlan(format!("unknown chunk {chunk_id}")))?;
+        let (object_id, chunk) = self
+            .chunks
+            .get(chunk_id)
+            .ok_or_else(|| Error::InvalidPlan(format!("unknown chunk {chunk_id}")))?;
         Ok((self.objects[object_id].clone(), chunk.clone()))
     }
 
-    /// The part file, object identity and store for a chunk still missing; `None` when already held.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn prepare(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> Result<Option<(Arc<std::fs::File>, ObjectIdentity, Arc<dyn ObjectStore>)>> {
+    /// The part file and object identity for a chunk still missing; `None` when already held.
+    pub(crate) fn prepare(
+        &self,
+        work: &Arc<Mutex<ObjectWork>>,
+        chunk: &PlanChunk,
+    ) -> Result<Option<(Arc<std::fs::File>, ObjectIdentity, String)>> {
         let mut work = work.lock().unwrap();
         if work.published.is_some() {
             return Ok(None);
@@ -295,8 +471,24 @@ impl Engine {
             return Ok(None);
         }
         let object = &work.object;
-        let identity = ObjectIdentity { key: object.key.clone(), size: object.size, etag: object.etag.clone(), version: object.version.clone() };
-        Ok(Some((part.file(), identity, self.stores[&object.store].clone())))
+        let identity = ObjectIdentity {
+            key: object.key.clone(),
+            size: object.size,
+            etag: object.etag.clone(),
+            version: object.version.clone(),
+        };
+        Ok(Some((part.file(), identity, object.store.clone())))
+    }
+
+    fn store(&self, name: &str) -> Result<Arc<dyn ObjectStore>> {
+        match self.stores.get(name) {
+            Some(Ok(store)) => Ok(store.clone()),
+            Some(Err((url, message))) => Err(Error::StoreConfig {
+                url: url.clone(),
+                message: message.clone(),
+            }),
+            None => Err(Error::InvalidPlan(format!("unknown store {name:?}"))),
+        }
     }
 
     pub(crate) fn already_held(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> ChunkDone {
@@ -306,19 +498,40 @@ impl Engine {
             (None, Some(part)) => part.done().get(&chunk.id).map(|d| d.to_hex()).unwrap_or_default(),
             _ => String::new(),
         };
-        ChunkDone { chunk_id: chunk.id.clone(), bytes: 0, digest, seconds: 0.0, already_held: true }
+        ChunkDone {
+            chunk_id: chunk.id.clone(),
+            bytes: 0,
+            digest,
+            seconds: 0.0,
+            already_held: true,
+        }
     }
 
-    pub(crate) fn failed(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk, source: Source, peer: Option<String>, error: Error) -> Error {
-        let object_id = work.lock().unwrap().object.id.clone();
-        self.emit(Event::ChunkFailed { chunk_id: chunk.id.clone(), object_id, source, peer, error: error.to_string() });
+    pub(crate) fn failed(&self, chunk_id: &str, source: Source, peer: Option<String>, error: Error) -> Error {
+        let object_id = self
+            .chunks
+            .get(chunk_id)
+            .map(|(object_id, _)| object_id.clone())
+            .unwrap_or_default();
+        self.emit(Event::ChunkFailed {
+            chunk_id: chunk_id.to_owned(),
+            object_id,
+            source,
+            peer,
+            error: error.to_string(),
+        });
         error
     }
 
     fn register(&self, chunk_id: &str, path: &Path, digest: ChunkDigest) {
         let (_, chunk) = &self.chunks[chunk_id];
         if let Ok(id) = ChunkId::parse(chunk_id) {
-            let served = ServedChunk { path: path.to_owned(), offset: chunk.offset, length: chunk.length, digest };
+            let served = ServedChunk {
+                path: path.to_owned(),
+                offset: chunk.offset,
+                length: chunk.length,
+                digest,
+            };
             self.registry.insert(id, served);
         }
     }
@@ -331,8 +544,17 @@ impl Engine {
 }
 
 enum ScanFound {
-    Cached { object_id: String, path: PathBuf, digests: BTreeMap<String, ChunkDigest> },
-    Partial { object_id: String, path: PathBuf, digests: BTreeMap<String, ChunkDigest>, published: Option<Event> },
+    Cached {
+        object_id: String,
+        path: PathBuf,
+        digests: BTreeMap<String, ChunkDigest>,
+    },
+    Partial {
+        object_id: String,
+        path: PathBuf,
+        digests: BTreeMap<String, ChunkDigest>,
+        published: Option<Event>,
+    },
 }
 
 fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
@@ -340,14 +562,26 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
     if let Some((index, sidecar)) = find_cache_hit(work, deep_verify)? {
         let source = work.targets[index].destination.clone();
         let digests = chunk_digests(&source, &work.targets[index], &sidecar)?;
-        let sidecar = Sidecar { chunks: digests.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(), ..sidecar };
+        let sidecar = Sidecar {
+            chunks: digests.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
+            ..sidecar
+        };
         for (other, target) in work.targets.iter().enumerate() {
-            if other != index && !matches!(assembly::inspect(&target.destination, &target.identity)?, CacheState::Hit(_)) {
+            if other != index
+                && !matches!(
+                    assembly::inspect(&target.destination, &target.identity)?,
+                    CacheState::Hit(_)
+                )
+            {
                 assembly::publish_copy(&source, &sidecar, target)?;
             }
         }
         work.published = Some(sidecar);
-        return Ok(ScanFound::Cached { object_id, path: source, digests });
+        return Ok(ScanFound::Cached {
+            object_id,
+            path: source,
+            digests,
+        });
     }
     let part = PartFile::open(work.targets[0].clone())?;
     let digests = part.done().clone();
@@ -356,20 +590,33 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
     // An object with no missing chunks (empty, or fully resumed) is published right away.
     let published = if work.part.as_ref().is_some_and(PartFile::is_complete) {
         let (destination, _) = publish(work)?;
-        Some(Event::FilePublished { object_id: object_id.clone(), destination: destination.display().to_string(), bytes: work.object.size })
+        Some(Event::FilePublished {
+            object_id: object_id.clone(),
+            destination: destination.display().to_string(),
+            bytes: work.object.size,
+        })
     } else {
         None
     };
-    let path = if published.is_some() { work.targets[0].destination.clone() } else { path };
-    Ok(ScanFound::Partial { object_id, path, digests, published })
+    let path = if published.is_some() {
+        work.targets[0].destination.clone()
+    } else {
+        path
+    };
+    Ok(ScanFound::Partial {
+        object_id,
+        path,
+        digests,
+        published,
+    })
 }
 
 fn find_cache_hit(work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, Sidecar)>> {
     for (index, target) in work.targets.iter().enumerate() {
-        if let CacheState::Hit(sidecar) = assembly::inspect(&target.destination, &target.identity)? {
-            if !deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)? {
-                return Ok(Some((index, sidecar)));
-            }
+        if let CacheState::Hit(sidecar) = assembly::inspect(&target.destination, &target.identity)?
+            && (!deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)?)
+        {
+            return Ok(Some((index, sidecar)));
         }
     }
     Ok(None)
@@ -398,8 +645,15 @@ fn parse_digest(hex: &str) -> Option<ChunkDigest> {
 
 type Published = (PathBuf, BTreeMap<String, ChunkDigest>);
 
-fn record_and_maybe_publish(work: &mut ObjectWork, chunk_id: &str, digest: ChunkDigest) -> Result<(PathBuf, Option<Published>)> {
-    let part = work.part.as_mut().ok_or_else(|| Error::InvalidPlan("chunk recorded before its part file was opened".into()))?;
+fn record_and_maybe_publish(
+    work: &mut ObjectWork,
+    chunk_id: &str,
+    digest: ChunkDigest,
+) -> Result<(PathBuf, Option<Published>)> {
+    let part = work
+        .part
+        .as_mut()
+        .ok_or_else(|| Error::InvalidPlan("chunk recorded before its part file was opened".into()))?;
     part.record(chunk_id, digest)?;
     if !part.is_complete() {
         return Ok((part.path(), None));
@@ -420,23 +674,64 @@ fn publish(work: &mut ObjectWork) -> Result<Published> {
     Ok((primary, digests))
 }
 
-fn open_stores(plan: &Plan, config: &EngineConfig) -> Result<BTreeMap<String, Arc<dyn ObjectStore>>> {
+fn peer_client(config: &EngineConfig) -> Result<Option<P2pClient>> {
+    if config.peer_token.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(P2pClient::new(ClientConfig {
+        token: config.peer_token.clone(),
+        ..ClientConfig::default()
+    })?))
+}
+
+/// A store, or why it could not be opened: `(url, message)`.
+type OpenedStore = std::result::Result<Arc<dyn ObjectStore>, (String, String)>;
+
+fn open_stores(plan: &Plan, config: &EngineConfig) -> Result<BTreeMap<String, OpenedStore>> {
     plan.stores
         .iter()
         .map(|(name, store)| {
-            let configured = config.stores.get(name).cloned().unwrap_or_else(|| StoreConfig { url: store.url.clone(), options: Vec::new() });
+            let configured = config.stores.get(name).cloned().unwrap_or_else(|| StoreConfig {
+                url: store.url.clone(),
+                options: Vec::new(),
+            });
             if configured.url != store.url {
-                return Err(Error::StoreConfig { url: store.url.clone(), message: format!("this node's store {name:?} is {}", configured.url) });
+                return Err(Error::StoreConfig {
+                    url: store.url.clone(),
+                    message: format!("this node's store {name:?} is {}", configured.url),
+                });
             }
-            Ok((name.clone(), origin::open_store(&configured)?))
+            let opened = origin::open_store(&configured).map_err(|error| match error {
+                Error::StoreConfig { url, message } => (url, message),
+                other => (store.url.clone(), other.to_string()),
+            });
+            Ok((name.clone(), opened))
         })
         .collect()
 }
 
 fn targets_of(plan: &Plan, object: &PlanObject, config: &EngineConfig) -> Result<Vec<FileTarget>> {
-    let store_url = plan.stores.get(&object.store).map(|s| s.url.clone()).unwrap_or_default();
-    let identity = FileIdentity { store_url, key: object.key.clone(), etag: object.etag.clone(), version: object.version.clone(), size: object.size };
-    let spans: Vec<ChunkSpan> = object.chunks.iter().map(|c| ChunkSpan { id: c.id.clone(), offset: c.offset, length: c.length }).collect();
+    let store_url = plan
+        .stores
+        .get(&object.store)
+        .map(|s| s.url.clone())
+        .unwrap_or_default();
+    let identity = FileIdentity {
+        store_url,
+        key: object.key.clone(),
+        etag: object.etag.clone(),
+        version: object.version.clone(),
+        size: object.size,
+    };
+    let spans: Vec<ChunkSpan> = object
+        .chunks
+        .iter()
+        .map(|c| ChunkSpan {
+            id: c.id.clone(),
+            offset: c.offset,
+            length: c.length,
+        })
+        .collect();
     plan.files
         .iter()
         .filter(|f| f.object_id == object.id)
@@ -460,11 +755,17 @@ pub fn localize(node_root: &Path, destination: &str) -> Result<PathBuf> {
         match component {
             Component::RootDir => {}
             Component::Normal(part) => out.push(part),
-            _ => return Err(Error::InvalidPlan(format!("destination {destination:?} must be absolute and free of '..'"))),
+            _ => {
+                return Err(Error::InvalidPlan(format!(
+                    "destination {destination:?} must be absolute and free of '..'"
+                )));
+            }
         }
     }
     if !path.is_absolute() || out == node_root {
-        return Err(Error::InvalidPlan(format!("destination {destination:?} must be an absolute path below /")));
+        return Err(Error::InvalidPlan(format!(
+            "destination {destination:?} must be an absolute path below /"
+        )));
     }
     Ok(out)
 }

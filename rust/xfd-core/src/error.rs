@@ -50,7 +50,11 @@ pub enum Error {
 
     /// The whole-file SHA-256 named in the manifest does not match what was assembled.
     #[error("{path}: sha256 is {actual}, the manifest expects {expected}; the file was not published")]
-    Sha256Mismatch { path: PathBuf, expected: String, actual: String },
+    Sha256Mismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 
     /// A background task died (panicked or was cancelled) before it produced its result.
     #[error("engine task failed: {0}")]
@@ -83,13 +87,8 @@ pub enum Error {
     },
 
     /// An archive that expands to more bytes than allowed (counted as written, not as declared).
-    #[error(
-        "refusing archive {archive}: it expands to more than {max_total_bytes} bytes (max_total_bytes)"
-    )]
-    ArchiveTooLarge {
-        archive: PathBuf,
-        max_total_bytes: u64,
-    },
+    #[error("refusing archive {archive}: it expands to more than {max_total_bytes} bytes (max_total_bytes)")]
+    ArchiveTooLarge { archive: PathBuf, max_total_bytes: u64 },
 
     /// An archive with more entries than allowed.
     #[error("refusing archive {archive}: it has more than {max_entries} entries (max_entries)")]

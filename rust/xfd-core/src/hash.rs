@@ -75,11 +75,7 @@ pub fn hash_file_range(path: &Path, offset: u64, length: Option<u64>) -> Result<
 }
 
 /// [`hash_file_range`] on tokio's blocking pool, so async callers never stall a reactor thread on disk.
-pub async fn hash_file_range_async(
-    path: PathBuf,
-    offset: u64,
-    length: Option<u64>,
-) -> Result<ChunkDigest> {
+pub async fn hash_file_range_async(path: PathBuf, offset: u64, length: Option<u64>) -> Result<ChunkDigest> {
     tokio::task::spawn_blocking(move || hash_file_range(&path, offset, length))
         .await
         .map_err(|e| Error::Task(e.to_string()))?

@@ -138,7 +138,10 @@ async fn stream_once(
         ..GetOptions::default()
     };
     let location = StorePath::from(object.key.as_str());
-    let result = store.get_opts(&location, options).await.map_err(|e| classify(object, e))?;
+    let result = store
+        .get_opts(&location, options)
+        .await
+        .map_err(|e| classify(object, e))?;
     let mut body = result.into_stream();
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| classify(object, e))?;
@@ -169,7 +172,11 @@ fn classify(object: &ObjectIdentity, error: object_store::Error) -> Failure {
 }
 
 fn backoff(policy: &RetryPolicy, attempt: u32, throttled: bool) -> Duration {
-    let base = if throttled { policy.throttled_backoff } else { policy.base_backoff };
+    let base = if throttled {
+        policy.throttled_backoff
+    } else {
+        policy.base_backoff
+    };
     let ceiling = base.saturating_mul(1 << attempt.min(16)).min(policy.max_backoff);
     // Full jitter: nodes that failed together do not retry together.
     let unit = getrandom::u64().unwrap_or(u64::MAX / 2) as f64 / u64::MAX as f64;
@@ -189,7 +196,15 @@ struct RangeSink {
 
 impl RangeSink {
     fn new(dest: Arc<File>, dest_offset: u64, length: u64) -> Self {
-        RangeSink { dest, dest_offset, length, done: 0, written: 0, buffer: BytesMut::new(), hasher: blake3::Hasher::new() }
+        RangeSink {
+            dest,
+            dest_offset,
+            length,
+            done: 0,
+            written: 0,
+            buffer: BytesMut::new(),
+            hasher: blake3::Hasher::new(),
+        }
     }
 
     async fn accept(&mut self, piece: Bytes) -> Result<()> {

@@ -87,14 +87,23 @@ impl Plan {
     pub fn from_json(text: &str) -> Result<Plan> {
         let plan: Plan = serde_json::from_str(text).map_err(|e| Error::InvalidPlan(e.to_string()))?;
         if plan.format != PLAN_FORMAT {
-            return Err(Error::InvalidPlan(format!("format {:?}, expected {PLAN_FORMAT:?}", plan.format)));
+            return Err(Error::InvalidPlan(format!(
+                "format {:?}, expected {PLAN_FORMAT:?}",
+                plan.format
+            )));
         }
         let known = |id: &String| plan.objects.iter().any(|o| &o.id == id);
         if let Some(file) = plan.files.iter().find(|f| !known(&f.object_id)) {
-            return Err(Error::InvalidPlan(format!("file {} names unknown object {}", file.destination, file.object_id)));
+            return Err(Error::InvalidPlan(format!(
+                "file {} names unknown object {}",
+                file.destination, file.object_id
+            )));
         }
         if let Some(unpack) = plan.unpacks.iter().find(|u| !known(&u.object_id)) {
-            return Err(Error::InvalidPlan(format!("unpack {} names unknown object {}", unpack.to, unpack.object_id)));
+            return Err(Error::InvalidPlan(format!(
+                "unpack {} names unknown object {}",
+                unpack.to, unpack.object_id
+            )));
         }
         Ok(plan)
     }

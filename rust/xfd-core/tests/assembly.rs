@@ -18,11 +18,21 @@ fn data(size: usize) -> Vec<u8> {
 
 fn target(destination: &Path, size: u64, etag: &str) -> FileTarget {
     let chunks = (0..size.div_ceil(CHUNK))
-        .map(|i| ChunkSpan { id: format!("{etag}-{i:04}"), offset: i * CHUNK, length: CHUNK.min(size - i * CHUNK) })
+        .map(|i| ChunkSpan {
+            id: format!("{etag}-{i:04}"),
+            offset: i * CHUNK,
+            length: CHUNK.min(size - i * CHUNK),
+        })
         .collect();
     FileTarget {
         destination: destination.to_owned(),
-        identity: FileIdentity { store_url: "s3://b".into(), key: "k".into(), etag: Some(etag.into()), version: None, size },
+        identity: FileIdentity {
+            store_url: "s3://b".into(),
+            key: "k".into(),
+            etag: Some(etag.into()),
+            version: None,
+            size,
+        },
         chunks,
         sha256: None,
         overwrite: false,
@@ -44,8 +54,10 @@ fn assemble(target: FileTarget, bytes: &[u8]) -> xfd_core::Result<xfd_core::asse
 }
 
 fn hidden_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -58,8 +70,14 @@ fn chunks_assemble_into_a_published_file_with_a_sidecar() {
     let sidecar = assemble(target(&destination, 3500, "e1"), &bytes).unwrap();
     assert_eq!(fs::read(&destination).unwrap(), bytes);
     assert_eq!(sidecar.chunks.len(), 4);
-    assert_eq!(hidden_files(&dir.path().join("models")), [".model.bin.xfd.json", "model.bin"]);
-    assert!(matches!(inspect(&destination, &target(&destination, 3500, "e1").identity).unwrap(), CacheState::Hit(_)));
+    assert_eq!(
+        hidden_files(&dir.path().join("models")),
+        [".model.bin.xfd.json", "model.bin"]
+    );
+    assert!(matches!(
+        inspect(&destination, &target(&destination, 3500, "e1").identity).unwrap(),
+        CacheState::Hit(_)
+    ));
 }
 
 #[test]
@@ -101,7 +119,10 @@ fn a_file_xfd_wrote_for_an_older_version_is_stale_and_replaced() {
     let bytes: Vec<u8> = data(2000).into_iter().rev().collect();
     assemble(new.clone(), &bytes).unwrap();
     assert_eq!(fs::read(&destination).unwrap(), bytes);
-    assert!(matches!(inspect(&destination, &new.identity).unwrap(), CacheState::Hit(_)));
+    assert!(matches!(
+        inspect(&destination, &new.identity).unwrap(),
+        CacheState::Hit(_)
+    ));
 }
 
 #[test]
@@ -120,10 +141,16 @@ fn a_resumed_part_keeps_only_chunks_whose_bytes_still_verify() {
     drop(part);
 
     // Damage chunk 2's bytes on disk: it must be fetched again.
-    let file = fs::OpenOptions::new().write(true).open(part_path(&destination)).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(part_path(&destination))
+        .unwrap();
     file.write_all_at(b"XXXX", 2100).unwrap();
     let part = PartFile::open(target(&destination, 4000, "e")).unwrap();
-    assert_eq!(part.missing().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["e-0001", "e-0002", "e-0003"]);
+    assert_eq!(
+        part.missing().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["e-0001", "e-0002", "e-0003"]
+    );
 }
 
 #[test]
@@ -186,5 +213,8 @@ fn copies_to_other_destinations_carry_the_same_sidecar() {
     publish_copy(&first, &sidecar, &second).unwrap();
     assert_eq!(fs::read(&second.destination).unwrap(), data(1500));
     assert!(sidecar_path(&second.destination).exists());
-    assert!(matches!(inspect(&second.destination, &second.identity).unwrap(), CacheState::Hit(_)));
+    assert!(matches!(
+        inspect(&second.destination, &second.identity).unwrap(),
+        CacheState::Hit(_)
+    ));
 }

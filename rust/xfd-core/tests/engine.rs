@@ -34,7 +34,11 @@ fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
 /// Writes `objects` under `origin/` and returns a plan that puts them at the given destinations.
 async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: Option<(&str, &str, &str)>) -> Plan {
     let url = format!("file://{}", origin.display());
-    let store = open_store(&StoreConfig { url: url.clone(), options: vec![] }).unwrap();
+    let store = open_store(&StoreConfig {
+        url: url.clone(),
+        options: vec![],
+    })
+    .unwrap();
     let mut plan_objects = Vec::new();
     let mut files = Vec::new();
     for (index, (key, data, destinations)) in objects.iter().enumerate() {
@@ -44,13 +48,19 @@ async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: O
         let meta = store.head(&StorePath::from(*key)).await.unwrap();
         let id = format!("{index:032x}");
         let chunks: Vec<_> = (0..meta.size.div_ceil(CHUNK))
-            .map(|i| json!({"id": format!("{index:016x}{i:016x}"), "index": i, "offset": i * CHUNK,
-                            "length": CHUNK.min(meta.size - i * CHUNK)}))
+            .map(|i| {
+                json!({"id": format!("{index:016x}{i:016x}"), "index": i, "offset": i * CHUNK,
+                            "length": CHUNK.min(meta.size - i * CHUNK)})
+            })
             .collect();
-        plan_objects.push(json!({"id": id, "store": "origin", "key": key, "size": meta.size, "etag": meta.e_tag,
-                                 "version": null, "last_modified": null, "chunks": chunks}));
+        plan_objects.push(
+            json!({"id": id, "store": "origin", "key": key, "size": meta.size, "etag": meta.e_tag,
+                                 "version": null, "last_modified": null, "chunks": chunks}),
+        );
         for destination in *destinations {
-            files.push(json!({"object_id": id, "destination": destination, "artifact": key, "sha256": null, "cache": true}));
+            files.push(
+                json!({"object_id": id, "destination": destination, "artifact": key, "sha256": null, "cache": true}),
+            );
         }
     }
     let unpacks: Vec<_> = unpack
@@ -72,8 +82,17 @@ async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: O
 fn engine(plan: &Plan, root: &Path) -> Engine {
     let url = plan.stores["origin"].url.clone();
     let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
-    Engine::new(plan.clone(), EngineConfig { node_root: root.to_owned(), stores, ..Default::default() }).unwrap()
+    let config = EngineConfig {
+        node_root: root.to_owned(),
+        stores,
+        peer_token: TOKEN.into(),
+        ..Default::default()
+    };
+    Engine::new(plan.clone(), config).unwrap()
 }
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 async fn fetch_all_from_origin(engine: &Engine) {
     for object in &engine.plan().objects {
@@ -91,8 +110,15 @@ async fn a_plan_is_fetched_published_copied_and_unpacked() {
     let archive = tar_gz(&[("a.txt", b"alpha"), ("dir/b.txt", b"beta")]);
     let plan = plan_for(
         origin.path(),
-        &[("w/model.bin", model.clone(), &["/models/model.bin", "/backup/model.bin"]), ("data.tar.gz", archive, &["/data/data.tar.gz"]),
-          ("empty", vec![], &["/e/empty"])],
+        &[
+            (
+                "w/model.bin",
+                model.clone(),
+                &["/models/model.bin", "/backup/model.bin"],
+            ),
+            ("data.tar.gz", archive, &["/data/data.tar.gz"]),
+            ("empty", vec![], &["/e/empty"]),
+        ],
         Some(("data.tar.gz", "/data/data.tar.gz", "/data/data")),
     )
     .await;
@@ -110,9 +136,26 @@ async fn a_plan_is_fetched_published_copied_and_unpacked() {
     assert_eq!(fs::read(root.path().join("data/data/dir/b.txt")).unwrap(), b"beta");
 
     let events = engine.drain_events();
-    let origin_chunks = events.iter().filter(|e| matches!(e, Event::ChunkDone { source: Source::Origin, .. })).count();
-    assert_eq!(origin_chunks, plan.objects.iter().map(|o| o.chunks.len()).sum::<usize>());
-    let published = events.iter().filter(|e| matches!(e, Event::FilePublished { .. })).count();
+    let origin_chunks = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::ChunkDone {
+                    source: Source::Origin,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        origin_chunks,
+        plan.objects.iter().map(|o| o.chunks.len()).sum::<usize>()
+    );
+    let published = events
+        .iter()
+        .filter(|e| matches!(e, Event::FilePublished { .. }))
+        .count();
     assert_eq!(published, 3);
     assert!(engine.registry().len() >= origin_chunks);
 }
@@ -121,7 +164,12 @@ async fn a_plan_is_fetched_published_copied_and_unpacked() {
 async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
     let origin = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let plan = plan_for(origin.path(), &[("k", bytes(2 * CHUNK as usize + 5, 9), &["/f", "/g"])], None).await;
+    let plan = plan_for(
+        origin.path(),
+        &[("k", bytes(2 * CHUNK as usize + 5, 9), &["/f", "/g"])],
+        None,
+    )
+    .await;
     let first = engine(&plan, root.path());
     first.scan().await.unwrap();
     fetch_all_from_origin(&first).await;
@@ -132,11 +180,23 @@ async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
     assert_eq!(scan.cached_files, 1);
     assert_eq!(scan.held.len(), 3);
     assert!(second.is_complete());
-    assert_eq!(fs::read(root.path().join("g")).unwrap(), bytes(2 * CHUNK as usize + 5, 9));
+    assert_eq!(
+        fs::read(root.path().join("g")).unwrap(),
+        bytes(2 * CHUNK as usize + 5, 9)
+    );
     let done = second.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
     assert!(done.already_held);
     let events = second.drain_events();
-    assert!(events.iter().all(|e| matches!(e, Event::ChunkDone { source: Source::Cache, .. })), "{events:?}");
+    assert!(
+        events.iter().all(|e| matches!(
+            e,
+            Event::ChunkDone {
+                source: Source::Cache,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +210,10 @@ async fn an_interrupted_run_resumes_with_only_the_missing_chunks() {
         first.fetch_from_origin(&plan.objects[0].chunks[1].id).await.unwrap();
         first.fetch_from_origin(&plan.objects[0].chunks[3].id).await.unwrap();
     } // interrupted
-    assert!(!root.path().join("f").exists(), "a partial file must never be at the destination");
+    assert!(
+        !root.path().join("f").exists(),
+        "a partial file must never be at the destination"
+    );
     let second = engine(&plan, root.path());
     let scan = second.scan().await.unwrap();
     assert_eq!(scan.resumed_chunks, 2);
@@ -174,17 +237,108 @@ async fn an_object_changed_at_the_origin_is_reported_and_never_published() {
     engine.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(origin.path().join("k"), bytes(2 * CHUNK as usize, 2)).unwrap();
-    let error = engine.fetch_from_origin(&plan.objects[0].chunks[1].id).await.unwrap_err();
+    let error = engine
+        .fetch_from_origin(&plan.objects[0].chunks[1].id)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("changed at the origin"), "{error}");
     assert!(!root.path().join("f").exists());
-    assert!(engine.drain_events().iter().any(|e| matches!(e, Event::ChunkFailed { .. })));
+    assert!(
+        engine
+            .drain_events()
+            .iter()
+            .any(|e| matches!(e, Event::ChunkFailed { .. }))
+    );
 }
 
 #[test]
 fn destinations_never_leave_the_node_root() {
     let root = Path::new("/srv/node-1");
-    assert_eq!(xfd_core::engine::localize(root, "/models/m.bin").unwrap(), root.join("models/m.bin"));
+    assert_eq!(
+        xfd_core::engine::localize(root, "/models/m.bin").unwrap(),
+        root.join("models/m.bin")
+    );
     for bad in ["/a/../../etc/passwd", "relative/x", "/"] {
         assert!(xfd_core::engine::localize(root, bad).is_err(), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn a_node_gets_every_chunk_from_a_peer_and_nothing_from_the_origin() {
+    let origin = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = bytes(3 * CHUNK as usize + 11, 5);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
+    let seeder = engine(&plan, root_a.path());
+    seeder.scan().await.unwrap();
+    fetch_all_from_origin(&seeder).await;
+    let address = seeder.start_server(LOOPBACK, 0, 4, None).await.unwrap();
+    let digests: BTreeMap<String, String> = seeder
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ChunkDone { chunk_id, digest, .. } => Some((chunk_id, digest)),
+            _ => None,
+        })
+        .collect();
+
+    fs::remove_dir_all(origin.path()).unwrap(); // the origin is gone: only the peer can help now
+    let leecher = engine(&plan, root_b.path());
+    leecher.scan().await.unwrap();
+    for chunk in &plan.objects[0].chunks {
+        let expected = blake3::Hash::from_hex(&digests[&chunk.id])
+            .map(|h| xfd_core::ChunkDigest(*h.as_bytes()))
+            .ok();
+        leecher.fetch_from_peer(&chunk.id, address, expected).await.unwrap();
+    }
+    assert_eq!(fs::read(root_b.path().join("f")).unwrap(), data);
+    assert_eq!(seeder.server_stats().unwrap().bytes_served, data.len() as u64);
+    let sources: Vec<_> = leecher
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ChunkDone { source, .. } => Some(source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sources, vec![Source::Peer; 4]);
+    seeder.stop_server(std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_peer_serving_corrupt_bytes_is_caught_and_named() {
+    let origin = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = bytes(2 * CHUNK as usize, 8);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
+    let seeder = engine(&plan, root_a.path());
+    seeder.scan().await.unwrap();
+    fetch_all_from_origin(&seeder).await;
+    let address = seeder.start_server(LOOPBACK, 0, 4, None).await.unwrap();
+    let good = xfd_core::ChunkDigest::of_bytes(&data[..CHUNK as usize]);
+    // The seeder's disk rots after publication: it would serve bytes that do not match the digest.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(root_a.path().join("f"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"rot", 10).unwrap();
+
+    let leecher = engine(&plan, root_b.path());
+    leecher.scan().await.unwrap();
+    let chunk = &plan.objects[0].chunks[0];
+    let error = leecher
+        .fetch_from_peer(&chunk.id, address, Some(good))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&chunk.id) && message.contains(&address.to_string()),
+        "{message}"
+    );
+    assert!(!root_b.path().join("f").exists());
+    let failed = leecher.drain_events();
+    assert!(
+        matches!(&failed[..], [Event::ChunkFailed { peer: Some(_), .. }]),
+        "{failed:?}"
+    );
 }

@@ -24,8 +24,16 @@ fn pattern(size: usize) -> Vec<u8> {
 }
 
 async fn put(store: &dyn ObjectStore, key: &str, data: &[u8]) -> ObjectIdentity {
-    let result = store.put(&Path::from(key), PutPayload::from(data.to_vec())).await.unwrap();
-    ObjectIdentity { key: key.into(), size: data.len() as u64, etag: result.e_tag, version: result.version }
+    let result = store
+        .put(&Path::from(key), PutPayload::from(data.to_vec()))
+        .await
+        .unwrap();
+    ObjectIdentity {
+        key: key.into(),
+        size: data.len() as u64,
+        etag: result.e_tag,
+        version: result.version,
+    }
 }
 
 fn destination(size: u64) -> (tempfile::NamedTempFile, Arc<File>) {
@@ -36,7 +44,11 @@ fn destination(size: u64) -> (tempfile::NamedTempFile, Arc<File>) {
 }
 
 fn quick() -> RetryPolicy {
-    RetryPolicy { base_backoff: Duration::from_millis(1), throttled_backoff: Duration::from_millis(2), ..Default::default() }
+    RetryPolicy {
+        base_backoff: Duration::from_millis(1),
+        throttled_backoff: Duration::from_millis(2),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -46,11 +58,22 @@ async fn a_range_lands_at_its_offset_with_its_digest() {
     let object = put(&store, "dir/blob.bin", &data).await;
     let (_temp, file) = destination(32 << 20);
     let range = 3_000_000..9_500_000u64;
-    let fetched = fetch_range(&store, &object, range.start, range.end - range.start, file.clone(), 20 << 20, &quick())
-        .await
-        .unwrap();
+    let fetched = fetch_range(
+        &store,
+        &object,
+        range.start,
+        range.end - range.start,
+        file.clone(),
+        20 << 20,
+        &quick(),
+    )
+    .await
+    .unwrap();
     assert_eq!(fetched.bytes, range.end - range.start);
-    assert_eq!(fetched.digest, ChunkDigest::of_bytes(&data[range.start as usize..range.end as usize]));
+    assert_eq!(
+        fetched.digest,
+        ChunkDigest::of_bytes(&data[range.start as usize..range.end as usize])
+    );
     let mut written = vec![0u8; fetched.bytes as usize];
     file.read_exact_at(&mut written, 20 << 20).unwrap();
     assert_eq!(written, &data[range.start as usize..range.end as usize]);
@@ -74,8 +97,13 @@ async fn an_object_replaced_since_planning_is_refused() {
     let planned = put(&store, "k", &pattern(1000)).await;
     put(&store, "k", &pattern(999)).await;
     let (_temp, file) = destination(1000);
-    let error = fetch_range(&store, &planned, 0, 1000, file, 0, &quick()).await.unwrap_err();
-    assert!(matches!(error, Error::ObjectChanged { ref key, .. } if key == "k"), "{error}");
+    let error = fetch_range(&store, &planned, 0, 1000, file, 0, &quick())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ObjectChanged { ref key, .. } if key == "k"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +112,9 @@ async fn an_object_deleted_since_planning_is_refused() {
     let planned = put(&store, "k", &pattern(1000)).await;
     store.delete(&Path::from("k")).await.unwrap();
     let (_temp, file) = destination(1000);
-    let error = fetch_range(&store, &planned, 0, 1000, file, 0, &quick()).await.unwrap_err();
+    let error = fetch_range(&store, &planned, 0, 1000, file, 0, &quick())
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::ObjectChanged { .. }), "{error}");
 }
 
@@ -93,9 +123,16 @@ async fn a_body_that_breaks_off_is_resumed_from_the_last_byte() {
     let inner = InMemory::new();
     let data = pattern(9 << 20);
     let object = put(&inner, "big", &data).await;
-    let store = BreakingStore { inner, fail_after: 3_333_333, failures_left: AtomicUsize::new(2), requests: Default::default() };
+    let store = BreakingStore {
+        inner,
+        fail_after: 3_333_333,
+        failures_left: AtomicUsize::new(2),
+        requests: Default::default(),
+    };
     let (_temp, file) = destination(data.len() as u64);
-    let fetched = fetch_range(&store, &object, 0, data.len() as u64, file.clone(), 0, &quick()).await.unwrap();
+    let fetched = fetch_range(&store, &object, 0, data.len() as u64, file.clone(), 0, &quick())
+        .await
+        .unwrap();
     assert_eq!(fetched.digest, ChunkDigest::of_bytes(&data));
     assert_eq!(fetched.attempts, 3);
     let mut written = vec![0u8; data.len()];
@@ -109,10 +146,20 @@ async fn a_body_that_breaks_off_is_resumed_from_the_last_byte() {
 async fn retries_stop_at_the_attempt_limit_with_an_origin_error() {
     let inner = InMemory::new();
     let object = put(&inner, "k", &pattern(4096)).await;
-    let store = BreakingStore { inner, fail_after: 10, failures_left: AtomicUsize::new(100), requests: Default::default() };
+    let store = BreakingStore {
+        inner,
+        fail_after: 10,
+        failures_left: AtomicUsize::new(100),
+        requests: Default::default(),
+    };
     let (_temp, file) = destination(4096);
-    let policy = RetryPolicy { max_attempts: 3, ..quick() };
-    let error = fetch_range(&store, &object, 0, 4096, file, 0, &policy).await.unwrap_err();
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        ..quick()
+    };
+    let error = fetch_range(&store, &object, 0, 4096, file, 0, &policy)
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::Origin { .. }), "{error}");
     assert!(error.to_string().contains("gave up after 3 attempts"), "{error}");
 }
@@ -125,22 +172,44 @@ async fn local_directories_open_as_stores_with_prefixes() {
     let url = format!("file://{}/models", root.path().display());
     let store = open_store(&StoreConfig { url, options: vec![] }).unwrap();
     let meta = store.head(&Path::from("7b/w.bin")).await.unwrap();
-    let object = ObjectIdentity { key: "7b/w.bin".into(), size: meta.size, etag: meta.e_tag, version: None };
+    let object = ObjectIdentity {
+        key: "7b/w.bin".into(),
+        size: meta.size,
+        etag: meta.e_tag,
+        version: None,
+    };
     let (_temp, file) = destination(5000);
-    let fetched = fetch_range(store.as_ref(), &object, 0, 5000, file, 0, &quick()).await.unwrap();
+    let fetched = fetch_range(store.as_ref(), &object, 0, 5000, file, 0, &quick())
+        .await
+        .unwrap();
     assert_eq!(fetched.digest, ChunkDigest::of_bytes(&pattern(5000)));
 }
 
 #[test]
 fn unknown_store_options_and_schemes_are_refused_by_name() {
-    let config = StoreConfig { url: "s3://bucket/p".into(), options: vec![("regoin".into(), "x".into())] };
+    let config = StoreConfig {
+        url: "s3://bucket/p".into(),
+        options: vec![("regoin".into(), "x".into())],
+    };
     let error = open_store(&config).err().unwrap();
     assert_eq!(error.to_string(), "store s3://bucket/p: unknown option \"regoin\"");
-    let config = StoreConfig { url: "ftp://host/x".into(), options: vec![] };
-    assert!(open_store(&config).err().unwrap().to_string().contains("unsupported scheme ftp://"));
+    let config = StoreConfig {
+        url: "ftp://host/x".into(),
+        options: vec![],
+    };
+    assert!(
+        open_store(&config)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unsupported scheme ftp://")
+    );
     let config = StoreConfig {
         url: "s3://bucket".into(),
-        options: vec![("allow_http".into(), "true".into()), ("region".into(), "us-east-1".into())],
+        options: vec![
+            ("allow_http".into(), "true".into()),
+            ("region".into(), "us-east-1".into()),
+        ],
     };
     assert!(open_store(&config).is_ok());
 }
@@ -162,19 +231,33 @@ impl std::fmt::Display for BreakingStore {
 
 #[async_trait::async_trait]
 impl ObjectStore for BreakingStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.inner.put_opts(location, payload, opts).await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let result = self.inner.get_opts(location, options).await?;
         self.requests.lock().unwrap().push(result.range.clone());
-        let breaks = self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-        let GetResultPayload::Stream(body) = result.payload else { unreachable!("memory stores stream") };
+        let breaks = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let GetResultPayload::Stream(body) = result.payload else {
+            unreachable!("memory stores stream")
+        };
         let limit = self.fail_after;
         let body: BoxStream<'static, object_store::Result<Bytes>> = if breaks {
             let mut sent = 0usize;
@@ -184,7 +267,10 @@ impl ObjectStore for BreakingStore {
                 sent += allowed;
                 let mut out = vec![Ok(piece.slice(..allowed))];
                 if allowed < piece.len() {
-                    out.push(Err(object_store::Error::Generic { store: "test", source: "connection reset".into() }));
+                    out.push(Err(object_store::Error::Generic {
+                        store: "test",
+                        source: "connection reset".into(),
+                    }));
                 }
                 futures::stream::iter(out)
             })
@@ -200,10 +286,16 @@ impl ObjectStore for BreakingStore {
         } else {
             body
         };
-        Ok(GetResult { payload: GetResultPayload::Stream(body), ..result })
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(body),
+            ..result
+        })
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
         self.inner.delete_stream(locations)
     }
 

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::EntryType;
-use xfd_core::{
-    ArchiveFormat, Error, UnpackOptions, UnpackReport, is_unpacked, unpack, unpack_async,
-};
+use xfd_core::{ArchiveFormat, Error, UnpackOptions, UnpackReport, is_unpacked, unpack, unpack_async};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
@@ -102,9 +100,7 @@ fn walk(root: &Path, dir: &Path, paths: &mut BTreeSet<String>) {
 
 fn assert_unsafe(err: &Error, entry: &str, reason_part: &str) {
     match err {
-        Error::UnsafeArchiveEntry {
-            entry: got, reason, ..
-        } => {
+        Error::UnsafeArchiveEntry { entry: got, reason, .. } => {
             assert_eq!(got, entry, "{err}");
             assert!(reason.contains(reason_part), "{err}");
         }
@@ -218,13 +214,7 @@ fn sample_tar() -> Vec<u8> {
         &weights(),
     );
     add("model/empty.txt", EntryType::Regular, 0o644, None, b"");
-    add(
-        "model/run.sh",
-        EntryType::Regular,
-        0o755,
-        None,
-        b"#!/bin/sh\n",
-    );
+    add("model/run.sh", EntryType::Regular, 0o755, None, b"#!/bin/sh\n");
     let long = format!("model/{LONG_DIR}/{LONG_DIR}/notes.txt");
     add(&long, EntryType::Regular, 0o644, None, b"long");
     add(
@@ -246,10 +236,7 @@ fn sample_tar() -> Vec<u8> {
 
 fn assert_sample_tree(dest: &Path, with_hardlink: bool) {
     let model = dest.join("model");
-    assert_eq!(
-        fs::read(model.join("nested/deep/weights.bin")).unwrap(),
-        weights()
-    );
+    assert_eq!(fs::read(model.join("nested/deep/weights.bin")).unwrap(), weights());
     assert_eq!(fs::read(model.join("empty.txt")).unwrap(), b"");
     assert_eq!(fs::read(model.join("run.sh")).unwrap(), b"#!/bin/sh\n");
     assert_eq!(mode_of(&model.join("run.sh")), 0o755);
@@ -271,19 +258,14 @@ fn assert_sample_tree(dest: &Path, with_hardlink: bool) {
 
 fn sample_zip() -> Vec<u8> {
     zip_of(|zip| {
-        zip.add_directory("model/", SimpleFileOptions::default())
-            .unwrap();
+        zip.add_directory("model/", SimpleFileOptions::default()).unwrap();
         zip_file(zip, "model/nested/deep/weights.bin", 0o644, &weights());
         zip_file(zip, "model/empty.txt", 0o644, b"");
         zip_file(zip, "model/run.sh", 0o755, b"#!/bin/sh\n");
         let long = format!("model/{LONG_DIR}/{LONG_DIR}/notes.txt");
         zip_file(zip, &long, 0o644, b"long");
-        zip.add_symlink(
-            "model/latest",
-            "nested/deep/weights.bin",
-            SimpleFileOptions::default(),
-        )
-        .unwrap();
+        zip.add_symlink("model/latest", "nested/deep/weights.bin", SimpleFileOptions::default())
+            .unwrap();
     })
 }
 
@@ -293,9 +275,7 @@ fn sample_zip() -> Vec<u8> {
 #[test]
 fn tar_round_trip_keeps_contents_modes_and_links() {
     let scene = Scene::new();
-    let report = scene
-        .unpack(&scene.archive("a.tar", &sample_tar()), "v1")
-        .unwrap();
+    let report = scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     assert_sample_tree(&scene.dest(), true);
     let expected = UnpackReport {
         format: ArchiveFormat::Tar,
@@ -330,9 +310,7 @@ fn tar_gz_round_trip() {
 #[test]
 fn zip_round_trip() {
     let scene = Scene::new();
-    let report = scene
-        .unpack(&scene.archive("a.zip", &sample_zip()), "v1")
-        .unwrap();
+    let report = scene.unpack(&scene.archive("a.zip", &sample_zip()), "v1").unwrap();
     assert_sample_tree(&scene.dest(), false);
     assert_eq!(report.format, ArchiveFormat::Zip);
     assert_eq!((report.entries, report.files, report.symlinks), (6, 4, 1));
@@ -350,11 +328,7 @@ fn empty_archives_unpack_to_an_empty_directory() {
     for (name, bytes, format) in cases {
         let scene = Scene::new();
         let report = scene.unpack(&scene.archive(name, &bytes), "v1").unwrap();
-        assert_eq!(
-            (report.format, report.entries, report.files),
-            (format, 0, 0),
-            "{name}"
-        );
+        assert_eq!((report.format, report.entries, report.files), (format, 0, 0), "{name}");
         assert_eq!(fs::read_dir(scene.dest()).unwrap().count(), 0, "{name}");
     }
 }
@@ -371,10 +345,7 @@ fn formats_are_detected_by_content_not_by_name() {
         let scene = Scene::new();
         let report = scene.unpack(&scene.archive(name, &bytes), "v1").unwrap();
         assert_eq!(report.format, format, "{name}");
-        assert_eq!(
-            xfd_core::unpack::detect(&scene.archive(name, &bytes)).unwrap(),
-            format
-        );
+        assert_eq!(xfd_core::unpack::detect(&scene.archive(name, &bytes)).unwrap(), format);
     }
 }
 
@@ -404,10 +375,7 @@ fn unknown_content_is_refused_naming_the_file() {
             }
             other => panic!("{name}: expected an unknown format, got {other}"),
         }
-        assert!(
-            err.to_string().contains(&archive.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&archive.display().to_string()), "{err}");
     }
 }
 
@@ -429,10 +397,7 @@ fn a_forced_format_that_does_not_match_is_unreadable() {
 fn parent_directory_entries_are_refused_in_tar_and_zip() {
     let scene = Scene::new();
     for name in ["../escaped.txt", "ok/../../escaped.txt"] {
-        let tar = RawTar::default()
-            .file("fine.txt", b"ok")
-            .file(name, b"pwned")
-            .finish();
+        let tar = RawTar::default().file("fine.txt", b"ok").file(name, b"pwned").finish();
         let err = scene.refuse(&scene.archive("slip.tar", &tar));
         assert_unsafe(&err, name, "`..`");
     }
@@ -446,11 +411,7 @@ fn absolute_and_windows_rooted_entries_are_refused() {
     let scene = Scene::new();
     let absolute = scene.outside().join("absolute.txt").display().to_string();
     let tar = RawTar::default().file(&absolute, b"pwned").finish();
-    assert_unsafe(
-        &scene.refuse(&scene.archive("abs.tar", &tar)),
-        &absolute,
-        "absolute",
-    );
+    assert_unsafe(&scene.refuse(&scene.archive("abs.tar", &tar)), &absolute, "absolute");
     let cases = [
         (absolute.as_str(), "absolute"),
         ("C:\\evil.txt", "drive"),
@@ -475,20 +436,11 @@ fn symlinks_leaving_the_destination_are_refused() {
     ];
     for (name, target, reason) in cases {
         let tar = RawTar::default().symlink(name, target).finish();
-        assert_unsafe(
-            &scene.refuse(&scene.archive("link.tar", &tar)),
-            name,
-            reason,
-        );
+        assert_unsafe(&scene.refuse(&scene.archive("link.tar", &tar)), name, reason);
         let zip = zip_of(|zip| {
-            zip.add_symlink(name, target, SimpleFileOptions::default())
-                .unwrap();
+            zip.add_symlink(name, target, SimpleFileOptions::default()).unwrap();
         });
-        assert_unsafe(
-            &scene.refuse(&scene.archive("link.zip", &zip)),
-            name,
-            reason,
-        );
+        assert_unsafe(&scene.refuse(&scene.archive("link.zip", &zip)), name, reason);
     }
 }
 
@@ -529,10 +481,8 @@ fn writing_through_an_archive_symlink_is_refused() {
     let err = scene.refuse(&scene.archive("through-inside.tar", &tar));
     assert_unsafe(&err, "link/evil.txt", "goes through a symlink");
     let zip = zip_of(|zip| {
-        zip.add_directory("sub/", SimpleFileOptions::default())
-            .unwrap();
-        zip.add_symlink("link", "sub", SimpleFileOptions::default())
-            .unwrap();
+        zip.add_directory("sub/", SimpleFileOptions::default()).unwrap();
+        zip.add_symlink("link", "sub", SimpleFileOptions::default()).unwrap();
         zip_file(zip, "link/evil.txt", 0o644, b"x");
     });
     let err = scene.refuse(&scene.archive("through.zip", &zip));
@@ -560,11 +510,7 @@ fn hard_links_must_name_an_earlier_regular_file_inside() {
             .hardlink("hard", target)
             .file("later.txt", b"later")
             .finish();
-        assert_unsafe(
-            &scene.refuse(&scene.archive("hard.tar", &tar)),
-            "hard",
-            reason,
-        );
+        assert_unsafe(&scene.refuse(&scene.archive("hard.tar", &tar)), "hard", reason);
     }
 }
 
@@ -577,29 +523,15 @@ fn devices_fifos_and_sockets_are_refused() {
         (EntryType::Fifo, "fifo"),
     ];
     for (kind, what) in kinds {
-        let tar = RawTar::default()
-            .entry("special", kind, 0o644, "", b"")
-            .finish();
-        assert_unsafe(
-            &scene.refuse(&scene.archive("dev.tar", &tar)),
-            "special",
-            what,
-        );
+        let tar = RawTar::default().entry("special", kind, 0o644, "", b"").finish();
+        assert_unsafe(&scene.refuse(&scene.archive("dev.tar", &tar)), "special", what);
     }
-    for (mode, what) in [
-        (0o010_644, "fifo"),
-        (0o140_644, "socket"),
-        (0o020_644, "character"),
-    ] {
+    for (mode, what) in [(0o010_644, "fifo"), (0o140_644, "socket"), (0o020_644, "character")] {
         let zip = zip_of(|zip| {
             let options = SimpleFileOptions::default().external_attributes(mode << 16);
             zip.start_file("special", options).unwrap();
         });
-        assert_unsafe(
-            &scene.refuse(&scene.archive("dev.zip", &zip)),
-            "special",
-            what,
-        );
+        assert_unsafe(&scene.refuse(&scene.archive("dev.zip", &zip)), "special", what);
     }
 }
 
@@ -616,11 +548,7 @@ fn small_limit() -> UnpackOptions {
 #[test]
 fn a_gzip_bomb_is_stopped_at_max_total_bytes() {
     let scene = Scene::new();
-    let bomb = gzip(
-        &RawTar::default()
-            .file("zeros.bin", &vec![0; 8 << 20])
-            .finish(),
-    );
+    let bomb = gzip(&RawTar::default().file("zeros.bin", &vec![0; 8 << 20]).finish());
     assert!(
         bomb.len() < 64 * 1024,
         "the test archive is a bomb: {} bytes",
@@ -682,10 +610,7 @@ fn a_zip_understating_its_sizes_is_refused() {
     patch_u32_after(&mut zip, b"PK\x01\x02", 24, 100);
     let err = scene.refuse_with(&scene.archive("lying.zip", &zip), &small_limit());
     assert!(
-        matches!(
-            err,
-            Error::ArchiveTooLarge { .. } | Error::ArchiveUnreadable { .. }
-        ),
+        matches!(err, Error::ArchiveTooLarge { .. } | Error::ArchiveUnreadable { .. }),
         "{err}"
     );
 }
@@ -721,12 +646,7 @@ fn max_entries_counts_every_entry() {
             ..UnpackOptions::default()
         };
         let identity = archive.display().to_string();
-        assert_eq!(
-            unpack(archive, &scene.dest(), &identity, &five)
-                .unwrap()
-                .entries,
-            5
-        );
+        assert_eq!(unpack(archive, &scene.dest(), &identity, &five).unwrap().entries, 5);
     }
 }
 
@@ -735,13 +655,7 @@ fn oversized_tar_metadata_is_refused_before_it_is_held_in_memory() {
     let scene = Scene::new();
     let long_name = vec![b'a'; 2 << 20];
     let tar = RawTar::default()
-        .entry(
-            "././@LongLink",
-            EntryType::GNULongName,
-            0o644,
-            "",
-            &long_name,
-        )
+        .entry("././@LongLink", EntryType::GNULongName, 0o644, "", &long_name)
         .file("after", b"x")
         .finish();
     let err = scene.refuse(&scene.archive("long.tar.gz", &gzip(&tar)));
@@ -796,11 +710,7 @@ fn a_directory_is_never_replaced_by_a_later_entry() {
         .file("d/in.txt", b"x")
         .file("d", b"file")
         .finish();
-    assert_unsafe(
-        &scene.refuse(&scene.archive("dir.tar", &tar)),
-        "d",
-        "directory",
-    );
+    assert_unsafe(&scene.refuse(&scene.archive("dir.tar", &tar)), "d", "directory");
 }
 
 #[test]
@@ -812,9 +722,7 @@ fn modes_are_masked_and_special_bits_dropped() {
         .entry("sticky/", EntryType::Directory, 0o1777, "", b"")
         .entry("readonly/", EntryType::Directory, 0o500, "", b"")
         .finish();
-    scene
-        .unpack(&scene.archive("modes.tar", &tar), "v1")
-        .unwrap();
+    scene.unpack(&scene.archive("modes.tar", &tar), "v1").unwrap();
     let dest = scene.dest();
     assert_eq!(mode_of(&dest.join("setuid")), 0o755);
     assert_eq!(mode_of(&dest.join("private")), 0o644);
@@ -842,10 +750,7 @@ fn a_users_destination_is_refused_untouched_unless_overwrite() {
             matches!(&err, Error::DestinationExists { path } if path == &dest),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("pass overwrite to replace it"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("pass overwrite to replace it"), "{err}");
 
         let overwrite = UnpackOptions {
             overwrite: true,
@@ -869,13 +774,7 @@ fn the_same_identity_is_skipped_and_a_new_one_replaces() {
     // Skipping must not even open the archive.
     let missing = scene.tmp.path().join("archives/gone.tar");
     let again = scene.unpack(&missing, "object-1@etag-a").unwrap();
-    assert_eq!(
-        again,
-        UnpackReport {
-            skipped: true,
-            ..first
-        }
-    );
+    assert_eq!(again, UnpackReport { skipped: true, ..first });
 
     let second = RawTar::default().file("other.txt", b"v2").finish();
     let report = scene
@@ -883,10 +782,7 @@ fn the_same_identity_is_skipped_and_a_new_one_replaces() {
         .unwrap();
     assert!(!report.skipped);
     assert_eq!(fs::read(scene.dest().join("other.txt")).unwrap(), b"v2");
-    assert!(
-        !scene.dest().join("model").exists(),
-        "the previous tree is gone"
-    );
+    assert!(!scene.dest().join("model").exists(), "the previous tree is gone");
     assert!(is_unpacked(&scene.dest(), "object-1@etag-b"));
     assert!(!is_unpacked(&scene.dest(), "object-1@etag-a"));
     assert_eq!(scene.site_names().len(), 2, "{:?}", scene.site_names());
@@ -895,9 +791,7 @@ fn the_same_identity_is_skipped_and_a_new_one_replaces() {
 #[test]
 fn a_refused_update_keeps_the_previous_unpack() {
     let scene = Scene::new();
-    scene
-        .unpack(&scene.archive("a.tar", &sample_tar()), "v1")
-        .unwrap();
+    scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     let evil = RawTar::default()
         .file("fine.txt", b"ok")
         .file("../x", b"pwned")
@@ -914,21 +808,12 @@ fn a_refused_update_keeps_the_previous_unpack() {
 #[test]
 fn is_unpacked_needs_the_directory_and_a_non_empty_identity() {
     let scene = Scene::new();
-    scene
-        .unpack(&scene.archive("a.tar", &sample_tar()), "")
-        .unwrap();
-    assert!(
-        !is_unpacked(&scene.dest(), ""),
-        "an empty identity never matches"
-    );
-    scene
-        .unpack(&scene.archive("a.tar", &sample_tar()), "v1")
-        .unwrap();
+    scene.unpack(&scene.archive("a.tar", &sample_tar()), "").unwrap();
+    assert!(!is_unpacked(&scene.dest(), ""), "an empty identity never matches");
+    scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     fs::remove_dir_all(scene.dest()).unwrap();
     assert!(!is_unpacked(&scene.dest(), "v1"));
-    let report = scene
-        .unpack(&scene.archive("a.tar", &sample_tar()), "v1")
-        .unwrap();
+    let report = scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     assert!(!report.skipped, "a removed destination is unpacked again");
 }
 
@@ -951,9 +836,7 @@ async fn the_async_twin_unpacks_on_the_blocking_pool() {
     let scene = Scene::new();
     let archive = scene.archive("a.zip", &sample_zip());
     let options = UnpackOptions::default();
-    let report = unpack_async(archive, scene.dest(), "v1".into(), options)
-        .await
-        .unwrap();
+    let report = unpack_async(archive, scene.dest(), "v1".into(), options).await.unwrap();
     assert_eq!(report.format, ArchiveFormat::Zip);
     assert_sample_tree(&scene.dest(), false);
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
+mod engine;
 mod error;
 
 /// BLAKE3 hex digest of `length` bytes of the file at `path` from `offset` (`None`: to the end).
@@ -21,5 +22,6 @@ fn hash_file_range(py: Python<'_>, path: PathBuf, offset: u64, length: Option<u6
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", xfd_core::VERSION)?;
     m.add_function(wrap_pyfunction!(hash_file_range, m)?)?;
+    m.add_class::<engine::PyEngine>()?;
     Ok(())
 }

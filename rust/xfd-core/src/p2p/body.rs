@@ -75,11 +75,7 @@ impl ChunkBody {
 }
 
 /// Reads `source` block by block into `sender`; stops early when the body is dropped.
-async fn read_blocks(
-    source: FileRange,
-    limiter: Option<Arc<EgressLimiter>>,
-    sender: mpsc::Sender<io::Result<Bytes>>,
-) {
+async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sender: mpsc::Sender<io::Result<Bytes>>) {
     let block_size = limiter.as_ref().map_or(READ_BLOCK, |l| l.block_size(READ_BLOCK));
     let mut done = 0u64;
     while done < source.length {
@@ -113,10 +109,7 @@ impl Body for ServerBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ServerBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ServerBody::Chunk(chunk) => chunk.poll_block(cx),
@@ -147,7 +140,9 @@ impl ChunkBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(block))) => {
                 self.remaining -= block.len() as u64;
-                self.counters.bytes_served.fetch_add(block.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .bytes_served
+                    .fetch_add(block.len() as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(Frame::data(block))))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(self.abort(error)))),

@@ -165,7 +165,11 @@ impl P2pClient {
         if range.is_empty() {
             let digest = ChunkDigest::of_bytes(&[]);
             let (bytes, duration) = (0, Duration::ZERO);
-            return Ok(FetchReport { bytes, digest, duration });
+            return Ok(FetchReport {
+                bytes,
+                digest,
+                duration,
+            });
         }
         let transfer = Transfer {
             peer,
@@ -187,7 +191,11 @@ impl P2pClient {
             match self.attempt(&transfer).await {
                 Ok((bytes, digest)) => {
                     let duration = started.elapsed();
-                    return Ok(FetchReport { bytes, digest, duration });
+                    return Ok(FetchReport {
+                        bytes,
+                        digest,
+                        duration,
+                    });
                 }
                 Err(failure) if failure.retryable && retry < self.config.retries => {
                     tokio::time::sleep(self.backoff(retry)).await;
@@ -257,7 +265,9 @@ impl Transfer<'_> {
         };
         match response.status() {
             status if status == wanted => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.error(Kind::AuthRefused)),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(self.error(Kind::AuthRefused));
+            }
             StatusCode::NOT_FOUND => return Err(self.error(Kind::NotFound)),
             StatusCode::SERVICE_UNAVAILABLE => return Err(self.error(Kind::Busy)),
             status => return Err(self.protocol(format!("unexpected status {status}"))),
@@ -270,7 +280,8 @@ impl Transfer<'_> {
         if self.range.is_some() {
             return Ok(None);
         }
-        let advertised = parse_digest_header(response).ok_or_else(|| self.protocol(format!("no valid {DIGEST_HEADER} header")))?;
+        let advertised =
+            parse_digest_header(response).ok_or_else(|| self.protocol(format!("no valid {DIGEST_HEADER} header")))?;
         // The peer announces another chunk's content: refuse before downloading it.
         self.check_digest(self.expected, advertised)?;
         Ok(Some(advertised))
@@ -285,13 +296,19 @@ impl Transfer<'_> {
                 return Err(self.protocol(format!("sends more than {} bytes", self.length)));
             }
             let offset = self.dest_offset + received;
-            writer.push(&piece).await.map_err(|source| self.write_error(offset, source))?;
+            writer
+                .push(&piece)
+                .await
+                .map_err(|source| self.write_error(offset, source))?;
             received += piece.len() as u64;
         }
         if received < self.length {
             return Err(self.short_body(received));
         }
-        let digest = writer.finish().await.map_err(|source| self.write_error(self.dest_offset, source))?;
+        let digest = writer
+            .finish()
+            .await
+            .map_err(|source| self.write_error(self.dest_offset, source))?;
         Ok((received, ChunkDigest(*digest.as_bytes())))
     }
 

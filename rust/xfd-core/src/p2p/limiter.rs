@@ -40,10 +40,7 @@ impl EgressLimiter {
 
     fn reserve(&self, bytes: u64) -> Instant {
         let drain = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        let mut next_free = self
-            .next_free
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next_free = self.next_free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let start = (*next_free).max(Instant::now());
         *next_free = start + drain;
         start

@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::body::{ChunkBody, FileRange, ServerBody};
 use super::limiter::EgressLimiter;
 use super::range::parse_range;
-use super::{ChunkId, ChunkRegistry, DIGEST_HEADER};
+use super::{ChunkId, ChunkRegistry, DIGEST_HEADER, ServedChunk};
 use crate::error::{Error, Result};
 
 /// Largest request head (request line and headers) accepted, in bytes; larger heads get 431. A chunk
@@ -92,7 +92,7 @@ impl ServerConfig {
 }
 
 /// Requests refused, by reason (each reason is one status code).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RefusedCounts {
     /// 401: missing or wrong token.
     pub unauthorized: u64,
@@ -120,7 +120,7 @@ impl RefusedCounts {
 }
 
 /// A snapshot of a server's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServerStats {
     /// Chunk bytes handed to the network (bodies only).
     pub bytes_served: u64,
@@ -189,7 +189,9 @@ impl P2pServer {
             token_digest: blake3::hash(config.token.as_bytes()),
             slots: Arc::new(Semaphore::new(config.upload_slots)),
             slot_count: config.upload_slots,
-            limiter: config.egress_bytes_per_sec.map(|rate| Arc::new(EgressLimiter::new(rate))),
+            limiter: config
+                .egress_bytes_per_sec
+                .map(|rate| Arc::new(EgressLimiter::new(rate))),
             counters: Arc::default(),
         });
         let (stop, stopped) = watch::channel(None);
@@ -278,10 +280,7 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-async fn handle(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<ServerBody>, Infallible> {
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<ServerBody>, Infallible> {
     let response = match route(&state, &request).await {
         Ok(response) => response,
         Err(refusal) => state.refuse(refusal),
@@ -289,10 +288,7 @@ async fn handle(
     Ok(response)
 }
 
-async fn route(
-    state: &State,
-    request: &Request<Incoming>,
-) -> Result<Response<ServerBody>, Refusal> {
+async fn route(state: &State, request: &Request<Incoming>) -> Result<Response<ServerBody>, Refusal> {
     // The token is checked first: a client without it learns nothing, not even which paths exist.
     if !state.is_authorized(request.headers()) {
         return Err(Refusal::Unauthorized);
@@ -320,78 +316,91 @@ impl State {
         blake3::hash(presented) == self.token_digest
     }
 
-    async fn serve_chunk(
-        &self,
-        id: &ChunkId,
-        headers: &HeaderMap,
-    ) -> Result<Response<ServerBody>, Refusal> {
+    async fn serve_chunk(&self, id: &ChunkId, headers: &HeaderMap) -> Result<Response<ServerBody>, Refusal> {
         let chunk = self.registry.verified(id).ok_or(Refusal::NotFound)?;
         let span = requested_span(headers, chunk.length)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
-        let file = open_chunk_file(chunk.path).await.map_err(|_| {
+        let file = open_chunk_file(chunk.path.clone()).await.map_err(|_| {
             self.counters.read_failures.fetch_add(1, Ordering::Relaxed);
             Refusal::NotFound
         })?;
-        let mut response = Response::new(ServerBody::empty());
-        let response_headers = response.headers_mut();
-        response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(span.end - span.start));
-        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        response_headers.insert(DIGEST_HEADER, header_value(chunk.digest.to_hex()));
-        if headers.contains_key(header::RANGE) {
-            let content_range = format!("bytes {}-{}/{}", span.start, span.end - 1, chunk.length);
-            response_headers.insert(header::CONTENT_RANGE, header_value(content_range));
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        }
         let source = FileRange {
             file: Arc::new(file),
             offset: chunk.offset.saturating_add(span.start),
             length: span.end - span.start,
         };
-        *response.body_mut() = ServerBody::Chunk(ChunkBody::spawn(
-            source,
-            self.limiter.clone(),
-            self.counters.clone(),
-            slot,
-        ));
+        let body = ChunkBody::spawn(source, self.limiter.clone(), self.counters.clone(), slot);
+        let partial = headers.contains_key(header::RANGE);
+        let response = chunk_response(&chunk, &span, partial, ServerBody::Chunk(body));
         self.counters.chunk_responses.fetch_add(1, Ordering::Relaxed);
         Ok(response)
     }
 
     fn refuse(&self, refusal: Refusal) -> Response<ServerBody> {
-        let counters = &self.counters;
-        let (counter, status) = match refusal {
-            Refusal::Unauthorized => (&counters.unauthorized, StatusCode::UNAUTHORIZED),
-            Refusal::BadRequest => (&counters.bad_request, StatusCode::BAD_REQUEST),
-            Refusal::NotFound => (&counters.not_found, StatusCode::NOT_FOUND),
-            Refusal::RangeNotSatisfiable { .. } => {
-                (&counters.range_not_satisfiable, StatusCode::RANGE_NOT_SATISFIABLE)
-            }
-            Refusal::MethodNotAllowed => (&counters.method_not_allowed, StatusCode::METHOD_NOT_ALLOWED),
-            Refusal::Busy => (&counters.busy, StatusCode::SERVICE_UNAVAILABLE),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let mut response = Response::new(ServerBody::empty());
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
-        match refusal {
-            Refusal::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            Refusal::RangeNotSatisfiable { chunk_length } => {
-                headers.insert(header::CONTENT_RANGE, header_value(format!("bytes */{chunk_length}")));
-            }
-            Refusal::MethodNotAllowed => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
-            }
-            Refusal::Busy => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            Refusal::BadRequest | Refusal::NotFound => {}
-        }
-        response
+        self.refusal_counter(refusal).fetch_add(1, Ordering::Relaxed);
+        refusal_response(refusal)
     }
+
+    fn refusal_counter(&self, refusal: Refusal) -> &AtomicU64 {
+        let counters = &self.counters;
+        match refusal {
+            Refusal::Unauthorized => &counters.unauthorized,
+            Refusal::BadRequest => &counters.bad_request,
+            Refusal::NotFound => &counters.not_found,
+            Refusal::RangeNotSatisfiable { .. } => &counters.range_not_satisfiable,
+            Refusal::MethodNotAllowed => &counters.method_not_allowed,
+            Refusal::Busy => &counters.busy,
+        }
+    }
+}
+
+/// An empty-bodied refusal: the status, and only the headers the standard asks for.
+fn refusal_response(refusal: Refusal) -> Response<ServerBody> {
+    let (status, extra) = match refusal {
+        Refusal::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+        ),
+        Refusal::BadRequest => (StatusCode::BAD_REQUEST, None),
+        Refusal::NotFound => (StatusCode::NOT_FOUND, None),
+        Refusal::RangeNotSatisfiable { chunk_length } => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Some((header::CONTENT_RANGE, header_value(format!("bytes */{chunk_length}")))),
+        ),
+        Refusal::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some((header::ALLOW, HeaderValue::from_static("GET"))),
+        ),
+        Refusal::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+        ),
+    };
+    let mut response = Response::new(ServerBody::empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
+    }
+    response
+}
+
+/// The 200 (whole chunk) or 206 (`partial`) response for `span` of `chunk`.
+fn chunk_response(chunk: &ServedChunk, span: &Range<u64>, partial: bool, body: ServerBody) -> Response<ServerBody> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(span.end - span.start));
+    let octets = HeaderValue::from_static("application/octet-stream");
+    headers.insert(header::CONTENT_TYPE, octets);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(DIGEST_HEADER, header_value(chunk.digest.to_hex()));
+    if partial {
+        let content_range = format!("bytes {}-{}/{}", span.start, span.end - 1, chunk.length);
+        headers.insert(header::CONTENT_RANGE, header_value(content_range));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    response
 }
 
 /// The part of the chunk to send: all of it, or the one range asked for.

@@ -58,10 +58,7 @@ pub(super) fn check_symlink_target(link: &Path, target: &[u8]) -> Result<(), &'s
 /// The lexical check alone misses chains: with `d/a -> ..`, the link `d/b -> a/..` looks like `d` but
 /// resolves to the parent of the root. Components that do not exist are taken lexically, which can only
 /// be stricter than the kernel (it would fail the lookup).
-pub(super) fn check_symlink_chain(
-    root: &Path,
-    link: &Path,
-) -> io::Result<Result<(), &'static str>> {
+pub(super) fn check_symlink_chain(root: &Path, link: &Path) -> io::Result<Result<(), &'static str>> {
     let mut inside: Vec<OsString> = link
         .parent()
         .into_iter()
@@ -75,9 +72,7 @@ pub(super) fn check_symlink_chain(
             b"" | b"." => {}
             b".." => {
                 if inside.pop().is_none() {
-                    return Ok(Err(
-                        "is a symlink that leaves the destination through other symlinks",
-                    ));
+                    return Ok(Err("is a symlink that leaves the destination through other symlinks"));
                 }
             }
             _ => {
@@ -92,9 +87,7 @@ pub(super) fn check_symlink_chain(
                 }
                 let target = fs::read_link(&here)?;
                 if target.is_absolute() {
-                    return Ok(Err(
-                        "is a symlink that reaches an absolute path through other symlinks",
-                    ));
+                    return Ok(Err("is a symlink that reaches an absolute path through other symlinks"));
                 }
                 inside.pop();
                 let mut expanded = target_components(&target);
@@ -141,11 +134,7 @@ mod tests {
             ("./", ""),
             ("dir\\file", "dir\\file"),
         ] {
-            assert_eq!(
-                entry_path(name.as_bytes()).unwrap(),
-                Path::new(want),
-                "{name}"
-            );
+            assert_eq!(entry_path(name.as_bytes()).unwrap(), Path::new(want), "{name}");
         }
     }
 
@@ -168,16 +157,9 @@ mod tests {
 
     #[test]
     fn symlink_targets_are_judged_from_the_links_directory() {
-        let ok = [
-            ("link", "file"),
-            ("a/link", "../file"),
-            ("a/b/link", "../../c/./d"),
-        ];
+        let ok = [("link", "file"), ("a/link", "../file"), ("a/b/link", "../../c/./d")];
         for (link, target) in ok {
-            assert_eq!(
-                check_symlink_target(Path::new(link), target.as_bytes()),
-                Ok(())
-            );
+            assert_eq!(check_symlink_target(Path::new(link), target.as_bytes()), Ok(()));
         }
         let refused = [
             ("link", "../file"),

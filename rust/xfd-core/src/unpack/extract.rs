@@ -176,10 +176,7 @@ impl<'a> Extractor<'a> {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
-                return Err(self.refuse(
-                    name,
-                    "is a directory where an earlier entry put a file or symlink",
-                ));
+                return Err(self.refuse(name, "is a directory where an earlier entry put a file or symlink"));
             }
             Err(e) if e.kind() == ErrorKind::NotFound => self.create_dir(&path)?,
             Err(e) => return Err(Error::io("stat", &path, e)),
@@ -218,8 +215,8 @@ impl<'a> Extractor<'a> {
     }
 
     fn hardlink(&mut self, name: &[u8], target: &[u8]) -> Result<()> {
-        let target = entry_path(target)
-            .map_err(|reason| self.refuse(name, format!("is a hard link whose target {reason}")))?;
+        let target =
+            entry_path(target).map_err(|reason| self.refuse(name, format!("is a hard link whose target {reason}")))?;
         if !self.regular_files.contains(&target) {
             let reason = format!(
                 "is a hard link to {:?}, which is not an earlier regular file of the archive",
@@ -285,9 +282,7 @@ impl<'a> Extractor<'a> {
             match fs::symlink_metadata(&path) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
-                    return Err(
-                        self.refuse(name, "goes through a symlink or file of an earlier entry")
-                    );
+                    return Err(self.refuse(name, "goes through a symlink or file of an earlier entry"));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     self.create_dir(&path)?;
@@ -307,13 +302,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// Streams `data` into `out`, counting every byte against the budget before writing it.
-    fn copy_counted(
-        &mut self,
-        name: &[u8],
-        data: &mut dyn Read,
-        out: &mut File,
-        path: &Path,
-    ) -> Result<()> {
+    fn copy_counted(&mut self, name: &[u8], data: &mut dyn Read, out: &mut File, path: &Path) -> Result<()> {
         loop {
             let read = self.read_counted(name, data)?;
             if read == 0 {
@@ -359,11 +348,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// The archive cannot be read; `name` is the entry being read, empty between entries.
-    pub(super) fn unreadable(
-        &self,
-        name: &[u8],
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Error {
+    pub(super) fn unreadable(&self, name: &[u8], source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
         Error::ArchiveUnreadable {
             path: self.archive.to_owned(),
             entry: (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned()),

@@ -103,9 +103,7 @@ pub fn detect(archive: &Path) -> Result<ArchiveFormat> {
     if head.starts_with(GZIP_MAGIC) {
         return match gzip_holds_tar(archive) {
             Ok(true) => Ok(ArchiveFormat::TarGz),
-            Ok(false) => Err(unknown(
-                "it is gzip-compressed but does not hold a tar archive",
-            )),
+            Ok(false) => Err(unknown("it is gzip-compressed but does not hold a tar archive")),
             Err(_) => Err(unknown("it starts like gzip but cannot be decompressed")),
         };
     }
@@ -139,9 +137,7 @@ fn looks_like_tar(head: &[u8]) -> bool {
     if head.len() < TAR_BLOCK {
         return false;
     }
-    head[USTAR_MAGIC_OFFSET..].starts_with(b"ustar")
-        || head.iter().all(|&byte| byte == 0)
-        || has_valid_checksum(head)
+    head[USTAR_MAGIC_OFFSET..].starts_with(b"ustar") || head.iter().all(|&byte| byte == 0) || has_valid_checksum(head)
 }
 
 fn has_valid_checksum(block: &[u8]) -> bool {
@@ -153,22 +149,14 @@ fn has_valid_checksum(block: &[u8]) -> bool {
     let mut recorded = 0u32;
     let mut any_digit = false;
     for &digit in digits {
-        recorded = recorded
-            .saturating_mul(8)
-            .saturating_add(u32::from(digit - b'0'));
+        recorded = recorded.saturating_mul(8).saturating_add(u32::from(digit - b'0'));
         any_digit = true;
     }
     // The checksum is computed with its own field read as eight spaces.
     let computed: u32 = block[..TAR_BLOCK]
         .iter()
         .enumerate()
-        .map(|(i, &b)| {
-            if CHECKSUM_FIELD.contains(&i) {
-                32
-            } else {
-                u32::from(b)
-            }
-        })
+        .map(|(i, &b)| if CHECKSUM_FIELD.contains(&i) { 32 } else { u32::from(b) })
         .sum();
     any_digit && recorded == computed
 }
@@ -220,9 +208,6 @@ mod tests {
         block[CHECKSUM_FIELD].copy_from_slice(field.as_bytes());
         assert!(looks_like_tar(&block));
         block[0] = b'j';
-        assert!(
-            !looks_like_tar(&block),
-            "a wrong checksum is not a tar header"
-        );
+        assert!(!looks_like_tar(&block), "a wrong checksum is not a tar header");
     }
 }

@@ -19,11 +19,7 @@ const TYPEFLAG_OFFSET: usize = 156;
 
 /// Unpacks every entry of a tar stream; `compressed` streams are read to their end so that their
 /// trailing checksum is verified.
-pub(super) fn extract(
-    reader: impl Read,
-    compressed: bool,
-    extractor: &mut Extractor,
-) -> Result<()> {
+pub(super) fn extract(reader: impl Read, compressed: bool, extractor: &mut Extractor) -> Result<()> {
     let meter = Meter::default();
     let mut archive = tar::Archive::new(MeteredReader {
         inner: reader,
@@ -41,9 +37,7 @@ fn extract_entries<R: Read>(
     meter: &Meter,
     extractor: &mut Extractor,
 ) -> Result<()> {
-    let mut entries = archive
-        .entries()
-        .map_err(|e| extractor.unreadable(b"", e))?;
+    let mut entries = archive.entries().map_err(|e| extractor.unreadable(b"", e))?;
     loop {
         // Only the tar crate reads while the meter runs: we read every entry to its end ourselves, so
         // all it still has to read before the next entry is metadata.
@@ -74,9 +68,7 @@ fn extract_entry<R: Read>(entry: &mut tar::Entry<R>, extractor: &mut Extractor) 
 fn entry_kind(header: &tar::Header, name: &[u8]) -> EntryKind {
     match header.entry_type() {
         // Pre-POSIX tar marks a directory only by its trailing slash, with a NUL type flag.
-        EntryType::Regular if header.as_bytes()[TYPEFLAG_OFFSET] == 0 && name.ends_with(b"/") => {
-            EntryKind::Dir
-        }
+        EntryType::Regular if header.as_bytes()[TYPEFLAG_OFFSET] == 0 && name.ends_with(b"/") => EntryKind::Dir,
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => EntryKind::File,
         EntryType::Directory => EntryKind::Dir,
         EntryType::Symlink => EntryKind::Symlink,

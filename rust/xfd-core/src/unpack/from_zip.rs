@@ -21,8 +21,7 @@ const S_IFIFO: u32 = 0o010_000;
 const S_IFSOCK: u32 = 0o140_000;
 
 pub(super) fn extract(file: File, extractor: &mut Extractor) -> Result<()> {
-    let mut archive =
-        zip::ZipArchive::new(BufReader::new(file)).map_err(|e| extractor.unreadable(b"", e))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| extractor.unreadable(b"", e))?;
     extractor.expect_entries(archive.len() as u64)?;
     for index in 0..archive.len() {
         let error = match archive.by_index(index) {
@@ -46,10 +45,7 @@ fn name_of<R: Read + io::Seek>(archive: &zip::ZipArchive<R>, index: usize) -> St
         .unwrap_or_else(|| format!("#{index}"))
 }
 
-fn extract_entry<R: Read>(
-    entry: &mut zip::read::ZipFile<R>,
-    extractor: &mut Extractor,
-) -> Result<()> {
+fn extract_entry<R: Read>(entry: &mut zip::read::ZipFile<R>, extractor: &mut Extractor) -> Result<()> {
     // `name()` decodes the stored bytes (UTF-8 or the legacy CP437) the way the archiver meant them.
     let name = entry
         .name()
@@ -92,7 +88,6 @@ fn entry_kind(mode: Option<u32>, name: &[u8]) -> EntryKind {
 
 fn read_link_target(data: &mut dyn Read) -> io::Result<Option<Vec<u8>>> {
     let mut target = Vec::new();
-    data.take(MAX_LINK_TARGET as u64 + 1)
-        .read_to_end(&mut target)?;
+    data.take(MAX_LINK_TARGET as u64 + 1).read_to_end(&mut target)?;
     Ok((target.len() <= MAX_LINK_TARGET).then_some(target))
 }

@@ -79,12 +79,7 @@ pub struct UnpackReport {
 /// `identity` names the archive's content (for example a plan's object id and etag); when the sidecar
 /// says `destination` already holds it, the call returns at once with `skipped: true`. An empty
 /// identity never matches. Blocking: call it from a blocking thread (see [`unpack_async`]).
-pub fn unpack(
-    archive: &Path,
-    destination: &Path,
-    identity: &str,
-    options: &UnpackOptions,
-) -> Result<UnpackReport> {
+pub fn unpack(archive: &Path, destination: &Path, identity: &str, options: &UnpackOptions) -> Result<UnpackReport> {
     let target = Destination::new(destination)?;
     if let Some(report) = target.unpacked_report(identity) {
         return Ok(UnpackReport {

@@ -49,9 +49,7 @@ impl Destination {
         })?;
         // Rebuilt from parent and name so that `a/b/.` or `a/b/` means the same as `a/b`.
         let (path, parent) = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => {
-                (parent.join(name), parent.to_owned())
-            }
+            Some(parent) if !parent.as_os_str().is_empty() => (parent.join(name), parent.to_owned()),
             _ => (PathBuf::from(name), PathBuf::from(".")),
         };
         Ok(Destination {
@@ -68,8 +66,7 @@ impl Destination {
             return None;
         }
         let sidecar = self.read_sidecar()?;
-        let matches =
-            sidecar.version == SIDECAR_VERSION && sidecar.identity.as_deref() == Some(identity);
+        let matches = sidecar.version == SIDECAR_VERSION && sidecar.identity.as_deref() == Some(identity);
         matches.then_some(sidecar.report).flatten()
     }
 
@@ -87,8 +84,7 @@ impl Destination {
 
     /// An empty directory beside the destination, removed when dropped unless published.
     pub(super) fn create_staging(&self) -> Result<TempDir> {
-        fs::create_dir_all(&self.parent)
-            .map_err(|e| Error::io("create directory", &self.parent, e))?;
+        fs::create_dir_all(&self.parent).map_err(|e| Error::io("create directory", &self.parent, e))?;
         self.hidden_temp_dir(STAGING_INFIX)
     }
 
@@ -168,10 +164,7 @@ impl Destination {
             return Error::io("rename", &self.path, cause);
         }
         let kept = trash.keep().join(&self.name);
-        let message = format!(
-            "{cause}; the previous content is kept at {}",
-            kept.display()
-        );
+        let message = format!("{cause}; the previous content is kept at {}", kept.display());
         Error::io("rename", &self.path, io::Error::new(cause.kind(), message))
     }
 
@@ -189,14 +182,10 @@ impl Destination {
             .map_err(|e| Error::io("create", &self.parent, e))?;
         let written = serde_json::to_writer_pretty(temp.as_file_mut(), sidecar)
             .map_err(io::Error::from)
-            .and_then(|()| {
-                temp.as_file()
-                    .set_permissions(Permissions::from_mode(SIDECAR_MODE))
-            })
+            .and_then(|()| temp.as_file().set_permissions(Permissions::from_mode(SIDECAR_MODE)))
             .and_then(|()| temp.as_file().sync_all());
         written.map_err(|e| Error::io("write", temp.path(), e))?;
-        temp.persist(&path)
-            .map_err(|e| Error::io("rename", &path, e.error))?;
+        temp.persist(&path).map_err(|e| Error::io("rename", &path, e.error))?;
         sync_dir(&self.parent)
     }
 
@@ -232,10 +221,7 @@ fn exists(path: &Path) -> Result<bool> {
 fn is_taken(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        ErrorKind::AlreadyExists
-            | ErrorKind::DirectoryNotEmpty
-            | ErrorKind::NotADirectory
-            | ErrorKind::IsADirectory
+        ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty | ErrorKind::NotADirectory | ErrorKind::IsADirectory
     )
 }
 

@@ -1,0 +1,679 @@
+//! Peer transfer between two engines on 127.0.0.1: a real server, a real client, real files.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use xfd_core::p2p::{
+    ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, generate_token,
+};
+use xfd_core::{ChunkDigest, Error};
+
+const TOKEN: &str = "test-token-0123456789";
+const MIB: usize = 1 << 20;
+
+/// A serving node: a directory of files, its registry and its server.
+struct Node {
+    dir: tempfile::TempDir,
+    registry: Arc<MemoryRegistry>,
+    server: P2pServer,
+}
+
+impl Node {
+    async fn start() -> Node {
+        Node::start_with(ServerConfig::default()).await
+    }
+
+    async fn start_with(config: ServerConfig) -> Node {
+        let registry = Arc::new(MemoryRegistry::new());
+        let config = ServerConfig {
+            token: TOKEN.into(),
+            ..config
+        };
+        let server = P2pServer::start(config, registry.clone()).await.unwrap();
+        Node {
+            dir: tempfile::tempdir().unwrap(),
+            registry,
+            server,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Writes `prefix` filler bytes then `bytes` to a new file and registers the chunk as verified.
+    fn serve(&self, bytes: &[u8], prefix: usize) -> ChunkId {
+        let id = next_id();
+        let path = self.write_file(&id, bytes, prefix);
+        self.registry
+            .insert(id, served(path, prefix, bytes, ChunkDigest::of_bytes(bytes)));
+        id
+    }
+
+    fn write_file(&self, id: &ChunkId, bytes: &[u8], prefix: usize) -> PathBuf {
+        let path = self.dir.path().join(id.to_string());
+        let mut content = vec![0x5a; prefix];
+        content.extend_from_slice(bytes);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+fn served(path: PathBuf, offset: usize, bytes: &[u8], digest: ChunkDigest) -> ServedChunk {
+    ServedChunk {
+        path,
+        offset: offset as u64,
+        length: bytes.len() as u64,
+        digest,
+    }
+}
+
+fn next_id() -> ChunkId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut bytes = [0u8; 16];
+    bytes[8..].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    bytes[0] = 0xc0;
+    ChunkId::from_bytes(bytes)
+}
+
+fn pattern(length: usize, seed: u8) -> Vec<u8> {
+    (0..length)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn client() -> P2pClient {
+    client_with(ClientConfig::default())
+}
+
+fn client_with(config: ClientConfig) -> P2pClient {
+    P2pClient::new(ClientConfig {
+        token: TOKEN.into(),
+        backoff_base: Duration::from_millis(10),
+        ..config
+    })
+    .unwrap()
+}
+
+/// A destination file of `length` bytes of 0xAB.
+fn destination(length: usize) -> Arc<File> {
+    let file = tempfile::tempfile().unwrap();
+    file.write_all_at(&vec![0xab; length], 0).unwrap();
+    Arc::new(file)
+}
+
+fn read_all(file: &File) -> Vec<u8> {
+    let mut bytes = vec![0u8; file.metadata().unwrap().len() as usize];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
+/// Polls `condition` until it holds; fails the test after 30 s.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < give_up, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends a raw request (any target, any headers) and returns the status code and the whole response.
+async fn raw_request(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n");
+    headers.iter().for_each(|h| head.push_str(&format!("{h}\r\n")));
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    (status_of(&text), text)
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bearer() -> String {
+    format!("Authorization: Bearer {TOKEN}")
+}
+
+/// Opens a request and reads only the response head, leaving the body unread (a slow reader).
+async fn open_without_reading(addr: SocketAddr, id: &ChunkId) -> (TcpStream, u16) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET /v1/chunks/{id} HTTP/1.1\r\nHost: peer\r\n{}\r\n\r\n", bearer());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buffer = [0u8; 1024];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "connection closed before the response head");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    (stream, status_of(&String::from_utf8_lossy(&received)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_lands_byte_identical_at_its_offset_and_nothing_else_changes() {
+    let node = Node::start().await;
+    let bytes = pattern(100_000, 7);
+    let id = node.serve(&bytes, 1000);
+    let dest = destination(200_000);
+
+    let report = client()
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(ChunkDigest::of_bytes(&bytes)),
+            dest.clone(),
+            777,
+            bytes.len() as u64,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(report.bytes, bytes.len() as u64);
+    assert_eq!(report.digest, ChunkDigest::of_bytes(&bytes));
+    let content = read_all(&dest);
+    assert_eq!(&content[777..777 + bytes.len()], &bytes[..]);
+    assert!(content[..777].iter().all(|&b| b == 0xab));
+    assert!(content[777 + bytes.len()..].iter().all(|&b| b == 0xab));
+    assert_eq!(node.server.stats().bytes_served, bytes.len() as u64);
+    assert_eq!(node.server.stats().chunk_responses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_range_is_served_with_206() {
+    let node = Node::start().await;
+    let bytes = pattern(10_000, 3);
+    let id = node.serve(&bytes, 10);
+    let dest = destination(6000);
+
+    let report = client()
+        .fetch_range(node.addr(), &id, 100..5000, dest.clone(), 50)
+        .await
+        .unwrap();
+
+    assert_eq!(report.bytes, 4900);
+    assert_eq!(report.digest, ChunkDigest::of_bytes(&bytes[100..5000]));
+    let content = read_all(&dest);
+    assert_eq!(&content[50..4950], &bytes[100..5000]);
+    assert!(content[4950..].iter().all(|&b| b == 0xab));
+    let (status, response) = raw_request(
+        node.addr(),
+        "GET",
+        &format!("/v1/chunks/{id}"),
+        &[&bearer(), "Range: bytes=-10"],
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert!(response.contains("content-range: bytes 9990-9999/10000"), "{response}");
+    assert!(
+        response.contains(&format!("x-xfd-blake3: {}", ChunkDigest::of_bytes(&bytes))),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_small_chunks() {
+    let node = Node::start_with(ServerConfig {
+        upload_slots: 64,
+        ..ServerConfig::default()
+    })
+    .await;
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..1000)
+        .map(|i| {
+            let bytes = pattern(1 + i * 7 % 4096, i as u8);
+            (node.serve(&bytes, i % 3), bytes)
+        })
+        .collect();
+    let total: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+    let dest = destination(total);
+    let client = client();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut offset = 0u64;
+    let mut expected = Vec::new();
+    for (worker, group) in chunks.chunks(125).enumerate() {
+        let mut jobs = Vec::new();
+        for (id, bytes) in group {
+            jobs.push((*id, ChunkDigest::of_bytes(bytes), offset, bytes.len() as u64));
+            expected.extend_from_slice(bytes);
+            offset += bytes.len() as u64;
+        }
+        let (client, dest, peer) = (client.clone(), dest.clone(), node.addr());
+        workers.spawn(async move {
+            for (id, digest, offset, length) in jobs {
+                let report = client
+                    .fetch_chunk(peer, &id, Some(digest), dest.clone(), offset, length)
+                    .await;
+                assert_eq!(report.unwrap_or_else(|e| panic!("worker {worker}: {e}")).bytes, length);
+            }
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.unwrap();
+    }
+    assert_eq!(read_all(&dest), expected);
+    assert_eq!(node.server.stats().chunk_responses, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_larger_than_the_block_size() {
+    let node = Node::start().await;
+    let bytes = pattern(3 * MIB + 12_345, 11);
+    let id = node.serve(&bytes, 4096);
+    let dest = destination(bytes.len() + 1);
+
+    let report = client()
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(ChunkDigest::of_bytes(&bytes)),
+            dest.clone(),
+            1,
+            bytes.len() as u64,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(report.bytes, bytes.len() as u64);
+    assert_eq!(&read_all(&dest)[1..], &bytes[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_wrong_token_is_refused_without_serving_a_byte() {
+    let node = Node::start().await;
+    let bytes = pattern(5000, 1);
+    let id = node.serve(&bytes, 0);
+    let target = format!("/v1/chunks/{id}");
+
+    let (status, response) = raw_request(node.addr(), "GET", &target, &[]).await;
+    assert_eq!(status, 401);
+    assert!(response.ends_with("\r\n\r\n"), "401 carries no body: {response}");
+    let (status, _) = raw_request(node.addr(), "GET", &target, &["Authorization: Bearer "]).await;
+    assert_eq!(status, 401);
+    let (status, _) = raw_request(node.addr(), "GET", &target, &[&format!("Authorization: {TOKEN}")]).await;
+    assert_eq!(status, 401);
+    let (status, _) = raw_request(node.addr(), "GET", "/v1/health", &[]).await;
+    assert_eq!(status, 401);
+    let wrong = P2pClient::new(ClientConfig {
+        token: format!("{TOKEN}x"),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let err = wrong
+        .fetch_chunk(node.addr(), &id, None, destination(5000), 0, 5000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PeerAuthRefused { chunk, .. } if chunk == id),
+        "{err}"
+    );
+
+    let stats = node.server.stats();
+    assert_eq!(stats.refused.unauthorized, 5);
+    assert_eq!(stats.bytes_served, 0);
+    assert_eq!(stats.chunk_responses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_with_the_token() {
+    let node = Node::start().await;
+    let (status, _) = raw_request(node.addr(), "GET", "/v1/health", &[&bearer()]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_unverified_chunks_are_not_found() {
+    let node = Node::start().await;
+    let bytes = pattern(1000, 2);
+    let unverified = next_id();
+    node.write_file(&unverified, &bytes, 0);
+    let removed = node.serve(&bytes, 0);
+    node.registry.remove(&removed);
+    let client = client();
+
+    for id in [next_id(), unverified, removed] {
+        let err = client
+            .fetch_chunk(node.addr(), &id, None, destination(1000), 0, 1000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::ChunkNotOnPeer { chunk, peer } if *chunk == id && *peer == node.addr()),
+            "{err}"
+        );
+    }
+    assert_eq!(node.server.stats().refused.not_found, 3);
+    assert_eq!(node.server.stats().bytes_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_like_and_malformed_ids_are_refused() {
+    let node = Node::start().await;
+    let id = node.serve(&pattern(100, 0), 0);
+    let upper = id.to_string().to_uppercase();
+    let targets = [
+        "/v1/chunks/..%2f..%2fetc%2fpasswd".to_string(),
+        "/v1/chunks/%2e%2e%2f%2e%2e%2fetc%2fpasswd".to_string(),
+        "/v1/chunks/../../x".to_string(),
+        "/v1/chunks//etc/passwd".to_string(),
+        format!("/v1/chunks/{}", node.dir.path().join(id.to_string()).display()),
+        format!("/v1/chunks/{id}0"),
+        format!("/v1/chunks/{upper}"),
+        format!("/v1/chunks/{id}/"),
+        "/v1/chunks/".to_string(),
+    ];
+    for target in &targets {
+        let (status, _) = raw_request(node.addr(), "GET", target, &[&bearer()]).await;
+        assert_eq!(status, 400, "{target}");
+    }
+    for target in ["/etc/passwd", "/v1/chunks", "/v1/../etc/passwd"] {
+        let (status, _) = raw_request(node.addr(), "GET", target, &[&bearer()]).await;
+        assert_eq!(status, 404, "{target}");
+    }
+    let stats = node.server.stats();
+    assert_eq!(stats.refused.bad_request, targets.len() as u64);
+    assert_eq!(stats.bytes_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ranges_and_methods_are_refused() {
+    let node = Node::start().await;
+    let id = node.serve(&pattern(1000, 0), 0);
+    let target = format!("/v1/chunks/{id}");
+    let ranges = [
+        "bytes=0-99999999999999",
+        "bytes=0-18446744073709551616",
+        "bytes=500-100",
+        "bytes=1000-",
+        "bytes=0-1,5-9",
+        "lines=0-5",
+    ];
+    for range in ranges {
+        let (status, response) =
+            raw_request(node.addr(), "GET", &target, &[&bearer(), &format!("Range: {range}")]).await;
+        assert_eq!(status, 416, "{range}");
+        assert!(response.contains("content-range: bytes */1000"), "{response}");
+    }
+    for method in ["POST", "PUT", "DELETE", "HEAD"] {
+        let (status, _) = raw_request(node.addr(), method, &target, &[&bearer()]).await;
+        assert_eq!(status, 405, "{method}");
+    }
+    let err = client()
+        .fetch_range(node.addr(), &id, 900..1100, destination(200), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PeerProtocol { .. }), "{err}");
+    let stats = node.server.stats();
+    assert_eq!(stats.refused.range_not_satisfiable, ranges.len() as u64 + 1);
+    assert_eq!(stats.refused.method_not_allowed, 4);
+    assert_eq!(stats.bytes_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_head_is_refused() {
+    let node = Node::start().await;
+    let huge = format!("X-Filler: {}", "a".repeat(32 * 1024));
+    let (status, _) = raw_request(node.addr(), "GET", "/v1/health", &[&bearer(), &huge]).await;
+    assert_eq!(status, 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_bytes_on_the_peer_are_a_digest_mismatch_naming_chunk_and_peer() {
+    let node = Node::start().await;
+    let bytes = pattern(2 * MIB + 5, 9);
+    let id = node.serve(&bytes, 0);
+    let path = node.dir.path().join(id.to_string());
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"corrupt", MIB as u64)
+        .unwrap();
+
+    let result = client()
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(ChunkDigest::of_bytes(&bytes)),
+            destination(bytes.len()),
+            0,
+            bytes.len() as u64,
+        )
+        .await;
+
+    let err = result.expect_err("a corrupt chunk is never reported as fetched");
+    match &err {
+        Error::PeerDigestMismatch {
+            chunk, peer, expected, ..
+        } => {
+            assert_eq!((*chunk, *peer), (id, node.addr()));
+            assert_eq!(*expected, ChunkDigest::of_bytes(&bytes));
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&id.to_string()) && message.contains(&node.addr().to_string()),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_another_digest_is_refused_before_the_body() {
+    let node = Node::start().await;
+    let bytes = pattern(4 * MIB, 4);
+    let id = node.serve(&bytes, 0);
+    let other = ChunkDigest::of_bytes(b"something else");
+
+    let err = client()
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(other),
+            destination(bytes.len()),
+            0,
+            bytes.len() as u64,
+        )
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, Error::PeerDigestMismatch { expected, .. } if expected == other),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shorter_than_registered_aborts_the_body() {
+    let node = Node::start().await;
+    let bytes = pattern(3 * MIB, 5);
+    let id = next_id();
+    let path = node.write_file(&id, &bytes[..MIB + 10], 0);
+    node.registry
+        .insert(id, served(path, 0, &bytes, ChunkDigest::of_bytes(&bytes)));
+
+    let err = client()
+        .fetch_chunk(node.addr(), &id, None, destination(bytes.len()), 0, bytes.len() as u64)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, Error::PeerShortBody { received, expected, .. } if received < expected),
+        "{err}"
+    );
+    wait_for("the read failure to be counted", || {
+        node.server.stats().read_failures == 1
+    })
+    .await;
+    assert!(node.server.stats().bytes_served <= MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_is_peer_unreachable() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let gone = listener.local_addr().unwrap();
+    drop(listener);
+    let id = next_id();
+
+    let err = client()
+        .fetch_chunk(gone, &id, None, destination(10), 0, 10)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Error::PeerUnreachable { peer, chunk, .. } if *peer == gone && *chunk == id),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_server_is_peer_unreachable() {
+    let node = Node::start().await;
+    let bytes = pattern(1000, 6);
+    let id = node.serve(&bytes, 0);
+    let (addr, client) = (node.addr(), client());
+    client
+        .fetch_chunk(addr, &id, None, destination(1000), 0, 1000)
+        .await
+        .unwrap();
+
+    node.server.shutdown(Duration::from_secs(5)).await;
+
+    let err = client
+        .fetch_chunk(addr, &id, None, destination(1000), 0, 1000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PeerUnreachable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_slots_are_respected() {
+    // Slow responses (1 MiB/s for 8 MiB each) with readers that never read keep both slots busy.
+    let node = Node::start_with(ServerConfig {
+        upload_slots: 2,
+        egress_bytes_per_sec: Some(MIB as u64),
+        ..ServerConfig::default()
+    })
+    .await;
+    let big = node.serve(&pattern(8 * MIB, 1), 0);
+    let small = node.serve(&pattern(100, 2), 0);
+
+    let (first, status_one) = open_without_reading(node.addr(), &big).await;
+    let (second, status_two) = open_without_reading(node.addr(), &big).await;
+    assert_eq!((status_one, status_two), (200, 200));
+    assert_eq!(node.server.stats().active_uploads, 2);
+
+    let err = client()
+        .fetch_chunk(node.addr(), &small, None, destination(100), 0, 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PeerBusy { chunk, .. } if chunk == small), "{err}");
+    assert_eq!(node.server.stats().refused.busy, 1);
+
+    drop((first, second));
+    wait_for("slots freed by departed readers", || {
+        node.server.stats().active_uploads == 0
+    })
+    .await;
+    client()
+        .fetch_chunk(node.addr(), &small, None, destination(100), 0, 100)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_limit_paces_a_transfer() {
+    let limit = MIB as u64;
+    let node = Node::start_with(ServerConfig {
+        egress_bytes_per_sec: Some(limit),
+        ..ServerConfig::default()
+    })
+    .await;
+    let bytes = pattern(2 * MIB, 8);
+    let id = node.serve(&bytes, 0);
+
+    let report = client()
+        .fetch_chunk(node.addr(), &id, None, destination(bytes.len()), 0, bytes.len() as u64)
+        .await
+        .unwrap();
+
+    // Unlimited, this takes milliseconds; at the limit, about 1.9 s (the first block goes at once).
+    assert!(report.duration >= Duration::from_secs(1), "{:?}", report.duration);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_a_response_in_flight_finish() {
+    let node = Node::start_with(ServerConfig {
+        egress_bytes_per_sec: Some(MIB as u64),
+        ..ServerConfig::default()
+    })
+    .await;
+    let bytes = pattern(2 * MIB, 12);
+    let id = node.serve(&bytes, 0);
+    let (addr, dest) = (node.addr(), destination(bytes.len()));
+    let length = bytes.len() as u64;
+    let fetch = {
+        let dest = dest.clone();
+        tokio::spawn(async move { client().fetch_chunk(addr, &id, None, dest, 0, length).await })
+    };
+    wait_for("the response to start", || node.server.stats().active_uploads == 1).await;
+
+    node.server.shutdown(Duration::from_secs(60)).await;
+
+    let report = fetch.await.unwrap().unwrap();
+    assert_eq!(report.bytes, length);
+    assert_eq!(read_all(&dest), bytes);
+    let err = client()
+        .fetch_chunk(addr, &id, None, destination(1), 0, length)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PeerUnreachable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_are_refused() {
+    let registry = MemoryRegistry::new();
+    let err = P2pServer::start(ServerConfig::default(), registry).await.err().unwrap();
+    assert!(matches!(err, Error::InvalidP2pConfig { field: "token", .. }), "{err}");
+    for config in [
+        ServerConfig {
+            token: "has space".into(),
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            token: TOKEN.into(),
+            upload_slots: 0,
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            token: TOKEN.into(),
+            egress_bytes_per_sec: Some(0),
+            ..ServerConfig::default()
+        },
+    ] {
+        let err = P2pServer::start(config, MemoryRegistry::new()).await.err().unwrap();
+        assert!(matches!(err, Error::InvalidP2pConfig { .. }), "{err}");
+    }
+    let err = P2pClient::new(ClientConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidP2pConfig { field: "token", .. }), "{err}");
+}
+
+#[test]
+fn generated_tokens_are_long_and_distinct() {
+    let (a, b) = (generate_token().unwrap(), generate_token().unwrap());
+    assert_eq!(a.len(), 64);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}
