@@ -33,7 +33,10 @@ class Engine:
         *,
         peer_token: str | None = None,
         deep_verify: bool = False,
-    ) -> Engine: ...
+        corrupt_served_bytes: bool = False,
+    ) -> Engine:
+        """``corrupt_served_bytes`` is fault injection for system tests: the peer server flips the first
+        byte of every chunk it serves."""
     def scan(self) -> dict[str, Any]:
         """Finds cache hits and resumable chunks: ``{"held": {chunk_id: digest}, "cached_files", "resumed_chunks"}``."""
     def fetch_from_origin(self, chunk_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -183,6 +183,19 @@ class Manifest:
         from xfd.plan import compile_plan
 
         return compile_plan(self, locked=locked, lock_path=lock_path)
+
+    def distribute(self, **options: Any) -> Any:
+        """Puts every artifact on every node (or the chosen ones) of the Ray cluster and returns a Report.
+
+        Options: ``wait`` (default True; False returns a handle with ``wait()``, ``cancel()`` and
+        ``snapshots()``), ``address`` (a Ray cluster to join; default: the running one, ``RAY_ADDRESS``, or
+        a new local Ray), ``nodes`` (node ids, or a dict of Ray labels to match; default all alive nodes),
+        ``progress`` ("auto", "none", or a callable taking snapshots), ``deep_verify`` (re-hash cached
+        files), ``timeout`` (seconds), ``plan`` (a plan compiled earlier).
+        """
+        from xfd.runtime.distribute import distribute
+
+        return distribute(self, **options)
 
     def _repr_html_(self) -> str:
         from xfd.notebook.reprs import manifest_html

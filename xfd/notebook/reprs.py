@@ -51,3 +51,32 @@ def plan_html(plan: Plan) -> str:
     )
     more = f"<p>... and {len(plan.files) - 200} more files</p>" if len(plan.files) > 200 else ""
     return f"<div class='xfd-plan'>{header}{files}{more}</div>"
+
+
+def report_html(report) -> str:
+    """The report as a table with a small bar per node: origin (orange), peers (blue), cache (green)."""
+    total = max((n.origin_bytes + n.peer_bytes + n.cache_bytes for n in report.nodes), default=1) or 1
+    rows = []
+    for node in sorted(report.nodes, key=lambda n: n.ip):
+        bar = "".join(
+            f"<span style='display:inline-block;height:10px;width:{160 * part / total:.0f}px;background:{color}'>"
+            "</span>"
+            for part, color in ((node.origin_bytes, "#f28e2b"), (node.peer_bytes, "#4e79a7"),
+                                (node.cache_bytes, "#59a14f"))
+        )
+        seconds = f"{node.seconds:.2f} s" if node.seconds is not None else "-"
+        rows.append(
+            f"<tr><td>{escape(node.ip)}</td><td>{escape(node.state)}</td><td>{bar}</td>"
+            f"<td>{escape(human_size(node.origin_bytes))}</td><td>{escape(human_size(node.peer_bytes))}</td>"
+            f"<td>{escape(human_size(node.cache_bytes))}</td><td>{escape(seconds)}</td></tr>"
+        )
+    status = "ok" if report.ok else "<span style='color:#c00'>FAILED</span>"
+    head = (
+        f"<p><b>Distribution {status}</b>: {len(report.nodes)} nodes, {escape(human_size(report.unique_bytes))} unique; "
+        f"origin served {escape(human_size(report.origin_bytes))} ({report.origin_ratio:.2f}x); "
+        f"{report.wall_seconds:.2f} s, efficiency {report.efficiency:.2f}</p>"
+    )
+    failures = "".join(f"<p style='color:#c00'>{escape(f)}</p>" for f in report.failures[:10])
+    table = ("<table><thead><tr><th>node</th><th>state</th><th>origin / peers / cache</th><th>origin</th>"
+             "<th>peers</th><th>cache</th><th>time</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    return f"<div class='xfd-report'>{head}{table}{failures}</div>"

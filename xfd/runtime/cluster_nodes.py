@@ -30,14 +30,24 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 
 def describe_nodes(timeout_s: float = 60.0) -> list[NodeInfo]:
-    """Runs one tiny task pinned to each alive node; each reports its id, IP and node root."""
+    """Runs one tiny task pinned to each alive node; each reports its id, IP and node root.
+
+    A node that dies meanwhile (Ray may list it as alive for a few seconds) is left out.
+    """
     refs = [
         _describe_self.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
         ).remote()
         for node in alive_nodes()
     ]
-    return ray.get(refs, timeout=timeout_s)
+    described = []
+    for ref in refs:
+        try:
+            described.append(ray.get(ref, timeout=timeout_s))
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError,
+                ray.exceptions.WorkerCrashedError):
+            continue
+    return described
 
 
 def this_node() -> NodeInfo:

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     /// The run's secret for peer transfers: required by this node's server, sent to other nodes'.
     /// Empty: this engine neither serves nor fetches from peers.
     pub peer_token: String,
+    /// Fault injection for system tests: this node's peer server corrupts what it serves.
+    pub corrupt_served_bytes: bool,
 }
 
 /// Where a chunk came from.
@@ -69,6 +71,8 @@ pub enum Event {
         source: Source,
         peer: Option<String>,
         error: String,
+        /// See [`Error::kind`]: `fatal`, `integrity`, `peer`, `origin` or `busy`.
+        error_kind: String,
     },
     FilePublished {
         object_id: String,
@@ -126,6 +130,21 @@ pub struct Engine {
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
     peers: Option<P2pClient>,
     server: Mutex<Option<P2pServer>>,
+    /// Chunks being written now: a second fetch of one of them is refused, so a chunk's region in
+    /// the part file never has two writers (one could overwrite the other's verified bytes).
+    writing: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Removes a chunk from the writing set when its fetch ends, however it ends (error, cancellation).
+struct WritingGuard<'a> {
+    writing: &'a Mutex<std::collections::HashSet<String>>,
+    chunk: String,
+}
+
+impl Drop for WritingGuard<'_> {
+    fn drop(&mut self) {
+        self.writing.lock().unwrap().remove(&self.chunk);
+    }
 }
 
 impl Engine {
@@ -159,6 +178,7 @@ impl Engine {
             events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
             peers: peer_client(&config)?,
             server: Mutex::new(None),
+            writing: Mutex::new(Default::default()),
             config,
         })
     }
@@ -241,6 +261,7 @@ impl Engine {
 
     async fn origin_fetch(&self, chunk_id: &str) -> Result<ChunkDone> {
         let (work, chunk) = self.locate(chunk_id)?;
+        let _writing = self.claim(chunk_id)?;
         let Some((file, identity, store_name)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
         };
@@ -278,6 +299,7 @@ impl Engine {
             reason: "is empty: peer transfers are off",
         })?;
         let (work, chunk) = self.locate(chunk_id)?;
+        let _writing = self.claim(chunk_id)?;
         let Some((file, _, _)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
         };
@@ -318,6 +340,7 @@ impl Engine {
             token: self.config.peer_token.clone(),
             upload_slots,
             egress_bytes_per_sec,
+            corrupt_served_bytes: self.config.corrupt_served_bytes,
             ..ServerConfig::default()
         };
         let server = P2pServer::start(config, self.registry.clone()).await?;
@@ -480,6 +503,18 @@ impl Engine {
         Ok(Some((part.file(), identity, object.store.clone())))
     }
 
+    fn claim(&self, chunk_id: &str) -> Result<WritingGuard<'_>> {
+        if !self.writing.lock().unwrap().insert(chunk_id.to_owned()) {
+            return Err(Error::ChunkBusy {
+                chunk: chunk_id.to_owned(),
+            });
+        }
+        Ok(WritingGuard {
+            writing: &self.writing,
+            chunk: chunk_id.to_owned(),
+        })
+    }
+
     fn store(&self, name: &str) -> Result<Arc<dyn ObjectStore>> {
         match self.stores.get(name) {
             Some(Ok(store)) => Ok(store.clone()),
@@ -519,6 +554,7 @@ impl Engine {
             source,
             peer,
             error: error.to_string(),
+            error_kind: error.kind().to_owned(),
         });
         error
     }

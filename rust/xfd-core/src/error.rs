@@ -56,6 +56,10 @@ pub enum Error {
         actual: String,
     },
 
+    /// The chunk is already being fetched on this node: one writer per chunk region at a time.
+    #[error("chunk {chunk} is already being fetched on this node")]
+    ChunkBusy { chunk: String },
+
     /// A background task died (panicked or was cancelled) before it produced its result.
     #[error("engine task failed: {0}")]
     Task(String),
@@ -189,6 +193,25 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl Error {
+    /// How a scheduler should react: `fatal` (retrying cannot help), `integrity` (the source served
+    /// bad bytes: penalize it), `peer` or `origin` (transient: try again, elsewhere if possible),
+    /// `busy` (a duplicate request: drop it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::PeerDigestMismatch { .. } | Error::PeerShortBody { .. } | Error::PeerProtocol { .. } => "integrity",
+            Error::PeerUnreachable { .. }
+            | Error::PeerAuthRefused { .. }
+            | Error::ChunkNotOnPeer { .. }
+            | Error::PeerBusy { .. }
+            | Error::Task(_) => "peer",
+            Error::Origin { .. } => "origin",
+            Error::ChunkBusy { .. } => "busy",
+            _ => "fatal",
         }
     }
 }

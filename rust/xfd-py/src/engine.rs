@@ -62,13 +62,14 @@ impl PyEngine {
     /// `stores` maps each store name of the plan to `(url, [(option, value), ...])`, credentials
     /// resolved on this node.
     #[new]
-    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false))]
+    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, corrupt_served_bytes = false))]
     fn new(
         plan_json: &str,
         node_root: PathBuf,
         stores: BTreeMap<String, (String, Vec<(String, String)>)>,
         peer_token: Option<String>,
         deep_verify: bool,
+        corrupt_served_bytes: bool,
     ) -> PyResult<Self> {
         let peer_token = peer_token.unwrap_or_default();
         let plan = Plan::from_json(plan_json).map_err(to_py)?;
@@ -81,6 +82,7 @@ impl PyEngine {
             stores,
             deep_verify,
             peer_token,
+            corrupt_served_bytes,
             ..Default::default()
         };
         let engine = {

@@ -51,6 +51,8 @@ pub(crate) struct FileRange {
     pub(crate) file: Arc<File>,
     pub(crate) offset: u64,
     pub(crate) length: u64,
+    /// Test fault injection: the first byte sent is flipped.
+    pub(crate) corrupt: bool,
 }
 
 impl ChunkBody {
@@ -83,13 +85,24 @@ async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sen
         if let Some(limiter) = &limiter {
             limiter.acquire(want as u64).await;
         }
-        let block = read_block(source.file.clone(), source.offset + done, want).await;
+        let mut block = read_block(source.file.clone(), source.offset + done, want).await;
+        if source.corrupt && done == 0 {
+            block = block.map(flip_first_byte);
+        }
         let failed = block.is_err();
         if sender.send(block).await.is_err() || failed {
             return;
         }
         done += want as u64;
     }
+}
+
+fn flip_first_byte(block: Bytes) -> Bytes {
+    let mut bytes = block.to_vec();
+    if let Some(first) = bytes.first_mut() {
+        *first ^= 0xFF;
+    }
+    Bytes::from(bytes)
 }
 
 /// One positional read on the blocking pool. A file shorter than announced is an error, never padding:

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head. Default 10 s: a real client sends it in well
     /// under a millisecond, and a slow-loris client holds a socket for at most this long.
     pub header_read_timeout: Duration,
+    /// Fault injection for tests of the whole system: flip the first byte of every chunk body served,
+    /// as a rotting disk or a malicious peer would. Never set outside tests.
+    pub corrupt_served_bytes: bool,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             upload_slots: 8,
             egress_bytes_per_sec: None,
             header_read_timeout: Duration::from_secs(10),
+            corrupt_served_bytes: false,
         }
     }
 }
@@ -165,6 +169,7 @@ struct State {
     slot_count: usize,
     limiter: Option<Arc<EgressLimiter>>,
     counters: Arc<Counters>,
+    corrupt: bool,
 }
 
 /// A running peer server. Dropping it stops the server at once; [`P2pServer::shutdown`] stops it
@@ -193,6 +198,7 @@ impl P2pServer {
                 .egress_bytes_per_sec
                 .map(|rate| Arc::new(EgressLimiter::new(rate))),
             counters: Arc::default(),
+            corrupt: config.corrupt_served_bytes,
         });
         let (stop, stopped) = watch::channel(None);
         let accept_loop = tokio::spawn(accept_loop(listener, http1_builder(&config), state.clone(), stopped));
@@ -328,6 +334,7 @@ impl State {
             file: Arc::new(file),
             offset: chunk.offset.saturating_add(span.start),
             length: span.end - span.start,
+            corrupt: self.corrupt,
         };
         let body = ChunkBody::spawn(source, self.limiter.clone(), self.counters.clone(), slot);
         let partial = headers.contains_key(header::RANGE);

@@ -1,0 +1,172 @@
+"""Real distributions on the simulated cluster, the real S3 server, origin bytes counted at the origin."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import time
+
+import obstore
+import pytest
+
+from xfd import Manifest
+from xfd.nodes import localize
+
+pytestmark = pytest.mark.cluster
+MiB = 1 << 20
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def artifacts(s3, bucket):
+    contents = {
+        "root/model.bin": os.urandom(6 * MiB + 17),
+        "root/tok/a.json": b'{"a": 1}',
+        "root/tok/sub/b.json": os.urandom(70_000),
+        "root/data.tar.gz": tar_gz({"x.txt": b"x" * 5000, "sub/y.txt": b"y"}),
+    }
+    for key, data in contents.items():
+        obstore.put(s3.store(bucket), key, data)
+    return contents
+
+
+def manifest_for(s3, bucket, endpoint) -> Manifest:
+    options = s3.store_options(endpoint)
+    client = options.pop("client_options")
+    return (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **options, **client)
+        .settings(chunk_size="1MiB", node_parallelism=4, upload_slots=4)
+        .object("m", "model.bin", to="/models/model.bin")
+        .object("m", "model.bin", to="/models/again/model.bin", name="same-object-again")
+        .prefix("m", "tok/", to="/tok")
+        .object("m", "data.tar.gz", to="/data/data.tar.gz")
+        .unpack()
+        .build()
+    )
+
+
+def wait_until_gone(ip: str, timeout: float = 60.0) -> None:
+    """Ray lists a removed node as alive until its heartbeats are missed: wait for that."""
+    from xfd.runtime import alive_nodes
+
+    deadline = time.monotonic() + timeout
+    while any(n["NodeManagerAddress"] == ip for n in alive_nodes()):
+        assert time.monotonic() < deadline, f"{ip} still listed as alive"
+        time.sleep(0.5)
+
+
+def assert_every_node_has_everything(nodes, contents) -> None:
+    for node in nodes:
+        assert localize("/models/model.bin", node.root).read_bytes() == contents["root/model.bin"], node.ip
+        assert localize("/models/again/model.bin", node.root).read_bytes() == contents["root/model.bin"]
+        assert localize("/tok/sub/b.json", node.root).read_bytes() == contents["root/tok/sub/b.json"]
+        assert localize("/data/data/x.txt", node.root).read_bytes() == b"x" * 5000
+
+
+def clear_roots(cluster) -> None:
+    for node in cluster.nodes:
+        for child in node.root.iterdir():
+            shutil.rmtree(child)
+
+
+def test_every_node_gets_byte_identical_files_with_one_origin_copy(cluster, s3, bucket, artifacts, origin):
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    plan = manifest.plan()
+    origin.reset()
+    report = manifest.distribute(plan=plan, progress=None)
+
+    assert report.ok, report.summary()
+    assert_every_node_has_everything(cluster.nodes, artifacts)
+    assert origin.traffic().get_bytes == plan.unique_bytes
+    assert report.origin_bytes == plan.unique_bytes and report.origin_ratio == 1.0
+    assert sum(n.peer_bytes for n in report.nodes) == (len(cluster.nodes) - 1) * plan.unique_bytes
+    assert report.unpacked == len(cluster.nodes)
+    assert 0 < report.efficiency <= 1.5
+
+    # A second run: every file is a cache hit, the origin serves nothing.
+    origin.reset()
+    again = manifest.distribute(plan=plan, progress=None)
+    assert again.ok, again.summary()
+    assert origin.traffic().get_bytes == 0
+    assert all(n.cache_bytes == plan.unique_bytes and n.origin_bytes == n.peer_bytes == 0 for n in again.nodes)
+
+
+def test_one_seeded_node_feeds_the_rest_with_zero_origin_bytes(cluster, s3, bucket, artifacts, origin):
+    from xfd.runtime import describe_nodes
+
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    plan = manifest.plan()
+    first = describe_nodes()[0]
+    seeded = manifest.distribute(plan=plan, progress=None, nodes=[first.node_id])
+    assert seeded.ok and len(seeded.nodes) == 1
+    origin.reset()
+    report = manifest.distribute(plan=plan, progress=None)
+    assert report.ok, report.summary()
+    assert origin.traffic().get_bytes == 0
+    assert_every_node_has_everything(cluster.nodes, artifacts)
+
+
+def test_a_node_removed_mid_run_does_not_sink_the_run(cluster, s3, bucket, artifacts, origin):
+    clear_roots(cluster)
+    extra = cluster.add_node()
+    try:
+        manifest = manifest_for(s3, bucket, origin.endpoint)
+        plan = manifest.plan()
+        removed: list[str] = []
+
+        def remove_when_running(snapshot):
+            if not removed and snapshot.done_bytes > 0:
+                removed.append(extra.ip)
+                cluster.remove_node(extra)
+
+        report = manifest.distribute(plan=plan, progress=remove_when_running)
+    finally:
+        if extra in cluster.nodes:
+            cluster.remove_node(extra)
+        wait_until_gone(extra.ip)
+    assert removed == [extra.ip]
+    assert report.ok, report.summary()
+    assert report.lost_nodes == (extra.ip,) or all(n.state == "done" for n in report.nodes)
+    assert_every_node_has_everything(cluster.nodes, artifacts)
+
+
+def test_a_peer_serving_corrupt_bytes_is_caught_and_the_run_completes(cluster, s3, bucket, artifacts, origin):
+    from xfd.runtime import describe_nodes
+
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    plan = manifest.plan()
+    bad = describe_nodes()[1]
+    report = manifest.distribute(plan=plan, progress=None, faults={bad.node_id: "corrupt-served-chunks"})
+    assert report.ok, report.summary()
+    good_nodes = [n for n in cluster.nodes if n.ip != bad.ip]
+    assert_every_node_has_everything(good_nodes, artifacts)
+    bad_report = next(n for n in report.nodes if n.node_id == bad.node_id)
+    others = [n for n in report.nodes if n.node_id != bad.node_id]
+    assert any("digest" in f for n in others for f in n.failures), report.summary()
+    assert bad_report.state == "done"
+
+
+def test_background_distribution_streams_progress_and_reports(cluster, s3, bucket, artifacts, origin):
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    handle = manifest.distribute(wait=False, progress=None)
+    seen = list(handle.snapshots(timeout=60))
+    report = handle.wait(timeout=120)
+    assert report.ok
+    assert seen and seen[-1].done_bytes == seen[-1].total_bytes
+    assert time.monotonic() > 0

@@ -1,0 +1,165 @@
+"""REPORT: progress of a distribution as plain data, aggregated in one place, with no UI imports.
+
+The coordinator feeds engine events into a :class:`ProgressModel`; renderers (tqdm in terminals, widgets
+in notebooks) only ever read :class:`Snapshot` objects from it, at most a few times per second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+# Peak rates are measured over windows this long: long enough to average out single chunks, short
+# enough to see the rate a link reached.
+RATE_WINDOW_S = 1.0
+
+
+@attrs.frozen
+class NodeProgress:
+    node_id: str
+    ip: str
+    total_bytes: int
+    done_bytes: int
+    origin_bytes: int
+    peer_bytes: int
+    cache_bytes: int
+    served_bytes: int
+    inflight: int
+    failures: tuple[str, ...]
+    state: str  # starting | running | done | lost | failed
+
+
+@attrs.frozen
+class Snapshot:
+    """Absolute progress at one moment: renderers need nothing else."""
+
+    elapsed_s: float
+    unique_bytes: int
+    origin_bytes: int
+    nodes: tuple[NodeProgress, ...]
+    chunk_states: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, repr=False)
+    """node id -> chunk id -> missing | inflight | origin | peer | cache | failed."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n.total_bytes for n in self.nodes if n.state != "lost")
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(n.done_bytes for n in self.nodes if n.state != "lost")
+
+
+class ProgressModel:
+    """Turns engine events into snapshots and measures the rates the report's bound needs."""
+
+    def __init__(self, chunk_sizes: Mapping[str, int], unique_bytes: int) -> None:
+        self.chunk_sizes = dict(chunk_sizes)
+        self.unique_bytes = unique_bytes
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._chunk_states: dict[str, dict[str, str]] = {}
+        self._transfers: list[tuple[float, float, int, str, str, str]] = []  # end, seconds, bytes, kind, node, source
+
+    def add_node(self, node_id: str, ip: str, needed: Iterable[str]) -> None:
+        with self._lock:
+            needed = list(needed)
+            self._nodes[node_id] = {
+                "ip": ip, "total": sum(self.chunk_sizes[c] for c in needed), "done": 0, "origin": 0, "peer": 0,
+                "cache": 0, "served": 0, "inflight": 0, "failures": [], "state": "running", "finished_at": None,
+            }
+            self._chunk_states[node_id] = dict.fromkeys(needed, "missing")
+
+    def started_transfer(self, node_id: str, chunk: str) -> None:
+        with self._lock:
+            if node_id in self._nodes:
+                self._nodes[node_id]["inflight"] += 1
+                self._chunk_states[node_id][chunk] = "inflight"
+
+    def chunk_done(self, node_id: str, chunk: str, source: str, seconds: float, source_node: str = "",
+                   counted_inflight: bool = True) -> None:
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return
+            size = self.chunk_sizes[chunk]
+            if counted_inflight:
+                node["inflight"] = max(0, node["inflight"] - 1)
+            if self._chunk_states[node_id].get(chunk) in ("origin", "peer", "cache"):
+                return  # a duplicate report
+            node["done"] += size
+            node[source] += size
+            self._chunk_states[node_id][chunk] = source
+            if source_node in self._nodes:
+                self._nodes[source_node]["served"] += size
+            if source != "cache":
+                self._transfers.append((time.monotonic(), seconds, size, source, node_id, source_node))
+
+    def chunk_failed(self, node_id: str, chunk: str, reason: str, fatal: bool) -> None:
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return
+            node["inflight"] = max(0, node["inflight"] - 1)
+            self._chunk_states[node_id][chunk] = "failed" if fatal else "missing"
+            if fatal or len(node["failures"]) < 20:
+                node["failures"].append(reason)
+
+    def set_state(self, node_id: str, state: str, reason: str = "") -> None:
+        with self._lock:
+            if node_id in self._nodes:
+                self._nodes[node_id]["state"] = state
+                if reason:
+                    self._nodes[node_id]["failures"].append(reason)
+                if state == "done" and self._nodes[node_id]["finished_at"] is None:
+                    self._nodes[node_id]["finished_at"] = time.monotonic() - self.started
+
+    def finished_at(self, node_id: str) -> float | None:
+        with self._lock:
+            return self._nodes[node_id]["finished_at"]
+
+    def snapshot(self, with_chunks: bool = False) -> Snapshot:
+        with self._lock:
+            nodes = tuple(
+                NodeProgress(node_id, n["ip"], n["total"], n["done"], n["origin"], n["peer"], n["cache"],
+                             n["served"], n["inflight"], tuple(n["failures"]), n["state"])
+                for node_id, n in self._nodes.items()
+            )
+            origin = sum(n.origin_bytes for n in nodes)
+            chunks = {k: dict(v) for k, v in self._chunk_states.items()} if with_chunks else {}
+            return Snapshot(time.monotonic() - self.started, self.unique_bytes, origin, nodes, chunks)
+
+    def peak_rates(self) -> dict[str, float]:
+        """Highest rates reached over any window: origin egress, one node's download, one node's upload
+        (bytes per second). Each transfer's bytes are spread evenly over its duration."""
+        with self._lock:
+            transfers = list(self._transfers)
+        origin: dict[int, float] = defaultdict(float)
+        download: dict[tuple[str, int], float] = defaultdict(float)
+        upload: dict[tuple[str, int], float] = defaultdict(float)
+        for end, seconds, size, source, node, source_node in transfers:
+            for window, share in _spread(end - max(seconds, 1e-3), end, size):
+                download[(node, window)] += share
+                if source == "origin":
+                    origin[window] += share
+                elif source_node:
+                    upload[(source_node, window)] += share
+        return {
+            "origin": max(origin.values(), default=0.0) / RATE_WINDOW_S,
+            "node_download": max(download.values(), default=0.0) / RATE_WINDOW_S,
+            "node_upload": max(upload.values(), default=0.0) / RATE_WINDOW_S,
+        }
+
+
+def _spread(start: float, end: float, size: int) -> Iterable[tuple[int, float]]:
+    first, last = int(start / RATE_WINDOW_S), int(end / RATE_WINDOW_S)
+    span = end - start
+    for window in range(first, last + 1):
+        overlap = min(end, (window + 1) * RATE_WINDOW_S) - max(start, window * RATE_WINDOW_S)
+        if overlap > 0:
+            yield window, size * overlap / span

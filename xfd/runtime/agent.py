@@ -1,0 +1,73 @@
+"""The node agent: one Ray actor per node, wrapping that node's Rust engine.
+
+The actor is a plain class made remote by the coordinator (pinned to its node with a hard
+NodeAffinity). Its methods are thin: the engine does the work on its own threads and reports through
+events, which the coordinator collects with :meth:`NodeAgent.events` (a blocking wait, so finished
+chunks reach the scheduler as soon as they happen, with no polling tick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from xfd.engine import node_engine
+from xfd.manifest.model import Store
+from xfd.plan import Plan
+from xfd.runtime.cluster_nodes import this_node
+
+# Events are awaited at most this long per call: short enough that a lost coordinator does not keep
+# agents blocked for long, long enough that an idle run costs a few calls per second at most.
+EVENT_WAIT_S = 1.0
+
+
+class NodeAgent:
+    """Runs on one node: scans its cache, serves its chunks to peers, fetches what it is told."""
+
+    def __init__(self, plan_json: str, stores: Mapping[str, Store], token: str, *, deep_verify: bool = False,
+                 upload_slots: int = 8, egress_bytes_per_sec: int | None = None,
+                 fault: str | None = None) -> None:
+        # ``fault="corrupt-served-chunks"`` makes this node's peer server corrupt every chunk it serves:
+        # fault injection for the system tests, never used otherwise.
+        self.node = this_node()
+        self.plan = Plan.from_json(plan_json)
+        self.engine = node_engine(self.plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
+                                  corrupt_served_bytes=fault == "corrupt-served-chunks")
+        self.upload_slots = upload_slots
+        self.egress = egress_bytes_per_sec
+
+    def start(self) -> dict[str, Any]:
+        """Scans the node's destinations and starts the peer server on the node's own address."""
+        scan = self.engine.scan()
+        self.engine.drain_events()  # cache hits are reported once, here
+        host, port = self.engine.start_server(self.node.ip, 0, self.upload_slots, self.egress)
+        return {
+            "node_id": self.node.node_id,
+            "ip": host,
+            "port": port,
+            "root": str(self.node.root),
+            "held": scan["held"],
+            "cached_files": scan["cached_files"],
+            "resumed_chunks": scan["resumed_chunks"],
+        }
+
+    def assign(self, origin: list[str], peers: list[tuple[str, str, int, str | None]]) -> None:
+        """Starts transfers; they finish in the background and report through :meth:`events`."""
+        if origin:
+            self.engine.submit_origin(origin)
+        if peers:
+            self.engine.submit_peer(peers)
+
+    def events(self, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
+        """Waits up to ``timeout`` seconds for events, then returns all of them."""
+        return self.engine.wait_events(timeout)
+
+    def finish(self, overwrite: bool = False) -> list[dict[str, Any]]:
+        """Runs the unpacks; call once the node holds every chunk."""
+        return self.engine.finish(overwrite=overwrite)
+
+    def stop(self) -> dict[str, Any] | None:
+        """Stops the peer server and returns its counters."""
+        stats = self.engine.server_stats()
+        self.engine.stop_server(2.0)
+        return stats

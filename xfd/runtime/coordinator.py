@@ -1,0 +1,290 @@
+"""The coordinator: starts one agent per node, feeds their events to the scheduler, dispatches transfers.
+
+Event-driven: each agent always has one outstanding ``events`` call; whichever returns first is
+handled at once (``ray.wait``), its finished chunks free slots, and the scheduler's next transfers are
+dispatched in the same step. There is no polling tick between a chunk finishing and the next one
+starting.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from xfd.errors import XfdError
+from xfd.manifest.model import Store
+from xfd.plan import Plan
+from xfd.progress import ProgressModel, Snapshot
+from xfd.report import NodeReport, Report, lower_bound
+from xfd.runtime.agent import EVENT_WAIT_S, NodeAgent
+from xfd.runtime.cluster_nodes import alive_nodes
+from xfd.scheduler import ORIGIN, Scheduler, Transfer
+
+# A node whose agent has not answered an events call for this long is considered lost: an events call
+# returns within EVENT_WAIT_S when the agent is healthy.
+LOST_AFTER_S = 30.0
+_FAILURE_KINDS = {"integrity": "integrity", "peer": "peer", "origin": "origin", "busy": "peer", "fatal": "fatal"}
+
+
+class DistributionCancelled(XfdError):
+    """The distribution was cancelled before it finished."""
+
+
+class Coordinator:
+    """Runs one distribution of a plan over the nodes of the connected Ray cluster."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        stores: Mapping[str, Store],
+        *,
+        node_ids: Iterable[str] | None = None,
+        deep_verify: bool = False,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Snapshot], None] | None = None,
+        progress_interval_s: float = 0.25,
+        faults: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.plan = plan
+        self.stores = dict(stores)
+        self.node_ids = list(node_ids) if node_ids is not None else [n["NodeID"] for n in alive_nodes()]
+        self.deep_verify = deep_verify
+        self.timeout_s = timeout_s
+        self.on_progress = on_progress
+        self.progress_interval_s = progress_interval_s
+        self.faults = dict(faults or {})
+        self.cancel = cancel or threading.Event()
+        self.chunk_sizes = {c.id: c.length for o in plan.objects for c in o.chunks}
+        self.progress = ProgressModel(self.chunk_sizes, plan.unique_bytes)
+        self.agents: dict[str, Any] = {}
+        self.endpoints: dict[str, tuple[str, int]] = {}
+        self.by_address: dict[str, str] = {}
+        self.digests: dict[str, str] = {}
+        self.active: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
+        self.failures: list[str] = []
+        self.unpacked = 0
+        self._last_progress = 0.0
+
+    # --- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        started = time.monotonic()
+        token = secrets.token_hex(32)
+        try:
+            scheduler = self._start_agents(token)
+            self._loop(scheduler, started)
+            self._finish_nodes(scheduler)
+        finally:
+            served = self._stop_agents()
+        return self._report(scheduler, time.monotonic() - started, served)
+
+    def _start_agents(self, token: str) -> Scheduler:
+        remote = ray.remote(NodeAgent)
+        plan_json = self.plan.to_json()
+        settings = self.plan.settings
+        for node_id in self.node_ids:
+            self.agents[node_id] = remote.options(
+                num_cpus=0,
+                max_concurrency=4,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+                name=None,
+            ).remote(plan_json, self.stores, token, deep_verify=self.deep_verify, upload_slots=settings.upload_slots,
+                     fault=self.faults.get(node_id))
+        starts = {node_id: agent.start.remote() for node_id, agent in self.agents.items()}
+        scheduler = Scheduler(
+            self.chunk_sizes, list(self.agents), origin_parallelism=settings.origin_parallelism,
+            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, endgame=False,
+        )
+        for node_id, ref in starts.items():
+            try:
+                info = ray.get(ref)
+            except RayError as error:
+                self._lose(scheduler, node_id, f"agent failed to start: {_first_line(error)}")
+                continue
+            self.endpoints[node_id] = (info["ip"], info["port"])
+            self.by_address[f"{info['ip']}:{info['port']}"] = node_id
+            self.progress.add_node(node_id, info["ip"], self.chunk_sizes)
+            scheduler.held(node_id, info["held"])
+            self.digests.update(info["held"])
+            for chunk in info["held"]:
+                self.progress.chunk_done(node_id, chunk, "cache", 0.0, counted_inflight=False)
+        return scheduler
+
+    def _loop(self, scheduler: Scheduler, started: float) -> None:
+        pending: dict[Any, tuple[str, float]] = {}
+        for node_id in scheduler.nodes:
+            pending[self.agents[node_id].events.remote(EVENT_WAIT_S)] = (node_id, time.monotonic())
+        self._dispatch(scheduler, scheduler.next_transfers())
+        while not scheduler.done:
+            if self.cancel.is_set():
+                raise DistributionCancelled("the distribution was cancelled")
+            if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
+                self.failures.append(f"timed out after {self.timeout_s:.0f} s")
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=EVENT_WAIT_S * 2)
+            for ref in ready:
+                node_id, _ = pending.pop(ref)
+                if node_id not in scheduler.nodes:
+                    continue
+                try:
+                    events = ray.get(ref)
+                except RayError as error:
+                    self._lose(scheduler, node_id, _first_line(error))
+                    continue
+                self._handle(scheduler, node_id, events)
+                pending[self.agents[node_id].events.remote(EVENT_WAIT_S)] = (node_id, time.monotonic())
+            self._lose_silent(scheduler, pending)
+            self._dispatch(scheduler, scheduler.next_transfers())
+            self._report_progress()
+            if not scheduler.active and not scheduler.done:
+                self.failures.append(self._stall_reason(scheduler))
+                return
+
+    def _handle(self, scheduler: Scheduler, node_id: str, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            kind = event["kind"]
+            if kind == "chunk_done":
+                transfer = self._pop_transfer(node_id, event)
+                self.digests.setdefault(event["chunk_id"], event["digest"])
+                if transfer is not None:
+                    scheduler.finished(transfer)
+                    source = transfer.source if not transfer.from_origin else ""
+                    self.progress.chunk_done(node_id, event["chunk_id"], event["source"], event["seconds"], source)
+            elif kind == "chunk_failed":
+                transfer = self._pop_transfer(node_id, event)
+                failure = _FAILURE_KINDS.get(event["error_kind"], "fatal")
+                if transfer is not None:
+                    scheduler.failed(transfer, failure, event["error"])
+                fatal = failure == "fatal"
+                self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
+                if fatal:
+                    self.failures.append(f"{self.progress_ip(node_id)}: {event['error']}")
+        if not scheduler.nodes[node_id].wanting and not scheduler.nodes[node_id].inflight:
+            self.progress.set_state(node_id, "done")
+
+    def _pop_transfer(self, node_id: str, event: dict[str, Any]) -> Transfer | None:
+        source = ORIGIN if event["source"] == "origin" else self.by_address.get(event.get("peer") or "", "")
+        transfers = self.active.get((event["chunk_id"], node_id), [])
+        for transfer in transfers:
+            if transfer.source == source:
+                transfers.remove(transfer)
+                return transfer
+        return None
+
+    def _dispatch(self, scheduler: Scheduler, transfers: list[Transfer]) -> None:
+        per_node: dict[str, tuple[list[str], list[tuple[str, str, int, str | None]]]] = defaultdict(lambda: ([], []))
+        for transfer in transfers:
+            self.active[(transfer.chunk, transfer.node)].append(transfer)
+            self.progress.started_transfer(transfer.node, transfer.chunk)
+            origin, peers = per_node[transfer.node]
+            if transfer.from_origin:
+                origin.append(transfer.chunk)
+            else:
+                host, port = self.endpoints[transfer.source]
+                peers.append((transfer.chunk, host, port, self.digests.get(transfer.chunk)))
+        for node_id, (origin, peers) in per_node.items():
+            self.agents[node_id].assign.remote(origin, peers)
+
+    def _lose(self, scheduler: Scheduler, node_id: str, reason: str) -> None:
+        dropped = scheduler.node_lost(node_id)
+        for transfer in dropped:
+            transfers = self.active.get((transfer.chunk, transfer.node), [])
+            if transfer in transfers:
+                transfers.remove(transfer)
+        self.progress.set_state(node_id, "lost", reason)
+        self.endpoints.pop(node_id, None)
+
+    def _lose_silent(self, scheduler: Scheduler, pending: dict[Any, tuple[str, float]]) -> None:
+        now = time.monotonic()
+        for ref, (node_id, issued) in list(pending.items()):
+            if now - issued > LOST_AFTER_S and node_id in scheduler.nodes:
+                del pending[ref]
+                self._lose(scheduler, node_id, f"no answer for {LOST_AFTER_S:.0f} s")
+
+    def _stall_reason(self, scheduler: Scheduler) -> str:
+        if scheduler.failed_chunks:
+            chunk, reason = next(iter(scheduler.failed_chunks.items()))
+            return f"{len(scheduler.failed_chunks)} chunks cannot be delivered; first: {chunk}: {reason}"
+        return "no transfer can make progress (every holder of a missing chunk is gone or penalized)"
+
+    def _finish_nodes(self, scheduler: Scheduler) -> None:
+        if self.failures:
+            return
+        refs = {node_id: self.agents[node_id].finish.remote(self.plan.settings.overwrite) for node_id in scheduler.nodes}
+        for node_id, ref in refs.items():
+            try:
+                self.unpacked += len(ray.get(ref))
+                self.progress.set_state(node_id, "done")
+            except RayActorError as error:
+                self._lose(scheduler, node_id, _first_line(error))
+            except RayError as error:
+                self.progress.set_state(node_id, "failed", _first_line(error))
+                self.failures.append(f"{self.progress_ip(node_id)}: {_first_line(error)}")
+
+    def _stop_agents(self) -> dict[str, int]:
+        served: dict[str, int] = {}
+        refs = {node_id: agent.stop.remote() for node_id, agent in self.agents.items()}
+        for node_id, ref in refs.items():
+            try:
+                stats = ray.get(ref, timeout=10)
+                served[node_id] = stats["bytes_served"] if stats else 0
+            except RayError:
+                pass
+            ray.kill(self.agents[node_id], no_restart=True)
+        return served
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or (not force and now - self._last_progress < self.progress_interval_s):
+            return
+        self._last_progress = now
+        self.on_progress(self.progress.snapshot(with_chunks=True))
+
+    def progress_ip(self, node_id: str) -> str:
+        snapshot = self.progress.snapshot()
+        return next((n.ip for n in snapshot.nodes if n.node_id == node_id), node_id[:12])
+
+    def _report(self, scheduler: Scheduler, wall: float, served: Mapping[str, int]) -> Report:
+        self._report_progress(force=True)
+        snapshot = self.progress.snapshot()
+        rates = self.progress.peak_rates()
+        nodes = tuple(
+            NodeReport(
+                node_id=n.node_id, ip=n.ip, origin_bytes=n.origin_bytes, peer_bytes=n.peer_bytes,
+                cache_bytes=n.cache_bytes, served_bytes=served.get(n.node_id, n.served_bytes),
+                seconds=self.progress.finished_at(n.node_id), state=n.state if n.state != "running" else "failed",
+                failures=n.failures,
+            )
+            for n in snapshot.nodes
+        )
+        survivors = sum(1 for n in nodes if n.state != "lost")
+        return Report(
+            nodes=nodes,
+            unique_bytes=self.plan.unique_bytes,
+            origin_bytes=snapshot.origin_bytes,
+            origin_refetches=scheduler.origin_refetches,
+            wall_seconds=wall,
+            t_min_seconds=lower_bound(self.plan.unique_bytes, survivors, rates),
+            rates=rates,
+            lost_nodes=tuple(n.ip for n in nodes if n.state == "lost"),
+            failures=tuple(self.failures),
+            unpacked=self.unpacked,
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(("Traceback", "  File", "ray::")):
+            return line.strip()[:300]
+    return type(error).__name__
