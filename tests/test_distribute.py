@@ -170,3 +170,21 @@ def test_background_distribution_streams_progress_and_reports(cluster, s3, bucke
     assert report.ok
     assert seen and seen[-1].done_bytes == seen[-1].total_bytes
     assert time.monotonic() > 0
+
+
+def test_the_cli_distributes_a_toml_manifest(cluster, s3, bucket, artifacts, origin, tmp_path, capsys):
+    from xfd.cli import main
+
+    clear_roots(cluster)
+    options = {**s3.store_options(origin.endpoint)}
+    client = options.pop("client_options")
+    lines = [f'url = "s3://{bucket}/root"'] + [
+        f"{k} = {str(v).lower()}" if isinstance(v, bool) else f'{k} = "{v}"' for k, v in {**options, **client}.items()
+    ]
+    path = tmp_path / "artifacts.toml"
+    path.write_text("[stores.m]\n" + "\n".join(lines) + '\n[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n')
+    assert main(["distribute", "--no-progress", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 1 artifacts, 2 files" in out and out.count("done") == len(cluster.nodes)
+    for node in cluster.nodes:
+        assert localize("/cli/tok/a.json", node.root).read_bytes() == b'{"a": 1}'

@@ -47,9 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     lock.add_argument("--lock-file", default=None, help="lock file (default: <manifest>.lock.json)")
     lock.set_defaults(run=_run_lock)
 
+    run = commands.add_parser("distribute", help="put a manifest's artifacts on every node of a Ray cluster")
+    run.add_argument("manifest", help="path of the TOML manifest")
+    run.add_argument("--address", default=None, help="Ray cluster to join (default: running one, RAY_ADDRESS, or local)")
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="only nodes with this Ray label (repeatable)")
+    run.add_argument("--locked", action="store_true", help="fail if the stores changed since `xfd lock`")
+    run.add_argument("--deep-verify", action="store_true", help="re-hash cached files before trusting them")
+    run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(run=_run_distribute)
+
     demo = commands.add_parser("demo", help="run xfd end to end on embedded defaults (local S3, simulated nodes)")
     demo.add_argument("--nodes", type=int, default=4, help="simulated nodes, head included (default: 4)")
-    demo.add_argument("--size-mib", type=int, default=64, help="size of the sample artifact (default: 64)")
+    demo.add_argument("--size-mib", type=int, default=128, help="size of the large sample file (default: 128)")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -87,6 +98,26 @@ def _run_lock(args: argparse.Namespace) -> int:
     plan.write_lock(path)
     print(f"locked {len(plan.objects)} objects in {path}")
     return 0
+
+
+def _run_distribute(args: argparse.Namespace) -> int:
+    from xfd.errors import ConfigError
+    from xfd.manifest import Manifest
+
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--label takes KEY=VALUE, got {item!r}")
+        labels[key] = value
+    manifest = Manifest.load(args.manifest)
+    plan = manifest.plan(locked=args.locked)
+    print(plan.summary())
+    report = manifest.distribute(plan=plan, address=args.address, nodes=labels or None,
+                                 progress=None if args.no_progress else "auto", deep_verify=args.deep_verify,
+                                 timeout=args.timeout)
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def _run_demo(args: argparse.Namespace) -> int:

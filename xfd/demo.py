@@ -1,64 +1,122 @@
-"""``xfd demo``: everything on embedded defaults, on this machine alone.
+"""``xfd demo``: the whole product on embedded defaults, on this machine alone.
 
-Starts a local S3-protocol server behind a counting proxy, uploads a sample artifact, starts a simulated
-multi-node Ray cluster with one node root per node, puts the artifact on every node, checks every copy
-byte for byte (BLAKE3) and prints what the origin served.
+Starts a local S3-protocol server (behind a proxy that counts what the origin serves), uploads sample
+artifacts (a large file, a prefix of many small files, a tar.gz), starts a simulated multi-node Ray
+cluster with one node root per node, distributes with live progress, checks every file on every node
+against the origin byte for byte, prints the report, and cleans everything up.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import random
+import tarfile
 import tempfile
 import time
 
 import obstore
 
 from xfd import _core
+from xfd.manifest import Manifest
+from xfd.manifest.units import human_size
 from xfd.sandbox import CountingProxy, LocalS3
 
 MiB = 1 << 20
 BUCKET = "xfd-demo"
-KEY = "weights/model.bin"
-DESTINATION = "/models/model.bin"
 
 
-def run_demo(nodes: int = 4, size_mib: int = 64) -> int:
+def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
     from xfd.runtime import LocalCluster
-    from xfd.runtime.baseline import download_on_every_node
 
     with tempfile.TemporaryDirectory(prefix="xfd-demo-") as workdir, LocalS3() as s3, CountingProxy(
         s3.endpoint
     ) as origin:
-        expected = _upload_sample(s3, size_mib * MiB, workdir)
-        print(f"origin    s3://{BUCKET}/{KEY}  {size_mib} MiB  on a local S3 server at {s3.endpoint}")
+        print(f"origin    local S3 server at {s3.endpoint}, counted through a proxy at {origin.endpoint}")
+        expected = _upload_samples(s3, size_mib)
+        manifest = _manifest(s3, origin.endpoint, chunk_mib=max(1, size_mib // 16))
+        plan = manifest.plan()
+        print(plan.summary())
         started = time.perf_counter()
         with LocalCluster(os.path.join(workdir, "nodes"), num_nodes=nodes) as cluster:
-            print(f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s")
-            results = download_on_every_node(s3.store(BUCKET, endpoint=origin.endpoint), KEY, DESTINATION)
-            for result in sorted(results, key=lambda r: r.node.ip):
-                verdict = "ok" if result.blake3 == expected else "MISMATCH"
-                print(
-                    f"node      {result.node.ip}  {result.size / MiB:.1f} MiB in {result.seconds:.2f} s"
-                    f"  -> {result.path}  blake3 {verdict}"
-                )
-            served = origin.traffic().get_bytes
-            unique = size_mib * MiB
-            print(
-                f"origin    served {served / MiB:.1f} MiB for {unique / MiB:.1f} MiB of unique bytes "
-                f"({served / unique:.2f}x): each node fetched the object on its own (naive baseline)"
-            )
-            print("note      xfd's distribution runtime (origin once, then peer to peer) is not built yet")
-            ok = len(results) == len(cluster.nodes) and all(r.blake3 == expected for r in results)
-    return 0 if ok else 1
+            print(f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s "
+                  f"({', '.join(n.ip for n in cluster.nodes)})")
+            origin.reset()
+            report = manifest.distribute(plan=plan)
+            print(report.summary())
+            counted = origin.traffic().get_bytes
+            print(f"origin    served {human_size(counted)} for {human_size(plan.unique_bytes)} of unique bytes "
+                  f"({counted / plan.unique_bytes:.2f}x), counted at the origin")
+            mismatches = _verify(cluster, expected)
+            files = len(expected) * len(cluster.nodes)
+            print(f"verify    {files - len(mismatches)}/{files} files identical to the origin (BLAKE3) on "
+                  f"{len(cluster.nodes)} nodes" + (f"; MISMATCH: {mismatches[:5]}" if mismatches else ""))
+    return 0 if report.ok and not mismatches else 1
 
 
-def _upload_sample(s3: LocalS3, size: int, workdir: str) -> str:
-    """Uploads ``size`` random bytes as the sample artifact and returns their BLAKE3 digest."""
-    local = os.path.join(workdir, "sample.bin")
-    with open(local, "wb") as out:
-        for _ in range(0, size, 8 * MiB):
-            out.write(os.urandom(min(8 * MiB, size - out.tell())))
+def _upload_samples(s3: LocalS3, size_mib: int) -> dict[str, str]:
+    """Uploads the sample artifacts; returns destination path -> BLAKE3 of the content expected there."""
     store = s3.create_bucket(BUCKET)
-    with open(local, "rb") as source:
-        obstore.put(store, KEY, source)
-    return _core.hash_file_range(local)
+    rng = random.Random(7)
+    expected: dict[str, str] = {}
+    with tempfile.NamedTemporaryFile() as big:
+        for _ in range(size_mib):
+            big.write(rng.randbytes(MiB))
+        big.flush()
+        with open(big.name, "rb") as source:
+            obstore.put(store, "weights/model.safetensors", source)
+        expected["/models/model.safetensors"] = _core.hash_file_range(big.name)
+    for index in range(200):
+        data = rng.randbytes(rng.randint(1_000, 64_000))
+        key = f"tokenizer/shard-{index // 50}/part-{index:03d}.json"
+        obstore.put(store, key, data)
+        expected[f"/models/tokenizer/{key.removeprefix('tokenizer/')}"] = _digest(data)
+    members = {f"images/{i:04d}.bin": rng.randbytes(rng.randint(100, 20_000)) for i in range(300)}
+    obstore.put(store, "datasets/images.tar.gz", _tar_gz(members))
+    for name, data in members.items():
+        expected[f"/data/images/{name}"] = _digest(data)
+    return expected
+
+
+def _manifest(s3: LocalS3, endpoint: str, chunk_mib: int) -> Manifest:
+    options = s3.store_options(endpoint)
+    client = options.pop("client_options")
+    return (
+        Manifest.builder()
+        .store("demo", f"s3://{BUCKET}", **options, **client)
+        .settings(chunk_size=f"{chunk_mib}MiB")
+        .object("demo", "weights/model.safetensors", to="/models/model.safetensors", name="weights")
+        .prefix("demo", "tokenizer/", to="/models/tokenizer/", name="tokenizer")
+        .object("demo", "datasets/images.tar.gz", to="/data/images.tar.gz", name="images")
+        .unpack("auto", to="/data/images")
+        .build()
+    )
+
+
+def _verify(cluster, expected: dict[str, str]) -> list[str]:
+    from xfd.nodes import localize
+
+    mismatches = []
+    for node in cluster.nodes:
+        for destination, digest in expected.items():
+            path = localize(destination, node.root)
+            if not path.is_file() or _core.hash_file_range(path) != digest:
+                mismatches.append(f"{node.ip}:{destination}")
+    return mismatches
+
+
+def _digest(data: bytes) -> str:
+    with tempfile.NamedTemporaryFile() as file:
+        file.write(data)
+        file.flush()
+        return _core.hash_file_range(file.name)
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
