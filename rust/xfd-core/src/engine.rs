@@ -56,6 +56,13 @@ pub enum Source {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
+    /// A transfer into this node began (the chunk was missing and its region is now being written).
+    ChunkStarted {
+        chunk_id: String,
+        object_id: String,
+        source: Source,
+        peer: Option<String>,
+    },
     ChunkDone {
         chunk_id: String,
         object_id: String,
@@ -266,6 +273,7 @@ impl Engine {
             return Ok(self.already_held(&work, &chunk));
         };
         let store = self.store(&store_name)?;
+        self.started(&chunk, Source::Origin, None);
         let started = Instant::now();
         let range = origin::fetch_range(
             store.as_ref(),
@@ -304,6 +312,7 @@ impl Engine {
             return Ok(self.already_held(&work, &chunk));
         };
         let id = ChunkId::parse(chunk_id)?;
+        self.started(&chunk, Source::Peer, Some(peer.to_string()));
         let started = Instant::now();
         let report = client
             .fetch_chunk(peer, &id, expected, file, chunk.offset, chunk.length)
@@ -501,6 +510,20 @@ impl Engine {
             version: object.version.clone(),
         };
         Ok(Some((part.file(), identity, object.store.clone())))
+    }
+
+    fn started(&self, chunk: &PlanChunk, source: Source, peer: Option<String>) {
+        let object_id = self
+            .chunks
+            .get(&chunk.id)
+            .map(|(object, _)| object.clone())
+            .unwrap_or_default();
+        self.emit(Event::ChunkStarted {
+            chunk_id: chunk.id.clone(),
+            object_id,
+            source,
+            peer,
+        });
     }
 
     fn claim(&self, chunk_id: &str) -> Result<WritingGuard<'_>> {

@@ -157,6 +157,19 @@ async fn a_plan_is_fetched_published_copied_and_unpacked() {
         .filter(|e| matches!(e, Event::FilePublished { .. }))
         .count();
     assert_eq!(published, 3);
+    let started = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::ChunkStarted {
+                    source: Source::Origin,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(started, origin_chunks);
     assert!(engine.registry().len() >= origin_chunks);
 }
 
@@ -338,7 +351,10 @@ async fn a_peer_serving_corrupt_bytes_is_caught_and_named() {
     assert!(!root_b.path().join("f").exists());
     let failed = leecher.drain_events();
     assert!(
-        matches!(&failed[..], [Event::ChunkFailed { peer: Some(_), .. }]),
+        matches!(
+            &failed[..],
+            [Event::ChunkStarted { .. }, Event::ChunkFailed { peer: Some(_), .. }]
+        ),
         "{failed:?}"
     );
 }
