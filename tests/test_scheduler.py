@@ -137,7 +137,8 @@ def test_endgame_duplicates_a_slow_last_chunk_and_cancels_the_loser():
     assert losers == [Transfer("c000", "n2", "n0")]
     assert scheduler.done and not scheduler.active
     scheduler.finished(losers[0])  # the loser's late report changes nothing
-    assert scheduler.nodes["n0"].uploads == 0
+    scheduler.failed(losers[0], "fatal", "late")
+    assert scheduler.nodes["n0"].uploads == 0 and not scheduler.failed_chunks
 
 
 def test_a_fatal_failure_ends_the_chunk_without_retrying():

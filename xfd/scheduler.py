@@ -119,7 +119,10 @@ class Scheduler:
 
     def failed(self, transfer: Transfer, kind: FailureKind, reason: str = "") -> None:
         """A transfer failed. ``integrity``: the source served bad bytes; ``fatal``: retrying cannot help
-        (the object changed at the origin, a destination is refused)."""
+        (the object changed at the origin, a destination is refused). A late report of a transfer that was
+        already dropped or lost the endgame changes nothing."""
+        if transfer not in self._active:
+            return
         self._release(transfer)
         state = self.nodes.get(transfer.node)
         if state is None:

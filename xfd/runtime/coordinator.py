@@ -103,7 +103,7 @@ class Coordinator:
         starts = {node_id: agent.start.remote() for node_id, agent in self.agents.items()}
         scheduler = Scheduler(
             self.chunk_sizes, list(self.agents), origin_parallelism=settings.origin_parallelism,
-            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, endgame=False,
+            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots,
         )
         for node_id, ref in starts.items():
             try:
@@ -157,7 +157,11 @@ class Coordinator:
                 transfer = self._pop_transfer(node_id, event)
                 self.digests.setdefault(event["chunk_id"], event["digest"])
                 if transfer is not None:
-                    scheduler.finished(transfer)
+                    for loser in scheduler.finished(transfer):
+                        # The slower copy is shut out by the engine's fence; it will report nothing more.
+                        losers = self.active.get((loser.chunk, loser.node), [])
+                        if loser in losers:
+                            losers.remove(loser)
                     source = transfer.source if not transfer.from_origin else ""
                     self.progress.chunk_done(node_id, event["chunk_id"], event["source"], event["seconds"], source)
             elif kind == "chunk_failed":

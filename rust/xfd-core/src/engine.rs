@@ -24,6 +24,7 @@ use crate::hash::{ChunkDigest, hash_file_range};
 use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
 use crate::p2p::{ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, ServerStats};
 use crate::plan::{Plan, PlanChunk, PlanObject};
+use crate::sink::FencedFile;
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
 
 /// How one node runs a plan.
@@ -139,12 +140,12 @@ pub struct Engine {
     server: Mutex<Option<P2pServer>>,
     /// Chunks being written now: a second fetch of one of them is refused, so a chunk's region in
     /// the part file never has two writers (one could overwrite the other's verified bytes).
-    writing: Mutex<std::collections::HashSet<String>>,
+    writing: Mutex<HashMap<String, Arc<FencedFile>>>,
 }
 
 /// Removes a chunk from the writing set when its fetch ends, however it ends (error, cancellation).
 struct WritingGuard<'a> {
-    writing: &'a Mutex<std::collections::HashSet<String>>,
+    writing: &'a Mutex<HashMap<String, Arc<FencedFile>>>,
     chunk: String,
 }
 
@@ -268,23 +269,31 @@ impl Engine {
 
     async fn origin_fetch(&self, chunk_id: &str) -> Result<ChunkDone> {
         let (work, chunk) = self.locate(chunk_id)?;
-        let _writing = self.claim(chunk_id)?;
         let Some((file, identity, store_name)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
+        };
+        let Some((_writing, fence)) = self.claim(chunk_id, file) else {
+            return Err(Error::ChunkBusy {
+                chunk: chunk_id.to_owned(),
+            });
         };
         let store = self.store(&store_name)?;
         self.started(&chunk, Source::Origin, None);
         let started = Instant::now();
-        let range = origin::fetch_range(
+        let fetched = origin::fetch_range(
             store.as_ref(),
             &identity,
             chunk.offset,
             chunk.length,
-            file,
+            fence,
             chunk.offset,
             &self.config.retry,
         )
-        .await?;
+        .await;
+        let range = match fetched {
+            Err(_) if self.holds(&work, &chunk) => return Ok(self.already_held(&work, &chunk)),
+            other => other?,
+        };
         self.complete(work, chunk, range.digest, Source::Origin, None, started.elapsed())
             .await
     }
@@ -307,16 +316,23 @@ impl Engine {
             reason: "is empty: peer transfers are off",
         })?;
         let (work, chunk) = self.locate(chunk_id)?;
-        let _writing = self.claim(chunk_id)?;
         let Some((file, _, _)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
         };
         let id = ChunkId::parse(chunk_id)?;
+        let Some((_writing, fence)) = self.claim(chunk_id, file) else {
+            return self.duplicate_fetch(client, work, chunk, id, peer, expected).await;
+        };
         self.started(&chunk, Source::Peer, Some(peer.to_string()));
         let started = Instant::now();
-        let report = client
-            .fetch_chunk(peer, &id, expected, file, chunk.offset, chunk.length)
-            .await?;
+        let fetched = client
+            .fetch_chunk(peer, &id, expected, fence, chunk.offset, chunk.length)
+            .await;
+        let report = match fetched {
+            // A faster duplicate won and shut this transfer out: not a failure of the peer.
+            Err(_) if self.holds(&work, &chunk) => return Ok(self.already_held(&work, &chunk)),
+            other => other?,
+        };
         self.complete(
             work,
             chunk,
@@ -326,6 +342,76 @@ impl Engine {
             started.elapsed(),
         )
         .await
+    }
+
+    /// Endgame: the chunk is already being written by a slower transfer. Fetch it into a scratch file;
+    /// if this copy verifies first, shut the slower writer out (its fence), put these bytes in place and
+    /// record the chunk. Otherwise discard them.
+    async fn duplicate_fetch(
+        &self,
+        client: &P2pClient,
+        work: Arc<Mutex<ObjectWork>>,
+        chunk: PlanChunk,
+        id: ChunkId,
+        peer: SocketAddr,
+        expected: Option<ChunkDigest>,
+    ) -> Result<ChunkDone> {
+        let part_dir = work.lock().unwrap().targets[0]
+            .destination
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let scratch = tempfile::Builder::new()
+            .prefix(".xfd-duplicate-")
+            .tempfile_in(&part_dir)
+            .map_err(|e| Error::io("create", &part_dir, e))?;
+        let scratch_file = Arc::new(scratch.reopen().map_err(|e| Error::io("open", scratch.path(), e))?);
+        self.started(&chunk, Source::Peer, Some(peer.to_string()));
+        let started = Instant::now();
+        let report = client
+            .fetch_chunk(peer, &id, expected, scratch_file.clone(), 0, chunk.length)
+            .await?;
+        let fence = self.writing.lock().unwrap().get(&chunk.id).cloned();
+        let (chunk_id, length, offset) = (chunk.id.clone(), chunk.length, chunk.offset);
+        let digest = report.digest;
+        let committing = work.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut work = committing.lock().unwrap();
+            if work.published.is_some() || work.part.as_ref().is_none_or(|p| p.done().contains_key(&chunk_id)) {
+                return Ok(None); // the slower transfer finished first: these bytes are not needed
+            }
+            if let Some(fence) = fence {
+                fence.close();
+            }
+            let part = work.part.as_ref().expect("checked above").file();
+            copy_region(&scratch_file, part.as_ref(), length, offset)?;
+            record_and_maybe_publish(&mut work, &chunk_id, digest).map(Some)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        drop(scratch);
+        match committed {
+            None => Ok(self.already_held(&work, &chunk)),
+            Some((path, published)) => {
+                let object_id = work.lock().unwrap().object.id.clone();
+                let peer = Some(peer.to_string());
+                Ok(self.announce(
+                    &object_id,
+                    chunk,
+                    digest,
+                    Source::Peer,
+                    peer,
+                    started.elapsed(),
+                    &path,
+                    published,
+                ))
+            }
+        }
+    }
+
+    fn holds(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> bool {
+        let work = work.lock().unwrap();
+        work.published.is_some() || work.part.as_ref().is_some_and(|p| p.done().contains_key(&chunk.id))
     }
 
     /// Starts serving this node's verified chunks to peers on `bind` (the node's own address) and
@@ -390,10 +476,26 @@ impl Engine {
             tokio::task::spawn_blocking(move || record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest))
                 .await
                 .map_err(|e| Error::Task(e.to_string()))??;
-        self.register(&chunk.id, &path, digest);
+        Ok(self.announce(&object_id, chunk, digest, source, peer, elapsed, &path, published))
+    }
+
+    /// Makes a recorded chunk servable and reports it (and the file, if this chunk completed it).
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &self,
+        object_id: &str,
+        chunk: PlanChunk,
+        digest: ChunkDigest,
+        source: Source,
+        peer: Option<String>,
+        elapsed: Duration,
+        path: &Path,
+        published: Option<Published>,
+    ) -> ChunkDone {
+        self.register(&chunk.id, path, digest);
         self.emit(Event::ChunkDone {
             chunk_id: chunk.id.clone(),
-            object_id: object_id.clone(),
+            object_id: object_id.to_owned(),
             bytes: chunk.length,
             source,
             peer,
@@ -404,20 +506,20 @@ impl Engine {
             for (id, digest) in digests {
                 self.register(&id, &destination, digest);
             }
-            let bytes = self.objects[&object_id].lock().unwrap().object.size;
+            let bytes = self.objects[object_id].lock().unwrap().object.size;
             self.emit(Event::FilePublished {
-                object_id,
+                object_id: object_id.to_owned(),
                 destination: destination.display().to_string(),
                 bytes,
             });
         }
-        Ok(ChunkDone {
+        ChunkDone {
             chunk_id: chunk.id,
             bytes: chunk.length,
             digest: digest.to_hex(),
             seconds: elapsed.as_secs_f64(),
             already_held: false,
-        })
+        }
     }
 
     /// Runs the plan's unpacks whose archives are published on this node.
@@ -526,16 +628,19 @@ impl Engine {
         });
     }
 
-    fn claim(&self, chunk_id: &str) -> Result<WritingGuard<'_>> {
-        if !self.writing.lock().unwrap().insert(chunk_id.to_owned()) {
-            return Err(Error::ChunkBusy {
-                chunk: chunk_id.to_owned(),
-            });
+    /// Makes this call the writer of the chunk's region; `None` when another call already is.
+    fn claim(&self, chunk_id: &str, file: Arc<std::fs::File>) -> Option<(WritingGuard<'_>, Arc<FencedFile>)> {
+        let mut writing = self.writing.lock().unwrap();
+        if writing.contains_key(chunk_id) {
+            return None;
         }
-        Ok(WritingGuard {
+        let fence = Arc::new(FencedFile::new(file));
+        writing.insert(chunk_id.to_owned(), fence.clone());
+        let guard = WritingGuard {
             writing: &self.writing,
             chunk: chunk_id.to_owned(),
-        })
+        };
+        Some((guard, fence))
     }
 
     fn store(&self, name: &str) -> Result<Arc<dyn ObjectStore>> {
@@ -704,15 +809,41 @@ fn parse_digest(hex: &str) -> Option<ChunkDigest> {
 
 type Published = (PathBuf, BTreeMap<String, ChunkDigest>);
 
+/// Copies `length` bytes from the start of `scratch` to `offset` of `part`, in bounded blocks.
+fn copy_region(scratch: &std::fs::File, part: &std::fs::File, length: u64, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; (1 << 20).min(length as usize).max(1)];
+    let mut done = 0u64;
+    while done < length {
+        let want = buffer.len().min((length - done) as usize);
+        scratch
+            .read_exact_at(&mut buffer[..want], done)
+            .map_err(|e| Error::io("read", "<scratch>", e))?;
+        part.write_all_at(&buffer[..want], offset + done)
+            .map_err(|e| Error::io("write", "<part file>", e))?;
+        done += want as u64;
+    }
+    Ok(())
+}
+
 fn record_and_maybe_publish(
     work: &mut ObjectWork,
     chunk_id: &str,
     digest: ChunkDigest,
 ) -> Result<(PathBuf, Option<Published>)> {
+    if let Some(sidecar) = &work.published {
+        // Published meanwhile (a duplicate transfer won the race): nothing left to record.
+        let path = work.targets[0].destination.clone();
+        debug_assert!(sidecar.chunks.contains_key(chunk_id));
+        return Ok((path, None));
+    }
     let part = work
         .part
         .as_mut()
         .ok_or_else(|| Error::InvalidPlan("chunk recorded before its part file was opened".into()))?;
+    if part.done().contains_key(chunk_id) {
+        return Ok((part.path(), None));
+    }
     part.record(chunk_id, digest)?;
     if !part.is_complete() {
         return Ok((part.path(), None));

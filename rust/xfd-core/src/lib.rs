@@ -10,6 +10,7 @@ pub mod hash;
 pub mod origin;
 pub mod p2p;
 pub mod plan;
+pub mod sink;
 pub mod unpack;
 
 pub use error::{Error, Result};

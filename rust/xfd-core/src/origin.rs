@@ -5,8 +5,6 @@
 //! a file mixed from two versions. Bodies are streamed: memory per transfer is bounded by
 //! [`WRITE_BLOCK`], whatever the chunk size. The chunk's BLAKE3 digest is computed on the way.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +15,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 
 use crate::error::{Error, Result};
 use crate::hash::ChunkDigest;
+use crate::sink::PositionalWrite;
 
 mod stores;
 
@@ -80,7 +79,7 @@ pub async fn fetch_range(
     object: &ObjectIdentity,
     offset: u64,
     length: u64,
-    dest: Arc<File>,
+    dest: Arc<dyn PositionalWrite>,
     dest_offset: u64,
     policy: &RetryPolicy,
 ) -> Result<RangeFetch> {
@@ -185,7 +184,7 @@ fn backoff(policy: &RetryPolicy, attempt: u32, throttled: bool) -> Duration {
 
 /// Receives the body: hashes each piece, batches pieces into positional writes.
 struct RangeSink {
-    dest: Arc<File>,
+    dest: Arc<dyn PositionalWrite>,
     dest_offset: u64,
     length: u64,
     done: u64,
@@ -195,7 +194,7 @@ struct RangeSink {
 }
 
 impl RangeSink {
-    fn new(dest: Arc<File>, dest_offset: u64, length: u64) -> Self {
+    fn new(dest: Arc<dyn PositionalWrite>, dest_offset: u64, length: u64) -> Self {
         RangeSink {
             dest,
             dest_offset,
@@ -231,7 +230,7 @@ impl RangeSink {
         let block = self.buffer.split().freeze();
         let (file, position) = (self.dest.clone(), self.dest_offset + self.written);
         self.written += block.len() as u64;
-        tokio::task::spawn_blocking(move || file.write_all_at(&block, position))
+        tokio::task::spawn_blocking(move || file.write_block_at(&block, position))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
             .map_err(|e| Error::io("write", "<destination>", e))

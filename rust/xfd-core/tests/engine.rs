@@ -358,3 +358,68 @@ async fn a_peer_serving_corrupt_bytes_is_caught_and_named() {
         "{failed:?}"
     );
 }
+
+async fn seeded(plan: &Plan, root: &Path, corrupt: bool, egress: Option<u64>) -> (Engine, std::net::SocketAddr) {
+    let url = plan.stores["origin"].url.clone();
+    let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
+    let config = EngineConfig {
+        node_root: root.to_owned(),
+        stores,
+        peer_token: TOKEN.into(),
+        corrupt_served_bytes: corrupt,
+        ..Default::default()
+    };
+    let seeder = Engine::new(plan.clone(), config).unwrap();
+    seeder.scan().await.unwrap();
+    fetch_all_from_origin(&seeder).await;
+    let address = seeder.start_server(LOOPBACK, 0, 4, egress).await.unwrap();
+    (seeder, address)
+}
+
+/// Endgame: a chunk is being fetched from a slow peer (`slow`); a duplicate request to a fast peer wins.
+async fn race(slow_is_corrupt: bool) {
+    let origin = tempfile::tempdir().unwrap();
+    let (root_a, root_b, root_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let data = bytes(CHUNK as usize, 4);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
+    let (_slow, slow_address) = seeded(&plan, root_a.path(), slow_is_corrupt, Some(256 << 10)).await;
+    let (_fast, fast_address) = seeded(&plan, root_b.path(), false, None).await;
+    let leecher = engine(&plan, root_c.path());
+    leecher.scan().await.unwrap();
+    let chunk = plan.objects[0].chunks[0].id.clone();
+    let expected = Some(xfd_core::ChunkDigest::of_bytes(&data));
+    let primary = leecher.fetch_from_peer(&chunk, slow_address, expected);
+    let duplicate = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        leecher.fetch_from_peer(&chunk, fast_address, expected).await
+    };
+    let (primary, duplicate) = tokio::join!(primary, duplicate);
+    let duplicate = duplicate.unwrap();
+    assert!(!duplicate.already_held, "the fast duplicate must win");
+    // The slow transfer was shut out: it reports the chunk as held, never as a failure of its own.
+    assert!(primary.unwrap().already_held);
+    assert_eq!(fs::read(root_c.path().join("f")).unwrap(), data);
+    let leftovers: Vec<_> = fs::read_dir(root_c.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "only the file and its sidecar remain: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn endgame_a_fast_duplicate_wins_over_a_slow_peer() {
+    race(false).await;
+}
+
+#[tokio::test]
+async fn endgame_a_slow_corrupt_peer_cannot_spoil_the_winning_copy() {
+    race(true).await;
+}

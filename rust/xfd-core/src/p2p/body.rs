@@ -51,7 +51,7 @@ pub(crate) struct FileRange {
     pub(crate) file: Arc<File>,
     pub(crate) offset: u64,
     pub(crate) length: u64,
-    /// Test fault injection: the first byte sent is flipped.
+    /// Test fault injection: the first byte of every block sent is flipped.
     pub(crate) corrupt: bool,
 }
 
@@ -86,7 +86,7 @@ async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sen
             limiter.acquire(want as u64).await;
         }
         let mut block = read_block(source.file.clone(), source.offset + done, want).await;
-        if source.corrupt && done == 0 {
+        if source.corrupt {
             block = block.map(flip_first_byte);
         }
         let failed = block.is_err();

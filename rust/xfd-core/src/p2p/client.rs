@@ -1,6 +1,5 @@
 //! The peer client: fetches one chunk (or a range of one) from a peer into its place in a file.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use super::writer::RangeWriter;
 use super::{ChunkId, DIGEST_HEADER};
 use crate::error::{Error, Result};
 use crate::hash::ChunkDigest;
+use crate::sink::PositionalWrite;
 
 /// How a [`P2pClient`] talks to peers.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ struct Transfer<'a> {
     range: Option<Range<u64>>,
     length: u64,
     expected: Option<ChunkDigest>,
-    dest: Arc<File>,
+    dest: Arc<dyn PositionalWrite>,
     dest_offset: u64,
 }
 
@@ -136,7 +136,7 @@ impl P2pClient {
         peer: SocketAddr,
         id: &ChunkId,
         expected: Option<ChunkDigest>,
-        dest: Arc<File>,
+        dest: Arc<dyn PositionalWrite>,
         dest_offset: u64,
         length: u64,
     ) -> Result<FetchReport> {
@@ -159,7 +159,7 @@ impl P2pClient {
         peer: SocketAddr,
         id: &ChunkId,
         range: Range<u64>,
-        dest: Arc<File>,
+        dest: Arc<dyn PositionalWrite>,
         dest_offset: u64,
     ) -> Result<FetchReport> {
         if range.is_empty() {

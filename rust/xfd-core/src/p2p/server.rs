@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head. Default 10 s: a real client sends it in well
     /// under a millisecond, and a slow-loris client holds a socket for at most this long.
     pub header_read_timeout: Duration,
-    /// Fault injection for tests of the whole system: flip the first byte of every chunk body served,
+    /// Fault injection for tests of the whole system: flip the first byte of every block served,
     /// as a rotting disk or a malicious peer would. Never set outside tests.
     pub corrupt_served_bytes: bool,
 }

@@ -1,12 +1,12 @@
 //! Writes a received byte stream to its place in a destination file, hashing it on the way.
 
-use std::fs::File;
 use std::io;
 use std::mem;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
+
+use crate::sink::PositionalWrite;
 
 /// Bytes gathered before one positional write: few syscalls, bounded memory (two blocks per transfer).
 const WRITE_BLOCK: usize = 1 << 20;
@@ -19,7 +19,7 @@ type BlockDone = io::Result<(Vec<u8>, blake3::Hasher)>;
 /// pool, hashing it there too. One block is written while the next one fills, so the network and the
 /// disk work at the same time; the reactor never waits on the disk.
 pub(crate) struct RangeWriter {
-    file: Arc<File>,
+    file: Arc<dyn PositionalWrite>,
     /// Where the next submitted block goes.
     position: u64,
     filling: Vec<u8>,
@@ -30,7 +30,7 @@ pub(crate) struct RangeWriter {
 
 impl RangeWriter {
     /// A writer for `length` bytes at `offset` of `file`.
-    pub(crate) fn new(file: Arc<File>, offset: u64, length: u64) -> Self {
+    pub(crate) fn new(file: Arc<dyn PositionalWrite>, offset: u64, length: u64) -> Self {
         let capacity = WRITE_BLOCK.min(usize::try_from(length).unwrap_or(usize::MAX));
         RangeWriter {
             file,
@@ -73,7 +73,7 @@ impl RangeWriter {
         let (file, position) = (self.file.clone(), self.position);
         self.position += block.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            file.write_all_at(&block, position)?;
+            file.write_block_at(&block, position)?;
             hasher.update(&block);
             Ok((block, hasher))
         }));
@@ -95,6 +95,8 @@ impl RangeWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use super::*;
 
     #[tokio::test]
