@@ -2,7 +2,7 @@
 import os
 from typing import Any, final
 
-__all__ = ["Engine", "__version__", "hash_file_range"]
+__all__ = ["Engine", "Scheduler", "__version__", "hash_file_range"]
 
 __version__: str
 
@@ -70,3 +70,48 @@ class Engine:
     @property
     def served_chunks(self) -> int:
         """Number of verified chunks this node can serve to peers."""
+
+_Transfer = tuple[int, int, int | None, bool]
+
+@final
+class Scheduler:
+    """The transfer scheduler over dense chunk and node indices (mirrors rust/xfd-py/src/scheduler.rs).
+
+    Transfers are ``(chunk, node, source or None for the origin, duplicate)``; ``xfd.scheduler.Scheduler``
+    wraps this class with names.
+    """
+
+    def __new__(
+        cls,
+        chunks: int,
+        nodes: int,
+        *,
+        origin_parallelism: int,
+        download_slots: int,
+        upload_slots: int,
+        needs: list[list[int]] | None = None,
+        sample_size: int = 64,
+        scan_budget: int = 16,
+        max_penalties: int = 2,
+        endgame: bool = True,
+        seed: int = 0,
+    ) -> Scheduler: ...
+    def held(self, node: int, chunks: list[int]) -> None: ...
+    def finished(self, transfer: _Transfer) -> list[_Transfer]: ...
+    def failed(self, transfer: _Transfer, kind: str, reason: str) -> None: ...
+    def node_lost(self, node: int) -> list[_Transfer]: ...
+    def next_transfers(self) -> list[_Transfer]: ...
+    def active(self) -> list[_Transfer]: ...
+    def failed_chunks(self) -> dict[int, str]: ...
+    def lost_nodes(self) -> list[int]: ...
+    def holders(self, chunk: int) -> list[int]: ...
+    def node_stats(self, node: int) -> tuple[int, int, int, int, int, int]:
+        """``(downloads, uploads, origin_fetches, penalties, wanting, inflight)``."""
+    def alive(self, node: int) -> bool: ...
+    def node_done(self, node: int) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def origin_busy(self) -> int: ...
+    @property
+    def origin_refetches(self) -> int: ...

@@ -134,7 +134,7 @@ class Coordinator:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=EVENT_WAIT_S * 2)
             for ref in ready:
                 node_id, _ = pending.pop(ref)
-                if node_id not in scheduler.nodes:
+                if not scheduler.is_alive(node_id):
                     continue
                 try:
                     events = ray.get(ref)
@@ -173,7 +173,7 @@ class Coordinator:
                 self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
                 if fatal:
                     self.failures.append(f"{self.progress_ip(node_id)}: {event['error']}")
-        if not scheduler.nodes[node_id].wanting and not scheduler.nodes[node_id].inflight:
+        if scheduler.node_done(node_id):
             self.progress.set_state(node_id, "done")
 
     def _pop_transfer(self, node_id: str, event: dict[str, Any]) -> Transfer | None:
@@ -211,7 +211,7 @@ class Coordinator:
     def _lose_silent(self, scheduler: Scheduler, pending: dict[Any, tuple[str, float]]) -> None:
         now = time.monotonic()
         for ref, (node_id, issued) in list(pending.items()):
-            if now - issued > LOST_AFTER_S and node_id in scheduler.nodes:
+            if now - issued > LOST_AFTER_S and scheduler.is_alive(node_id):
                 del pending[ref]
                 self._lose(scheduler, node_id, f"no answer for {LOST_AFTER_S:.0f} s")
 

@@ -10,6 +10,7 @@ pub mod hash;
 pub mod origin;
 pub mod p2p;
 pub mod plan;
+pub mod scheduler;
 pub mod sink;
 pub mod unpack;
 

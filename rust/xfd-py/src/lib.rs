@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 mod engine;
 mod error;
+mod scheduler;
 
 /// BLAKE3 hex digest of `length` bytes of the file at `path` from `offset` (`None`: to the end).
 ///
@@ -23,5 +24,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", xfd_core::VERSION)?;
     m.add_function(wrap_pyfunction!(hash_file_range, m)?)?;
     m.add_class::<engine::PyEngine>()?;
+    m.add_class::<scheduler::PyScheduler>()?;
     Ok(())
 }

@@ -1,0 +1,642 @@
+//! The transfer scheduler: a pure state machine (no I/O, no clock), in Rust for speed at scale.
+//!
+//! Chunks and nodes are dense indices (`0..chunks`, `0..nodes`); the Python side maps names to them.
+//! Inputs are facts (a node holds chunks, a transfer finished or failed, a node was lost); the output
+//! of [`Scheduler::next_transfers`] is the transfers to start now. Policy (see `docs/runtime.md`):
+//! origin once and spread out; rarest first from the least busy holder; endgame duplicates; penalties
+//! for peers that serve bad bytes; lost nodes' transfers requeued and orphaned chunks back to the origin.
+//!
+//! Every structure is kept up to date incrementally: a decision costs O(sample size) per node looked
+//! at, and one call looks at a bounded number of nodes (`scan_budget`), taking turns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Free nodes considered for each origin fetch: enough to spread origin load evenly, few enough that
+/// choosing costs the same on 10 nodes and on 10,000.
+const ORIGIN_CANDIDATES: usize = 32;
+
+/// Chunks of a sample tried, rarest first, before a node gives up until its next turn.
+const RAREST_TRIED: usize = 8;
+
+/// One transfer: bring `chunk` to `node` from `source` (a node) or from the origin (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Transfer {
+    pub chunk: u32,
+    pub node: u32,
+    pub source: Option<u32>,
+    pub duplicate: bool,
+}
+
+impl Transfer {
+    pub fn from_origin(&self) -> bool {
+        self.source.is_none()
+    }
+}
+
+/// How a transfer failed, as the engine classifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The source served bytes that do not match the chunk's digest: penalize it.
+    Integrity,
+    /// A peer could not deliver (gone, busy, refused): try again, elsewhere if possible.
+    Peer,
+    /// The origin could not deliver even after retries: try again.
+    Origin,
+    /// Retrying cannot help (the object changed, a destination is refused).
+    Fatal,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub origin_parallelism: u32,
+    pub download_slots: u32,
+    pub upload_slots: u32,
+    /// Chunks looked at per decision (rarest-first among a random window of this many).
+    pub sample_size: usize,
+    /// Nodes with free slots looked at per call of [`Scheduler::next_transfers`] besides the ones whose
+    /// own transfer just ended (those are always looked at): others take turns, so a node waiting for a
+    /// source is looked at again within a few calls, and a call costs the same whatever the cluster size.
+    pub scan_budget: usize,
+    /// Integrity failures after which a node is never a source again.
+    pub max_penalties: u32,
+    pub endgame: bool,
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            origin_parallelism: 32,
+            download_slots: 8,
+            upload_slots: 8,
+            sample_size: 64,
+            scan_budget: 16,
+            max_penalties: 2,
+            endgame: true,
+            seed: 0,
+        }
+    }
+}
+
+/// A node's counters, for tests, progress and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub downloads: u32,
+    pub uploads: u32,
+    pub origin_fetches: u32,
+    pub penalties: u32,
+    pub wanting: usize,
+    pub inflight: usize,
+}
+
+/// A set of dense indices with O(1) add, remove, membership and window sampling.
+#[derive(Clone, Debug, Default)]
+struct IndexedSet {
+    items: Vec<u32>,
+    positions: HashMap<u32, u32>,
+}
+
+impl IndexedSet {
+    fn add(&mut self, item: u32) {
+        if !self.positions.contains_key(&item) {
+            self.positions.insert(item, self.items.len() as u32);
+            self.items.push(item);
+        }
+    }
+
+    fn remove(&mut self, item: u32) {
+        if let Some(position) = self.positions.remove(&item) {
+            let last = self.items.pop().expect("non-empty");
+            if (position as usize) < self.items.len() {
+                self.items[position as usize] = last;
+                self.positions.insert(last, position);
+            }
+        }
+    }
+
+    fn contains(&self, item: u32) -> bool {
+        self.positions.contains_key(&item)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// `k` items from a random position on: removals swap items around, so a window is as good as a
+    /// random pick at a fraction of the cost.
+    fn window(&self, k: usize, rng: &mut Rng) -> Vec<u32> {
+        if self.items.len() <= k {
+            return self.items.clone();
+        }
+        let start = rng.below(self.items.len());
+        let mut out: Vec<u32> = self.items[start..(start + k).min(self.items.len())].to_vec();
+        out.extend_from_slice(&self.items[..(start + k).saturating_sub(self.items.len())]);
+        out
+    }
+}
+
+/// splitmix64: small, fast, reproducible from the seed.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeState {
+    alive: bool,
+    wanting: IndexedSet,
+    inflight: BTreeMap<u32, Vec<Transfer>>,
+    downloads: u32,
+    uploads: u32,
+    origin_fetches: u32,
+    penalties: u32,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    chunks: usize,
+    nodes: Vec<NodeState>,
+    holders: Vec<IndexedSet>,
+    needers: Vec<HashSet<u32>>,
+    open: usize,
+    free: IndexedSet,
+    /// Nodes whose download slot was freed since the last call: looked at first.
+    dirty: IndexedSet,
+    turn: usize,
+    unseeded: BTreeSet<u32>,
+    origin_busy: u32,
+    origin_inflight: HashSet<u32>,
+    origin_done: HashSet<u32>,
+    origin_refetches: u64,
+    failed: BTreeMap<u32, String>,
+    lost: Vec<u32>,
+    active: HashSet<Transfer>,
+    rng: Rng,
+}
+
+impl Scheduler {
+    /// `needs[node]` lists the chunks that node needs; `None`: every node needs every chunk.
+    pub fn new(chunks: usize, nodes: usize, needs: Option<&[Vec<u32>]>, config: SchedulerConfig) -> Self {
+        let mut scheduler = Scheduler {
+            rng: Rng(config.seed),
+            config,
+            chunks,
+            nodes: Vec::with_capacity(nodes),
+            holders: vec![IndexedSet::default(); chunks],
+            needers: vec![HashSet::new(); chunks],
+            open: 0,
+            free: IndexedSet::default(),
+            dirty: IndexedSet::default(),
+            turn: 0,
+            unseeded: BTreeSet::new(),
+            origin_busy: 0,
+            origin_inflight: HashSet::new(),
+            origin_done: HashSet::new(),
+            origin_refetches: 0,
+            failed: BTreeMap::new(),
+            lost: Vec::new(),
+            active: HashSet::new(),
+        };
+        for node in 0..nodes as u32 {
+            let wanted: Vec<u32> = match needs {
+                None => (0..chunks as u32).collect(),
+                Some(needs) => needs.get(node as usize).cloned().unwrap_or_default(),
+            };
+            let mut state = NodeState {
+                alive: true,
+                ..NodeState::default()
+            };
+            for &chunk in &wanted {
+                if !state.wanting.contains(chunk) {
+                    state.wanting.add(chunk);
+                    scheduler.needers[chunk as usize].insert(node);
+                    scheduler.open += 1;
+                }
+            }
+            scheduler.nodes.push(state);
+            scheduler.free.add(node);
+            scheduler.dirty.add(node);
+        }
+        scheduler.unseeded = (0..chunks as u32)
+            .filter(|&c| !scheduler.needers[c as usize].is_empty())
+            .collect();
+        scheduler
+    }
+
+    // --- facts ---------------------------------------------------------------------------------------
+
+    /// `node` holds `chunks` (a cache hit, a resumed part, or a finished transfer).
+    pub fn held(&mut self, node: u32, chunks: &[u32]) {
+        if !self.alive(node) {
+            return;
+        }
+        for &chunk in chunks {
+            self.holders[chunk as usize].add(node);
+            let state = &mut self.nodes[node as usize];
+            state.wanting.remove(chunk);
+            let usable = state.penalties < self.config.max_penalties;
+            if self.needers[chunk as usize].remove(&node) && !self.failed.contains_key(&chunk) {
+                self.open -= 1;
+            }
+            if usable {
+                self.unseeded.remove(&chunk);
+            }
+        }
+    }
+
+    /// A transfer completed and verified. Returns its duplicates, now losers (the engine shuts them out).
+    pub fn finished(&mut self, transfer: Transfer) -> Vec<Transfer> {
+        self.release(transfer);
+        let mut losers = Vec::new();
+        if self.alive(transfer.node) {
+            let others = self.nodes[transfer.node as usize]
+                .inflight
+                .remove(&transfer.chunk)
+                .unwrap_or_default();
+            losers = others.into_iter().filter(|t| *t != transfer).collect();
+        }
+        for loser in &losers {
+            self.release(*loser);
+        }
+        if transfer.from_origin() {
+            self.origin_done.insert(transfer.chunk);
+        }
+        self.held(transfer.node, &[transfer.chunk]);
+        losers
+    }
+
+    /// A transfer failed. A late report of a transfer already dropped (lost node, endgame loser) is
+    /// ignored.
+    pub fn failed(&mut self, transfer: Transfer, kind: FailureKind, reason: &str) {
+        if !self.active.contains(&transfer) {
+            return;
+        }
+        self.release(transfer);
+        if !self.alive(transfer.node) {
+            return;
+        }
+        let state = &mut self.nodes[transfer.node as usize];
+        if let Some(transfers) = state.inflight.get_mut(&transfer.chunk) {
+            transfers.retain(|t| *t != transfer);
+            if transfers.is_empty() {
+                state.inflight.remove(&transfer.chunk);
+            }
+        }
+        if kind == FailureKind::Integrity
+            && let Some(source) = transfer.source
+        {
+            self.penalize(source);
+        }
+        if kind == FailureKind::Fatal {
+            self.fail_chunk(transfer.chunk, reason);
+            return;
+        }
+        let state = &mut self.nodes[transfer.node as usize];
+        if !state.inflight.contains_key(&transfer.chunk)
+            && !self.holders[transfer.chunk as usize].contains(transfer.node)
+        {
+            state.wanting.add(transfer.chunk);
+        }
+        self.reseed_if_orphaned(transfer.chunk);
+    }
+
+    /// `node` is gone. Returns the transfers that were running from it or to it (to forget).
+    pub fn node_lost(&mut self, node: u32) -> Vec<Transfer> {
+        if !self.alive(node) {
+            return Vec::new();
+        }
+        self.lost.push(node);
+        self.free.remove(node);
+        let state = std::mem::take(&mut self.nodes[node as usize]);
+        let mut dropped: Vec<Transfer> = state.inflight.into_values().flatten().collect();
+        for transfer in dropped.clone() {
+            self.release(transfer);
+        }
+        for other in 0..self.nodes.len() {
+            if !self.nodes[other].alive {
+                continue;
+            }
+            let chunks: Vec<u32> = self.nodes[other].inflight.keys().copied().collect();
+            for chunk in chunks {
+                let transfers = self.nodes[other].inflight.get(&chunk).cloned().unwrap_or_default();
+                let (from_lost, kept): (Vec<Transfer>, Vec<Transfer>) =
+                    transfers.into_iter().partition(|t| t.source == Some(node));
+                for transfer in &from_lost {
+                    self.release(*transfer);
+                }
+                dropped.extend(from_lost);
+                if kept.is_empty() {
+                    self.nodes[other].inflight.remove(&chunk);
+                    self.nodes[other].wanting.add(chunk);
+                } else {
+                    self.nodes[other].inflight.insert(chunk, kept);
+                }
+            }
+        }
+        for chunk in 0..self.chunks as u32 {
+            if self.needers[chunk as usize].remove(&node) && !self.failed.contains_key(&chunk) {
+                self.open -= 1;
+            }
+            if self.holders[chunk as usize].contains(node) {
+                self.holders[chunk as usize].remove(node);
+                self.reseed_if_orphaned(chunk);
+            }
+        }
+        dropped
+    }
+
+    // --- decisions -----------------------------------------------------------------------------------
+
+    /// Transfers to start now, within every slot limit.
+    pub fn next_transfers(&mut self) -> Vec<Transfer> {
+        let mut started = self.origin_transfers();
+        started.extend(self.peer_transfers());
+        started
+    }
+
+    /// Every surviving node holds every chunk it needs, or what is left has failed for good.
+    pub fn done(&self) -> bool {
+        self.open == 0
+    }
+
+    pub fn active(&self) -> Vec<Transfer> {
+        let mut active: Vec<Transfer> = self.active.iter().copied().collect();
+        active.sort();
+        active
+    }
+
+    pub fn origin_busy(&self) -> u32 {
+        self.origin_busy
+    }
+
+    pub fn origin_refetches(&self) -> u64 {
+        self.origin_refetches
+    }
+
+    pub fn failed_chunks(&self) -> &BTreeMap<u32, String> {
+        &self.failed
+    }
+
+    pub fn lost_nodes(&self) -> &[u32] {
+        &self.lost
+    }
+
+    pub fn alive(&self, node: u32) -> bool {
+        self.nodes.get(node as usize).is_some_and(|n| n.alive)
+    }
+
+    pub fn holders(&self, chunk: u32) -> Vec<u32> {
+        let mut holders = self.holders[chunk as usize].items.clone();
+        holders.sort_unstable();
+        holders
+    }
+
+    pub fn node_stats(&self, node: u32) -> NodeStats {
+        let state = &self.nodes[node as usize];
+        NodeStats {
+            downloads: state.downloads,
+            uploads: state.uploads,
+            origin_fetches: state.origin_fetches,
+            penalties: state.penalties,
+            wanting: state.wanting.len(),
+            inflight: state.inflight.len(),
+        }
+    }
+
+    /// Whether `node` needs nothing more (holds or has given up on everything it needed).
+    pub fn node_done(&self, node: u32) -> bool {
+        self.alive(node)
+            && self.nodes[node as usize].wanting.len() == 0
+            && self.nodes[node as usize].inflight.is_empty()
+    }
+
+    fn origin_transfers(&mut self) -> Vec<Transfer> {
+        let mut started = Vec::new();
+        let candidates_budget = 4 * self.config.origin_parallelism as usize;
+        let chunks: Vec<u32> = self.unseeded.iter().copied().take(candidates_budget).collect();
+        for chunk in chunks {
+            if self.origin_busy >= self.config.origin_parallelism || self.free.len() == 0 {
+                break;
+            }
+            // Among (a window of) the free nodes that need it, the one with the fewest origin fetches.
+            let node = self
+                .free
+                .window(ORIGIN_CANDIDATES, &mut self.rng)
+                .into_iter()
+                .filter(|&n| self.nodes[n as usize].wanting.contains(chunk))
+                .min_by_key(|&n| {
+                    (
+                        self.nodes[n as usize].origin_fetches,
+                        self.nodes[n as usize].downloads,
+                        n,
+                    )
+                });
+            let Some(node) = node else { continue };
+            if self.origin_done.contains(&chunk) || self.holders[chunk as usize].len() > 0 {
+                self.origin_refetches += 1;
+            }
+            started.push(self.start(Transfer {
+                chunk,
+                node,
+                source: None,
+                duplicate: false,
+            }));
+        }
+        started
+    }
+
+    fn peer_transfers(&mut self) -> Vec<Transfer> {
+        let mut started = Vec::new();
+        for node in self.nodes_to_scan() {
+            while self.nodes[node as usize].downloads < self.config.download_slots {
+                let Some(transfer) = self.choose(node) else { break };
+                started.push(self.start(transfer));
+            }
+        }
+        started
+    }
+
+    fn nodes_to_scan(&mut self) -> Vec<u32> {
+        let mut scan: Vec<u32> = std::mem::take(&mut self.dirty).items;
+        scan.retain(|&n| self.free.contains(n));
+        let free = &self.free.items;
+        if !free.is_empty() {
+            let take = self.config.scan_budget.min(free.len());
+            self.turn %= free.len();
+            for step in 0..take {
+                let node = free[(self.turn + step) % free.len()];
+                if !scan.contains(&node) {
+                    scan.push(node);
+                }
+            }
+            self.turn = (self.turn + take) % free.len();
+        }
+        scan.sort_by_key(|&n| (self.nodes[n as usize].downloads, n));
+        scan
+    }
+
+    fn choose(&mut self, node: u32) -> Option<Transfer> {
+        let state = &self.nodes[node as usize];
+        if state.wanting.len() > 0 {
+            let sample = state.wanting.window(self.config.sample_size, &mut self.rng);
+            let (chunk, source) = self.rarest_with_source(node, &sample, &HashSet::new())?;
+            return Some(Transfer {
+                chunk,
+                node,
+                source: Some(source),
+                duplicate: false,
+            });
+        }
+        if !self.config.endgame || state.inflight.is_empty() {
+            return None;
+        }
+        let single: Vec<u32> = state
+            .inflight
+            .iter()
+            .filter(|(_, ts)| ts.len() == 1 && !ts[0].from_origin())
+            .map(|(c, _)| *c)
+            .take(self.config.sample_size)
+            .collect();
+        let busy: HashSet<u32> = single.iter().filter_map(|c| state.inflight[c][0].source).collect();
+        let (chunk, source) = self.rarest_with_source(node, &single, &busy)?;
+        Some(Transfer {
+            chunk,
+            node,
+            source: Some(source),
+            duplicate: true,
+        })
+    }
+
+    fn rarest_with_source(&mut self, node: u32, sample: &[u32], exclude: &HashSet<u32>) -> Option<(u32, u32)> {
+        let mut ranked: Vec<(usize, u32)> = sample
+            .iter()
+            .filter(|&&c| self.holders[c as usize].len() > 0 && !self.failed.contains_key(&c))
+            .map(|&c| (self.holders[c as usize].len(), c))
+            .collect();
+        // Only the rarest few are tried (one of them almost always has a free holder): select, then sort them.
+        if ranked.len() > RAREST_TRIED {
+            ranked.select_nth_unstable(RAREST_TRIED - 1);
+            ranked.truncate(RAREST_TRIED);
+        }
+        ranked.sort_unstable();
+        for (_, chunk) in ranked {
+            if let Some(source) = self.least_busy_holder(chunk, node, exclude) {
+                return Some((chunk, source));
+            }
+        }
+        None
+    }
+
+    fn least_busy_holder(&mut self, chunk: u32, node: u32, exclude: &HashSet<u32>) -> Option<u32> {
+        let pool = self.holders[chunk as usize].window(16, &mut self.rng);
+        pool.into_iter()
+            .filter(|&h| {
+                let state = &self.nodes[h as usize];
+                h != node
+                    && !exclude.contains(&h)
+                    && state.alive
+                    && state.uploads < self.config.upload_slots
+                    && state.penalties < self.config.max_penalties
+            })
+            .min_by_key(|&h| (self.nodes[h as usize].uploads, h))
+    }
+
+    // --- bookkeeping ---------------------------------------------------------------------------------
+
+    fn usable(&self, chunk: u32) -> bool {
+        self.holders[chunk as usize]
+            .items
+            .iter()
+            .any(|&h| self.nodes[h as usize].alive && self.nodes[h as usize].penalties < self.config.max_penalties)
+    }
+
+    fn reseed_if_orphaned(&mut self, chunk: u32) {
+        if !self.needers[chunk as usize].is_empty()
+            && !self.failed.contains_key(&chunk)
+            && !self.origin_inflight.contains(&chunk)
+            && !self.usable(chunk)
+        {
+            self.unseeded.insert(chunk);
+        }
+    }
+
+    fn penalize(&mut self, node: u32) {
+        if !self.alive(node) {
+            return;
+        }
+        self.nodes[node as usize].penalties += 1;
+        if self.nodes[node as usize].penalties == self.config.max_penalties {
+            for chunk in 0..self.chunks as u32 {
+                if self.holders[chunk as usize].contains(node) {
+                    self.reseed_if_orphaned(chunk);
+                }
+            }
+        }
+    }
+
+    fn fail_chunk(&mut self, chunk: u32, reason: &str) {
+        if self.failed.contains_key(&chunk) {
+            return;
+        }
+        self.failed.insert(chunk, reason.to_owned());
+        self.open -= self.needers[chunk as usize].len();
+        self.unseeded.remove(&chunk);
+    }
+
+    fn start(&mut self, transfer: Transfer) -> Transfer {
+        self.active.insert(transfer);
+        let state = &mut self.nodes[transfer.node as usize];
+        state.wanting.remove(transfer.chunk);
+        state.inflight.entry(transfer.chunk).or_default().push(transfer);
+        state.downloads += 1;
+        if state.downloads >= self.config.download_slots {
+            self.free.remove(transfer.node);
+        }
+        match transfer.source {
+            None => {
+                state.origin_fetches += 1;
+                self.origin_busy += 1;
+                self.origin_inflight.insert(transfer.chunk);
+                self.unseeded.remove(&transfer.chunk);
+            }
+            Some(source) => self.nodes[source as usize].uploads += 1,
+        }
+        transfer
+    }
+
+    /// Frees a transfer's slots, once.
+    fn release(&mut self, transfer: Transfer) {
+        if !self.active.remove(&transfer) {
+            return;
+        }
+        if self.alive(transfer.node) {
+            self.nodes[transfer.node as usize].downloads -= 1;
+            self.free.add(transfer.node);
+            self.dirty.add(transfer.node);
+        }
+        match transfer.source {
+            None => {
+                self.origin_busy -= 1;
+                self.origin_inflight.remove(&transfer.chunk);
+                self.reseed_if_orphaned(transfer.chunk);
+            }
+            Some(source) => {
+                if self.alive(source) {
+                    self.nodes[source as usize].uploads -= 1;
+                }
+            }
+        }
+    }
+}
