@@ -37,8 +37,8 @@ def manifest_for(endpoint_options: dict, key: str):
     from xfd import Manifest
 
     options = dict(endpoint_options)
-    client = options.pop("client_options")
-    return (Manifest.builder().store("b", f"s3://{BUCKET}", **options, **client)
+    options.update(options.pop("client_options"))
+    return (Manifest.builder().store("b", f"s3://{BUCKET}", **options)
             .settings(chunk_size=CHUNK, node_parallelism=IN_FLIGHT).object("b", key, to="/bench/object.bin").build())
 
 

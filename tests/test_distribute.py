@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 import time
 
 import obstore
@@ -13,19 +11,10 @@ import pytest
 
 from xfd import Manifest
 from xfd.nodes import localize
+from xfd.sandbox.samples import tar_gz
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -42,11 +31,9 @@ def artifacts(s3, bucket):
 
 
 def manifest_for(s3, bucket, endpoint) -> Manifest:
-    options = s3.store_options(endpoint)
-    client = options.pop("client_options")
     return (
         Manifest.builder()
-        .store("m", f"s3://{bucket}/root", **options, **client)
+        .store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint))
         .settings(chunk_size="1MiB", node_parallelism=4, upload_slots=4)
         .object("m", "model.bin", to="/models/model.bin")
         .object("m", "model.bin", to="/models/again/model.bin", name="same-object-again")
@@ -176,13 +163,9 @@ def test_the_cli_distributes_a_toml_manifest(cluster, s3, bucket, artifacts, ori
     from xfd.cli import main
 
     clear_roots(cluster)
-    options = {**s3.store_options(origin.endpoint)}
-    client = options.pop("client_options")
-    lines = [f'url = "s3://{bucket}/root"'] + [
-        f"{k} = {str(v).lower()}" if isinstance(v, bool) else f'{k} = "{v}"' for k, v in {**options, **client}.items()
-    ]
     path = tmp_path / "artifacts.toml"
-    path.write_text("[stores.m]\n" + "\n".join(lines) + '\n[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n')
+    path.write_text(s3.store_toml("m", f"s3://{bucket}/root", origin.endpoint)
+                    + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n')
     assert main(["distribute", "--no-progress", str(path)]) == 0
     out = capsys.readouterr().out
     assert "plan: 1 artifacts, 2 files" in out and out.count("done") == len(cluster.nodes)

@@ -14,24 +14,14 @@ from xfd import Manifest
 from xfd.engine import node_engine
 from xfd.errors import DestinationExistsError, ObjectChangedError, UnsafeArchiveError, XfdError
 from xfd.sandbox import CountingProxy, LocalS3
+from xfd.sandbox.samples import tar_gz
 
 MiB = 1 << 20
 
 
 def manifest_through(s3: LocalS3, bucket: str, endpoint: str):
-    options = s3.store_options(endpoint)
-    client = options.pop("client_options")
-    return Manifest.builder().store("m", f"s3://{bucket}/root", **options, **client).settings(chunk_size="1MiB")
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return Manifest.builder().store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint)).settings(
+        chunk_size="1MiB")
 
 
 @pytest.fixture

@@ -86,9 +86,8 @@ def filled(s3: LocalS3, bucket: str) -> dict[str, bytes]:
 
 
 def builder_for(s3: LocalS3, bucket: str, endpoint: str | None = None):
-    options = s3.store_options(endpoint)
-    client = options.pop("client_options")
-    return Manifest.builder().store("m", f"s3://{bucket}/root", **options, **client).settings(chunk_size="1MiB")
+    return Manifest.builder().store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint)).settings(
+        chunk_size="1MiB")
 
 
 def test_objects_and_prefixes_resolve_with_nested_keys_and_globs(s3, bucket, filled):
@@ -198,10 +197,8 @@ def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, b
 
 def test_secrets_stay_out_of_plans(s3, bucket, filled):
     canary = "CANARY-SECRET-91ab"
-    options = s3.store_options()
-    client = options.pop("client_options")
-    options["session_token"] = canary
-    plan = (Manifest.builder().store("m", f"s3://{bucket}/root", **{**options, **client})
+    options = {**s3.manifest_options(), "session_token": canary}
+    plan = (Manifest.builder().store("m", f"s3://{bucket}/root", **options)
             .object("m", "model.bin", to="/x").build().plan())
     assert canary not in plan.to_json() and canary not in repr(plan) and canary not in plan._repr_html_()
     assert "session_token" not in plan.to_json()
@@ -209,10 +206,8 @@ def test_secrets_stay_out_of_plans(s3, bucket, filled):
 
 def test_environment_templates_are_resolved_when_planning(s3, bucket, filled, monkeypatch):
     monkeypatch.setenv("XFD_TEST_ENDPOINT", s3.endpoint)
-    options = s3.store_options()
-    client = options.pop("client_options")
-    options["endpoint"] = "${XFD_TEST_ENDPOINT}"
-    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options, **client).object(
+    options = {**s3.manifest_options(), "endpoint": "${XFD_TEST_ENDPOINT}"}
+    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options).object(
         "m", "model.bin", to="/x").build()
     assert manifest.plan().stores["m"].options["endpoint"] == "${XFD_TEST_ENDPOINT}"
     monkeypatch.delenv("XFD_TEST_ENDPOINT")
@@ -221,13 +216,8 @@ def test_environment_templates_are_resolved_when_planning(s3, bucket, filled, mo
 
 
 def test_lock_file_accepts_the_same_store_and_refuses_a_changed_one(s3, bucket, filled, tmp_path, capsys):
-    options = s3.store_options()
-    client = options.pop("client_options")
     path = tmp_path / "artifacts.toml"
-    store_lines = "\n".join(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
-                            for k, v in {**options, **client}.items())
-    path.write_text(f'[stores.m]\nurl = "s3://{bucket}/root"\n{store_lines}\n'
-                    '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/tok"\n')
+    path.write_text(s3.store_toml("m", f"s3://{bucket}/root") + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/tok"\n')
     assert main(["lock", str(path)]) == 0
     assert (tmp_path / "artifacts.lock.json").exists()
     assert main(["plan", "--locked", str(path)]) == 0

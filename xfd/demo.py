@@ -8,10 +8,8 @@ against the origin byte for byte, prints the report, and cleans everything up.
 
 from __future__ import annotations
 
-import io
 import os
 import random
-import tarfile
 import tempfile
 import time
 
@@ -21,6 +19,7 @@ from xfd import _core
 from xfd.manifest import Manifest
 from xfd.manifest.units import human_size
 from xfd.sandbox import CountingProxy, LocalS3
+from xfd.sandbox.samples import tar_gz
 
 MiB = 1 << 20
 BUCKET = "xfd-demo"
@@ -72,18 +71,16 @@ def _upload_samples(s3: LocalS3, size_mib: int) -> dict[str, str]:
         obstore.put(store, key, data)
         expected[f"/models/tokenizer/{key.removeprefix('tokenizer/')}"] = _digest(data)
     members = {f"images/{i:04d}.bin": rng.randbytes(rng.randint(100, 20_000)) for i in range(300)}
-    obstore.put(store, "datasets/images.tar.gz", _tar_gz(members))
+    obstore.put(store, "datasets/images.tar.gz", tar_gz(members))
     for name, data in members.items():
         expected[f"/data/images/{name}"] = _digest(data)
     return expected
 
 
 def _manifest(s3: LocalS3, endpoint: str, chunk_mib: int) -> Manifest:
-    options = s3.store_options(endpoint)
-    client = options.pop("client_options")
     return (
         Manifest.builder()
-        .store("demo", f"s3://{BUCKET}", **options, **client)
+        .store("demo", f"s3://{BUCKET}", **s3.manifest_options(endpoint))
         .settings(chunk_size=f"{chunk_mib}MiB")
         .object("demo", "weights/model.safetensors", to="/models/model.safetensors", name="weights")
         .prefix("demo", "tokenizer/", to="/models/tokenizer/", name="tokenizer")
@@ -110,13 +107,3 @@ def _digest(data: bytes) -> str:
         file.write(data)
         file.flush()
         return _core.hash_file_range(file.name)
-
-
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()

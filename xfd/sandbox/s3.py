@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import Any
 
@@ -13,7 +14,61 @@ SECRET_ACCESS_KEY = "xfd-sandbox-secret"
 REGION = "us-east-1"
 
 
-class LocalS3:
+class S3Sandbox(abc.ABC):
+    """What every local S3-protocol server of the sandbox offers: options and stores that reach it."""
+
+    access_key_id = ACCESS_KEY_ID
+    secret_access_key = SECRET_ACCESS_KEY
+
+    @property
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """``http://host:port`` of the running server."""
+
+    def store_options(self, endpoint: str | None = None) -> dict[str, Any]:
+        """obstore ``S3Store`` keyword options that reach this server (or ``endpoint``, e.g. a proxy)."""
+        return {
+            "endpoint": endpoint or self.endpoint,
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "region": REGION,
+            "virtual_hosted_style_request": False,
+            "client_options": {"allow_http": True},
+        }
+
+    def manifest_options(self, endpoint: str | None = None) -> dict[str, Any]:
+        """The same options in the manifest's flat vocabulary: ``builder().store(name, url, **options)``."""
+        options = self.store_options(endpoint)
+        return {**options.pop("client_options"), **options}
+
+    def store_toml(self, name: str, url: str, endpoint: str | None = None) -> str:
+        """A ``[stores.NAME]`` table for a TOML manifest."""
+        import tomli_w
+
+        return tomli_w.dumps({"stores": {name: {"url": url, **self.manifest_options(endpoint)}}})
+
+    def store(self, bucket: str, endpoint: str | None = None) -> Any:
+        """An obstore ``S3Store`` for ``bucket`` on this server (or through ``endpoint``)."""
+        from obstore.store import S3Store
+
+        return S3Store(bucket, **self.store_options(endpoint))
+
+    def create_bucket(self, bucket: str) -> Any:
+        """Creates ``bucket`` through the S3 API and returns a store for it."""
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=REGION,
+        )
+        client.create_bucket(Bucket=bucket)
+        return self.store(bucket)
+
+
+class LocalS3(S3Sandbox):
     """An S3-protocol server on ``127.0.0.1`` and a free port, running in this process.
 
     moto serves each GET by reading the whole object under a per-key lock, so it suits correctness
@@ -57,34 +112,3 @@ class LocalS3:
         if self.port is None:
             raise ConfigError("the local S3 server is not started: call start() or use it in a `with` block")
         return f"http://{self.host}:{self.port}"
-
-    def store_options(self, endpoint: str | None = None) -> dict[str, Any]:
-        """obstore ``S3Store`` keyword options that reach this server (or ``endpoint``, e.g. a proxy)."""
-        return {
-            "endpoint": endpoint or self.endpoint,
-            "access_key_id": ACCESS_KEY_ID,
-            "secret_access_key": SECRET_ACCESS_KEY,
-            "region": REGION,
-            "virtual_hosted_style_request": False,
-            "client_options": {"allow_http": True},
-        }
-
-    def store(self, bucket: str, endpoint: str | None = None) -> Any:
-        """An obstore ``S3Store`` for ``bucket`` on this server (or through ``endpoint``)."""
-        from obstore.store import S3Store
-
-        return S3Store(bucket, **self.store_options(endpoint))
-
-    def create_bucket(self, bucket: str) -> Any:
-        """Creates ``bucket`` through the S3 API and returns a store for it."""
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY_ID,
-            aws_secret_access_key=SECRET_ACCESS_KEY,
-            region_name=REGION,
-        )
-        client.create_bucket(Bucket=bucket)
-        return self.store(bucket)

@@ -15,9 +15,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from xfd.errors import ConfigError
+from xfd.sandbox.s3 import S3Sandbox
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LocalSeaweed:
+class LocalSeaweed(S3Sandbox):
     """``weed mini`` on loopback; use as a context manager."""
 
     def __init__(self) -> None:
@@ -89,23 +89,3 @@ class LocalSeaweed:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def store_options(self, endpoint: str | None = None) -> dict[str, Any]:
-        return {
-            "endpoint": endpoint or self.endpoint,
-            "access_key_id": "xfd-bench",
-            "secret_access_key": "xfd-bench-secret",
-            "region": "us-east-1",
-            "virtual_hosted_style_request": False,
-            "client_options": {"allow_http": True},
-        }
-
-    def create_bucket(self, bucket: str) -> Any:
-        import boto3
-        from obstore.store import S3Store
-
-        options = self.store_options()
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=options["access_key_id"],
-                     aws_secret_access_key=options["secret_access_key"], region_name="us-east-1").create_bucket(
-            Bucket=bucket)
-        return S3Store(bucket, **options)

@@ -79,16 +79,20 @@ async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: O
     Plan::from_json(&plan.to_string()).unwrap()
 }
 
-fn engine(plan: &Plan, root: &Path) -> Engine {
+fn config(plan: &Plan, root: &Path, corrupt_served_bytes: bool) -> EngineConfig {
     let url = plan.stores["origin"].url.clone();
     let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
-    let config = EngineConfig {
+    EngineConfig {
         node_root: root.to_owned(),
         stores,
         peer_token: TOKEN.into(),
+        corrupt_served_bytes,
         ..Default::default()
-    };
-    Engine::new(plan.clone(), config).unwrap()
+    }
+}
+
+fn engine(plan: &Plan, root: &Path) -> Engine {
+    Engine::new(plan.clone(), config(plan, root, false)).unwrap()
 }
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -360,16 +364,7 @@ async fn a_peer_serving_corrupt_bytes_is_caught_and_named() {
 }
 
 async fn seeded(plan: &Plan, root: &Path, corrupt: bool, egress: Option<u64>) -> (Engine, std::net::SocketAddr) {
-    let url = plan.stores["origin"].url.clone();
-    let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
-    let config = EngineConfig {
-        node_root: root.to_owned(),
-        stores,
-        peer_token: TOKEN.into(),
-        corrupt_served_bytes: corrupt,
-        ..Default::default()
-    };
-    let seeder = Engine::new(plan.clone(), config).unwrap();
+    let seeder = Engine::new(plan.clone(), config(plan, root, corrupt)).unwrap();
     seeder.scan().await.unwrap();
     fetch_all_from_origin(&seeder).await;
     let address = seeder.start_server(LOOPBACK, 0, 4, egress).await.unwrap();
