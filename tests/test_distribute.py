@@ -171,3 +171,27 @@ def test_the_cli_distributes_a_toml_manifest(cluster, s3, bucket, artifacts, ori
     assert "plan: 1 artifacts, 2 files" in out and out.count("done") == len(cluster.nodes)
     for node in cluster.nodes:
         assert localize("/cli/tok/a.json", node.root).read_bytes() == b'{"a": 1}'
+
+
+def test_an_artifact_targeted_by_label_lands_only_on_matching_nodes(cluster, s3, bucket, artifacts, origin):
+    from xfd.nodes import NODE_ROOT_LABEL
+
+    clear_roots(cluster)
+    chosen = cluster.nodes[2]
+    manifest = (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **s3.manifest_options(origin.endpoint))
+        .settings(chunk_size="1MiB")
+        .object("m", "model.bin", to="/only/model.bin", nodes={NODE_ROOT_LABEL: str(chosen.root)})
+        .prefix("m", "tok", to="/everyone/tok")
+        .build()
+    )
+    plan = manifest.plan()
+    origin.reset()
+    report = manifest.distribute(plan=plan, progress=None)
+    assert report.ok, report.summary()
+    for node in cluster.nodes:
+        assert localize("/everyone/tok/a.json", node.root).read_bytes() == b'{"a": 1}'
+        assert localize("/only/model.bin", node.root).exists() == (node is chosen), node.ip
+    assert localize("/only/model.bin", chosen.root).read_bytes() == artifacts["root/model.bin"]
+    assert origin.traffic().get_bytes == plan.unique_bytes

@@ -34,9 +34,11 @@ class Engine:
         peer_token: str | None = None,
         deep_verify: bool = False,
         corrupt_served_bytes: bool = False,
+        node_labels: dict[str, str] | None = None,
     ) -> Engine:
-        """``corrupt_served_bytes`` is fault injection for system tests: the peer server flips the first
-        byte of every chunk it serves."""
+        """``node_labels``: this node's Ray labels; files whose ``nodes`` selector they do not match are
+        skipped. ``corrupt_served_bytes`` is fault injection for system tests: the peer server flips the
+        first byte of every block it serves."""
     def scan(self) -> dict[str, Any]:
         """Finds cache hits and resumable chunks: ``{"held": {chunk_id: digest}, "cached_files", "resumed_chunks"}``."""
     def fetch_from_origin(self, chunk_id: str) -> dict[str, Any]:

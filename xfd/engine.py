@@ -45,10 +45,12 @@ def node_engine(
     peer_token: str = "",
     deep_verify: bool = False,
     corrupt_served_bytes: bool = False,
+    node_labels: Mapping[str, str] | None = None,
 ) -> _core.Engine:
     """An engine that puts ``plan``'s files under ``node_root`` on this node.
 
     ``peer_token`` is the run's secret for peer transfers (empty: no peer server, no peer fetches).
     """
     return _core.Engine(plan.to_json(), str(Path(node_root)), store_arguments(plan, stores, environ),
-                        peer_token=peer_token, deep_verify=deep_verify, corrupt_served_bytes=corrupt_served_bytes)
+                        peer_token=peer_token, deep_verify=deep_verify, corrupt_served_bytes=corrupt_served_bytes,
+                        node_labels=dict(node_labels or {}))

@@ -65,6 +65,11 @@ class PlanFile:
     artifact: str
     sha256: str | None = None
     cache: bool = True
+    nodes: Mapping[str, str] = attrs.field(factory=dict)
+    """Ray labels a node must have to get this file; empty: every node."""
+
+    def applies_to(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.nodes.items())
 
 
 @attrs.frozen
@@ -109,6 +114,11 @@ class Plan:
 
     def object(self, object_id: str) -> PlanObject:
         return next(o for o in self.objects if o.id == object_id)
+
+    def chunks_for(self, labels: Mapping[str, str]) -> list[str]:
+        """Chunk ids a node with these Ray labels needs (every chunk when no artifact targets nodes)."""
+        wanted = {f.object_id for f in self.files if f.applies_to(labels)}
+        return [c.id for o in self.objects if o.id in wanted for c in o.chunks]
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(_CONVERTER.unstructure(self), indent=indent, sort_keys=True)
@@ -268,6 +278,7 @@ def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
                 artifact=artifact.display_name,
                 sha256=artifact.sha256 if isinstance(artifact, ObjectArtifact) else None,
                 cache=artifact.cache,
+                nodes=dict(artifact.nodes),
             ))
             if isinstance(artifact, ObjectArtifact) and artifact.unpack is not None:
                 unpacks.append(PlanUnpack(plan_object.id, destination, artifact.unpack.format,

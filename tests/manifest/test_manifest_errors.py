@@ -39,7 +39,7 @@ CASES = [
     ),
     pytest.param(
         artifact('store = "models"\nkey = "a"\nto = "/a"\ndestination = "/b"\n'),
-        ["artifacts[0].destination: unknown key (allowed: store, key, to, name, sha256, cache, unpack)"],
+        ["artifacts[0].destination: unknown key (allowed: store, key, to, name, sha256, cache, unpack, nodes)"],
         id="unknown-artifact-key",
     ),
     pytest.param(

@@ -188,3 +188,16 @@ def test_builder_and_toml_agree_on_any_manifest(manifest: Manifest):
             builder = builder.prefix(artifact.store, artifact.prefix, to=artifact.to, include=artifact.include,
                                      exclude=artifact.exclude, name=artifact.name, cache=artifact.cache)
     assert builder.build() == manifest
+
+
+def test_node_selectors_round_trip_and_are_checked():
+    text = ('[stores.s]\nurl = "s3://b"\n[[artifacts]]\nstore = "s"\nkey = "k"\nto = "/k"\n'
+            'nodes = { gpu = "a100", zone = "eu" }\n')
+    manifest = Manifest.loads(text)
+    assert manifest.artifacts[0].nodes == {"gpu": "a100", "zone": "eu"}
+    assert Manifest.loads(manifest.to_toml()) == manifest
+    built = Manifest.builder().store("s", "s3://b").object("s", "k", to="/k", nodes={"gpu": "a100", "zone": "eu"})
+    assert built.build() == manifest
+    with pytest.raises(ManifestError) as info:
+        Manifest.loads(text.replace('zone = "eu"', "zone = 3"))
+    assert str(info.value).startswith("manifest: artifacts[0].nodes: must be a table of Ray labels")

@@ -17,7 +17,7 @@ Each call returns a new builder (re-running a notebook cell never adds an artifa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -65,9 +65,14 @@ class ManifestBuilder:
         name: str | None = None,
         sha256: str | None = None,
         cache: bool = True,
+        nodes: Mapping[str, str] | None = None,
     ) -> ManifestBuilder:
-        """Adds one object of ``store``, put at ``to`` on every node (``to`` ending in ``/``: inside it)."""
-        artifact = {"store": store, "key": key, "to": to, "name": name, "sha256": sha256, "cache": cache}
+        """Adds one object of ``store``, put at ``to`` on every node (``to`` ending in ``/``: inside it).
+
+        ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
+        """
+        artifact = {"store": store, "key": key, "to": to, "name": name, "sha256": sha256, "cache": cache,
+                    "nodes": dict(nodes) if nodes else None}
         return self._add(artifact)
 
     def prefix(
@@ -80,10 +85,14 @@ class ManifestBuilder:
         exclude: Sequence[str] = (),
         name: str | None = None,
         cache: bool = True,
+        nodes: Mapping[str, str] | None = None,
     ) -> ManifestBuilder:
-        """Adds every object under ``prefix`` of ``store``, mirrored below the directory ``to``."""
+        """Adds every object under ``prefix`` of ``store``, mirrored below the directory ``to``.
+
+        ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
+        """
         artifact = {"store": store, "prefix": prefix, "to": to, "name": name, "cache": cache,
-                    "include": list(include), "exclude": list(exclude)}
+                    "include": list(include), "exclude": list(exclude), "nodes": dict(nodes) if nodes else None}
         return self._add(artifact)
 
     def unpack(self, format: UnpackFormat = "auto", *, to: str | None = None) -> ManifestBuilder:  # noqa: A002

@@ -84,6 +84,8 @@ class ObjectArtifact:
     sha256: str | None = None
     cache: bool = True
     unpack: Unpack | None = None
+    nodes: Mapping[str, str] = attrs.field(factory=dict)
+    """Only nodes whose Ray labels include all of these pairs get this artifact (default: every node)."""
 
     @property
     def display_name(self) -> str:
@@ -125,6 +127,8 @@ class PrefixArtifact:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     cache: bool = True
+    nodes: Mapping[str, str] = attrs.field(factory=dict)
+    """Only nodes whose Ray labels include all of these pairs get this artifact (default: every node)."""
 
     @property
     def display_name(self) -> str:

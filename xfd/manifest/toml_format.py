@@ -45,6 +45,7 @@ def _make_converter() -> cattrs.Converter:
         converter.register_structure_hook(kind, _strict(kind))
     converter.register_structure_hook_func(lambda t: t == UnpackFormat, _unpack_format)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
+    converter.register_structure_hook_func(lambda t: t == Mapping[str, str], _label_table)
     size_hook = override(struct_hook=lambda v, _: parse_size(v))
     for cls, overrides in ((Settings, {"chunk_size": size_hook}), (Unpack, {}), (ObjectArtifact, {}),
                            (PrefixArtifact, {})):
@@ -68,6 +69,13 @@ def _tables_only(structure: Any) -> Any:
         return structure(value, cls)
 
     return checked
+
+
+def _label_table(value: Any, _: type) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                               for k, v in value.items()):
+        raise ValueError(f"must be a table of Ray labels, as in {{ gpu = \"a100\" }} (got {value!r})")
+    return dict(value)
 
 
 def _string_list(value: Any, _: type) -> tuple[str, ...]:
@@ -218,6 +226,10 @@ def _unstructure_artifact(artifact: Artifact) -> dict[str, Any]:
     for key in ("include", "exclude"):
         if key in raw:
             raw[key] = list(raw[key])
+    if "nodes" in raw:
+        raw["nodes"] = dict(raw["nodes"])
+    if not raw.get("nodes", True):
+        del raw["nodes"]
     return raw
 
 

@@ -32,7 +32,7 @@ class NodeAgent:
         self.node = this_node()
         self.plan = Plan.from_json(plan_json)
         self.engine = node_engine(self.plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
-                                  corrupt_served_bytes=fault == "corrupt-served-chunks")
+                                  corrupt_served_bytes=fault == "corrupt-served-chunks", node_labels=self.node.labels)
         self.upload_slots = upload_slots
         self.egress = egress_bytes_per_sec
 
@@ -46,6 +46,7 @@ class NodeAgent:
             "ip": host,
             "port": port,
             "root": str(self.node.root),
+            "labels": self.node.labels,
             "held": scan["held"],
             "cached_files": scan["cached_files"],
             "resumed_chunks": scan["resumed_chunks"],

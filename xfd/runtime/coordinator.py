@@ -101,23 +101,31 @@ class Coordinator:
             ).remote(plan_json, self.stores, token, deep_verify=self.deep_verify, upload_slots=settings.upload_slots,
                      fault=self.faults.get(node_id))
         starts = {node_id: agent.start.remote() for node_id, agent in self.agents.items()}
-        scheduler = Scheduler(
-            self.chunk_sizes, list(self.agents), origin_parallelism=settings.origin_parallelism,
-            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots,
-        )
+        infos: dict[str, dict[str, Any]] = {}
+        failed: dict[str, str] = {}
         for node_id, ref in starts.items():
             try:
-                info = ray.get(ref)
+                infos[node_id] = ray.get(ref)
             except RayError as error:
-                self._lose(scheduler, node_id, f"agent failed to start: {_first_line(error)}")
-                continue
+                failed[node_id] = f"agent failed to start: {_first_line(error)}"
+        # Each node needs the chunks of the files whose node selector its labels match.
+        needs = {node_id: self.plan.chunks_for(info["labels"]) for node_id, info in infos.items()}
+        scheduler = Scheduler(
+            self.chunk_sizes, list(self.agents), origin_parallelism=settings.origin_parallelism,
+            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
+        )
+        for node_id, reason in failed.items():
+            self._lose(scheduler, node_id, reason)
+        for node_id, info in infos.items():
             self.endpoints[node_id] = (info["ip"], info["port"])
             self.by_address[f"{info['ip']}:{info['port']}"] = node_id
-            self.progress.add_node(node_id, info["ip"], self.chunk_sizes)
+            self.progress.add_node(node_id, info["ip"], needs[node_id])
             scheduler.held(node_id, info["held"])
             self.digests.update(info["held"])
+            needed = set(needs[node_id])
             for chunk in info["held"]:
-                self.progress.chunk_done(node_id, chunk, "cache", 0.0, counted_inflight=False)
+                if chunk in needed:
+                    self.progress.chunk_done(node_id, chunk, "cache", 0.0, counted_inflight=False)
         return scheduler
 
     def _loop(self, scheduler: Scheduler, started: float) -> None:

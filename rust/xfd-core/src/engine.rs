@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub peer_token: String,
     /// Fault injection for system tests: this node's peer server corrupts what it serves.
     pub corrupt_served_bytes: bool,
+    /// This node's Ray labels: files whose `nodes` selector they do not match are not for this node.
+    pub node_labels: BTreeMap<String, String>,
 }
 
 /// Where a chunk came from.
@@ -529,6 +531,12 @@ impl Engine {
             let Some(work) = self.objects.get(&step.object_id) else {
                 continue;
             };
+            let archive_here = self.plan.files.iter().any(|f| {
+                f.object_id == step.object_id && f.destination == step.archive && f.applies_to(&self.config.node_labels)
+            });
+            if !archive_here {
+                continue; // this archive's artifact targets other nodes
+            }
             if work.lock().unwrap().published.is_none() {
                 return Err(Error::InvalidPlan(format!(
                     "cannot unpack {}: the archive is not complete on this node",
@@ -924,7 +932,7 @@ fn targets_of(plan: &Plan, object: &PlanObject, config: &EngineConfig) -> Result
         .collect();
     plan.files
         .iter()
-        .filter(|f| f.object_id == object.id)
+        .filter(|f| f.object_id == object.id && f.applies_to(&config.node_labels))
         .map(|file| {
             Ok(FileTarget {
                 destination: localize(&config.node_root, &file.destination)?,

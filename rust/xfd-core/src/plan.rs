@@ -70,6 +70,16 @@ pub struct PlanFile {
     pub artifact: String,
     pub sha256: Option<String>,
     pub cache: bool,
+    /// Ray labels a node must have to get this file; empty: every node.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, String>,
+}
+
+impl PlanFile {
+    /// Whether a node with these labels gets this file.
+    pub fn applies_to(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.nodes.iter().all(|(key, value)| labels.get(key) == Some(value))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,7 +62,7 @@ impl PyEngine {
     /// `stores` maps each store name of the plan to `(url, [(option, value), ...])`, credentials
     /// resolved on this node.
     #[new]
-    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, corrupt_served_bytes = false))]
+    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, corrupt_served_bytes = false, node_labels = None))]
     fn new(
         plan_json: &str,
         node_root: PathBuf,
@@ -70,6 +70,7 @@ impl PyEngine {
         peer_token: Option<String>,
         deep_verify: bool,
         corrupt_served_bytes: bool,
+        node_labels: Option<BTreeMap<String, String>>,
     ) -> PyResult<Self> {
         let peer_token = peer_token.unwrap_or_default();
         let plan = Plan::from_json(plan_json).map_err(to_py)?;
@@ -83,6 +84,7 @@ impl PyEngine {
             deep_verify,
             peer_token,
             corrupt_served_bytes,
+            node_labels: node_labels.unwrap_or_default(),
             ..Default::default()
         };
         let engine = {
