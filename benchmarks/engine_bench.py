@@ -126,7 +126,7 @@ PHASES = {"xfd origin": phase_xfd_origin, "obstore loop": phase_obstore_loop, "x
 
 
 def child(phase: str, options_json: str, key: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="xfd-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix="xfd-bench-", dir=os.environ.get("XFD_BENCH_DIR")) as root:
         seconds = PHASES[phase](json.loads(options_json), key, root)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "peak_rss": rss}))
@@ -156,11 +156,16 @@ def main() -> None:
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("PHASE", "OPTIONS", "KEY"))
+    parser.add_argument("--dest-dir", default=None,
+                        help="where destination files go (default: the temp dir); /dev/shm takes the disk out")
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     from xfd.sandbox.seaweed import LocalSeaweed
+
+    if args.dest_dir:
+        os.environ["XFD_BENCH_DIR"] = args.dest_dir
 
     rows = []
     with LocalSeaweed() as seaweed:
