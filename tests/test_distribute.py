@@ -195,3 +195,17 @@ def test_an_artifact_targeted_by_label_lands_only_on_matching_nodes(cluster, s3,
         assert localize("/only/model.bin", node.root).exists() == (node is chosen), node.ip
     assert localize("/only/model.bin", chosen.root).read_bytes() == artifacts["root/model.bin"]
     assert origin.traffic().get_bytes == plan.unique_bytes
+
+
+def test_a_background_distribution_can_be_cancelled(cluster, s3, bucket, artifacts, origin):
+    from xfd.runtime.coordinator import DistributionCancelled
+
+    clear_roots(cluster)
+    handle = manifest_for(s3, bucket, origin.endpoint).distribute(wait=False, progress=None)
+    handle.cancel()
+    with pytest.raises(DistributionCancelled, match="cancelled"):
+        handle.wait(timeout=120)
+    assert handle.done()
+    for node in cluster.nodes:  # never a partial file at a destination
+        path = localize("/models/model.bin", node.root)
+        assert not path.exists() or path.read_bytes() == artifacts["root/model.bin"]
