@@ -156,6 +156,7 @@ def test_background_distribution_streams_progress_and_reports(cluster, s3, bucke
     report = handle.wait(timeout=120)
     assert report.ok
     assert seen and seen[-1].done_bytes == seen[-1].total_bytes
+    assert all(node.inflight == 0 and node.state == "done" for node in seen[-1].nodes)
     assert time.monotonic() > 0
 
 

@@ -81,6 +81,12 @@ class ProgressModel:
                 self._nodes[node_id]["inflight"] += 1
                 self._chunk_states[node_id][chunk] = "inflight"
 
+    def transfer_dropped(self, node_id: str) -> None:
+        """A transfer that will never report (an endgame loser, or one to or from a lost node)."""
+        with self._lock:
+            if node_id in self._nodes:
+                self._nodes[node_id]["inflight"] = max(0, self._nodes[node_id]["inflight"] - 1)
+
     def chunk_done(self, node_id: str, chunk: str, source: str, seconds: float, source_node: str = "",
                    counted_inflight: bool = True) -> None:
         with self._lock:

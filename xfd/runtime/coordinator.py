@@ -170,6 +170,7 @@ class Coordinator:
                         losers = self.active.get((loser.chunk, loser.node), [])
                         if loser in losers:
                             losers.remove(loser)
+                            self.progress.transfer_dropped(loser.node)
                     source = transfer.source if not transfer.from_origin else ""
                     self.progress.chunk_done(node_id, event["chunk_id"], event["source"], event["seconds"], source)
             elif kind == "chunk_failed":
@@ -213,6 +214,7 @@ class Coordinator:
             transfers = self.active.get((transfer.chunk, transfer.node), [])
             if transfer in transfers:
                 transfers.remove(transfer)
+                self.progress.transfer_dropped(transfer.node)
         self.progress.set_state(node_id, "lost", reason)
         self.endpoints.pop(node_id, None)
 
