@@ -210,3 +210,18 @@ def test_a_background_distribution_can_be_cancelled(cluster, s3, bucket, artifac
     for node in cluster.nodes:  # never a partial file at a destination
         path = localize("/models/model.bin", node.root)
         assert not path.exists() or path.read_bytes() == artifacts["root/model.bin"]
+
+
+def test_the_widget_shows_what_the_report_says(cluster, s3, bucket, artifacts, origin):
+    from xfd.notebook.widget import STATE_COLOURS, DistributionWidget
+
+    clear_roots(cluster)
+    widget = DistributionWidget()
+    report = manifest_for(s3, bucket, origin.endpoint).distribute(progress=widget.update)
+    widget.close(report)
+    placed = sum(n.origin_bytes + n.peer_bytes + n.cache_bytes for n in report.nodes)
+    assert widget.overall.value == widget.overall.max == placed
+    assert len(widget.nodes.children) == len(report.nodes)
+    assert widget.overall.bar_style == "success" and "done" in widget.header.value
+    for colour in (STATE_COLOURS["missing"], STATE_COLOURS["inflight"], STATE_COLOURS["failed"]):
+        assert colour not in widget.chunk_map.value.split("<div")[0]

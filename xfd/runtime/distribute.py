@@ -121,6 +121,18 @@ class Distribution:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    @property
+    def widget(self) -> Any:
+        """The notebook widget showing this distribution, if it renders to one."""
+        from xfd.notebook.widget import DistributionWidget
+
+        return self._renderer.widget if isinstance(self._renderer, DistributionWidget) else None
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget if self.widget is not None else repr(self))
+
     def snapshots(self, timeout: float | None = None) -> Iterator[Snapshot]:
         """Yields each new progress snapshot until the distribution ends."""
         last = None
@@ -158,11 +170,39 @@ def _renderer(progress: str | Callable[[Snapshot], None] | None, plan: Plan) -> 
         return None
     if callable(progress):
         return _CallbackRenderer(progress)
+    if progress == "widget" or (progress == "auto" and _in_notebook()):
+        return _widget_renderer(progress)
     if progress in ("auto", "tqdm"):
         from xfd.notebook.terminal import TqdmRenderer
 
         return TqdmRenderer()
-    raise ConfigError(f"progress must be 'auto', 'tqdm', 'none', None or a callable, got {progress!r}")
+    raise ConfigError(f"progress must be 'auto', 'widget', 'tqdm', 'none', None or a callable, got {progress!r}")
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (where widgets can be shown)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def _widget_renderer(progress: str) -> Any:
+    try:
+        from xfd.notebook.widget import DistributionWidget
+    except ImportError as error:
+        if progress == "widget":
+            raise ConfigError("the progress widget needs ipywidgets: pip install 'xfd[notebook]'") from error
+        from xfd.notebook.terminal import TqdmRenderer
+
+        return TqdmRenderer()  # tqdm falls back to text without widgets
+    from IPython.display import display
+
+    widget = DistributionWidget()
+    display(widget.widget)
+    return widget
 
 
 class _CallbackRenderer:
