@@ -44,6 +44,10 @@ class Snapshot:
     nodes: tuple[NodeProgress, ...]
     chunk_states: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, repr=False)
     """node id -> chunk id -> missing | inflight | origin | peer | cache | failed."""
+    rates: Mapping[str, float] = attrs.field(factory=dict)
+    """Peak rates so far (bytes/s): ``origin``, ``node_download``, ``node_upload``."""
+    lower_bound_s: float = 0.0
+    """T_min from the peak rates so far (see :func:`xfd.report.lower_bound`)."""
 
     @property
     def total_bytes(self) -> int:
@@ -64,7 +68,11 @@ class ProgressModel:
         self._lock = threading.Lock()
         self._nodes: dict[str, dict[str, Any]] = {}
         self._chunk_states: dict[str, dict[str, str]] = {}
-        self._transfers: list[tuple[float, float, int, str, str, str]] = []  # end, seconds, bytes, kind, node, source
+        # Bytes per rate window, kept up to date as transfers finish, so peaks cost O(1) to read.
+        self._origin_windows: dict[int, float] = defaultdict(float)
+        self._download_windows: dict[tuple[str, int], float] = defaultdict(float)
+        self._upload_windows: dict[tuple[str, int], float] = defaultdict(float)
+        self._peaks = {"origin": 0.0, "node_download": 0.0, "node_upload": 0.0}
 
     def add_node(self, node_id: str, ip: str, needed: Iterable[str]) -> None:
         with self._lock:
@@ -104,7 +112,7 @@ class ProgressModel:
             if source_node in self._nodes:
                 self._nodes[source_node]["served"] += size
             if source != "cache":
-                self._transfers.append((time.monotonic(), seconds, size, source, node_id, source_node))
+                self._account(time.monotonic() - self.started, seconds, size, source, node_id, source_node)
 
     def chunk_failed(self, node_id: str, chunk: str, reason: str, fatal: bool) -> None:
         with self._lock:
@@ -138,28 +146,33 @@ class ProgressModel:
             )
             origin = sum(n.origin_bytes for n in nodes)
             chunks = {k: dict(v) for k, v in self._chunk_states.items()} if with_chunks else {}
-            return Snapshot(time.monotonic() - self.started, self.unique_bytes, origin, nodes, chunks)
+            rates = self._rates()
+        from xfd.report import lower_bound
+
+        survivors = sum(1 for n in nodes if n.state != "lost")
+        return Snapshot(time.monotonic() - self.started, self.unique_bytes, origin, nodes, chunks, rates,
+                        lower_bound(self.unique_bytes, survivors, rates))
 
     def peak_rates(self) -> dict[str, float]:
         """Highest rates reached over any window: origin egress, one node's download, one node's upload
         (bytes per second). Each transfer's bytes are spread evenly over its duration."""
         with self._lock:
-            transfers = list(self._transfers)
-        origin: dict[int, float] = defaultdict(float)
-        download: dict[tuple[str, int], float] = defaultdict(float)
-        upload: dict[tuple[str, int], float] = defaultdict(float)
-        for end, seconds, size, source, node, source_node in transfers:
-            for window, share in _spread(end - max(seconds, 1e-3), end, size):
-                download[(node, window)] += share
-                if source == "origin":
-                    origin[window] += share
-                elif source_node:
-                    upload[(source_node, window)] += share
-        return {
-            "origin": max(origin.values(), default=0.0) / RATE_WINDOW_S,
-            "node_download": max(download.values(), default=0.0) / RATE_WINDOW_S,
-            "node_upload": max(upload.values(), default=0.0) / RATE_WINDOW_S,
-        }
+            return self._rates()
+
+    def _rates(self) -> dict[str, float]:
+        return {name: peak / RATE_WINDOW_S for name, peak in self._peaks.items()}
+
+    def _account(self, end: float, seconds: float, size: int, source: str, node: str, source_node: str) -> None:
+        for window, share in _spread(end - max(seconds, 1e-3), end, size):
+            self._bump("node_download", self._download_windows, (node, window), share)
+            if source == "origin":
+                self._bump("origin", self._origin_windows, window, share)
+            elif source_node:
+                self._bump("node_upload", self._upload_windows, (source_node, window), share)
+
+    def _bump(self, name: str, windows: dict[Any, float], key: Any, share: float) -> None:
+        windows[key] += share
+        self._peaks[name] = max(self._peaks[name], windows[key])
 
 
 def _spread(start: float, end: float, size: int) -> Iterable[tuple[int, float]]:

@@ -56,7 +56,8 @@ class DistributionWidget:
         self.header.value = (
             f"<b>xfd</b>: {human_size(done)} / {human_size(total)} on {len(snapshot.nodes)} nodes, "
             f"{human_size(rate)}/s, ETA {'-' if eta == float('inf') else f'{eta:.0f} s'}; "
-            f"origin {human_size(snapshot.origin_bytes)} for {human_size(snapshot.unique_bytes)} unique"
+            f"origin {human_size(snapshot.origin_bytes)} for {human_size(snapshot.unique_bytes)} unique; "
+            f"T_min from the rates so far {snapshot.lower_bound_s:.2f} s"
         )
         for node in snapshot.nodes:
             self._row(node, snapshot.elapsed_s)
