@@ -39,7 +39,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and all(n.state == "done" for n in self.nodes if n.state != "lost")
+        survivors = [n for n in self.nodes if n.state != "lost"]
+        return bool(survivors) and not self.failures and all(n.state == "done" for n in survivors)
 
     @property
     def origin_ratio(self) -> float:

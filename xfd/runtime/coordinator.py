@@ -115,6 +115,8 @@ class Coordinator:
             download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
         )
         for node_id, reason in failed.items():
+            # Listed in the report as lost, with the reason; the run goes on with the others.
+            self.progress.add_node(node_id, _node_ip(node_id), [])
             self._lose(scheduler, node_id, reason)
         for node_id, info in infos.items():
             self.endpoints[node_id] = (info["ip"], info["port"])
@@ -294,6 +296,10 @@ class Coordinator:
             failures=tuple(self.failures),
             unpacked=self.unpacked,
         )
+
+
+def _node_ip(node_id: str) -> str:
+    return next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), node_id[:12])
 
 
 def _first_line(error: BaseException) -> str:

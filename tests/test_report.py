@@ -1,0 +1,39 @@
+"""The Report and the lower bound, as plain data."""
+
+from __future__ import annotations
+
+from xfd.report import NodeReport, Report, lower_bound
+
+MiB = 1 << 20
+
+
+def node(state: str, ip: str = "127.0.0.2") -> NodeReport:
+    return NodeReport(node_id=ip, ip=ip, origin_bytes=MiB, peer_bytes=0, cache_bytes=0, served_bytes=0,
+                      seconds=1.0 if state == "done" else None, state=state)
+
+
+def report(*nodes: NodeReport, failures: tuple[str, ...] = ()) -> Report:
+    return Report(nodes=nodes, unique_bytes=MiB, origin_bytes=MiB, origin_refetches=0, wall_seconds=2.0,
+                  t_min_seconds=1.0, rates={}, failures=failures)
+
+
+def test_ok_needs_a_surviving_node_with_everything_and_no_failure():
+    assert report(node("done"), node("lost", "127.0.0.3")).ok
+    assert not report(node("lost")).ok, "a run whose every node was lost did not succeed"
+    assert not report().ok
+    assert not report(node("done"), failures=("object changed",)).ok
+    assert not report(node("failed")).ok
+
+
+def test_ratio_efficiency_and_summary():
+    done = report(node("done"))
+    assert done.origin_ratio == 1.0 and done.efficiency == 0.5
+    assert done.summary().startswith("ok: 1 nodes, 1.0 MiB unique, origin served 1.0 MiB (1.00x)")
+    assert "FAILED" in report(node("lost")).summary()
+
+
+def test_lower_bound_takes_the_tightest_of_the_three_limits():
+    rates = {"origin": 100.0, "node_download": 1000.0, "node_upload": 50.0}
+    assert lower_bound(1000, 4, rates) == max(1000 / 100, 1000 / 1000, 4 * 1000 / (100 + 4 * 50))
+    assert lower_bound(0, 4, rates) == 0.0
+    assert lower_bound(1000, 1, {}) == 0.0
