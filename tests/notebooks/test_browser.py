@@ -15,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from xfd.sandbox.seaweed import free_port
+
 ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "examples" / "notebooks" / "quickstart.ipynb"
 SCREENSHOTS = ROOT / "build" / "screenshots"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

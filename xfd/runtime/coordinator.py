@@ -67,6 +67,7 @@ class Coordinator:
         self.progress = ProgressModel(self.chunk_sizes, plan.unique_bytes)
         self.agents: dict[str, Any] = {}
         self.endpoints: dict[str, tuple[str, int]] = {}
+        self.ips: dict[str, str] = {}
         self.by_address: dict[str, str] = {}
         self.digests: dict[str, str] = {}
         self.active: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
@@ -116,10 +117,12 @@ class Coordinator:
         )
         for node_id, reason in failed.items():
             # Listed in the report as lost, with the reason; the run goes on with the others.
-            self.progress.add_node(node_id, _node_ip(node_id), [])
+            self.ips[node_id] = _node_ip(node_id)
+            self.progress.add_node(node_id, self.ips[node_id], [])
             self._lose(scheduler, node_id, reason)
         for node_id, info in infos.items():
             self.endpoints[node_id] = (info["ip"], info["port"])
+            self.ips[node_id] = info["ip"]
             self.by_address[f"{info['ip']}:{info['port']}"] = node_id
             self.progress.add_node(node_id, info["ip"], needs[node_id])
             scheduler.held(node_id, info["held"])
@@ -183,7 +186,7 @@ class Coordinator:
                 fatal = failure == "fatal"
                 self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
                 if fatal:
-                    self.failures.append(f"{self.progress_ip(node_id)}: {event['error']}")
+                    self.failures.append(f"{self.ips[node_id]}: {event['error']}")
         if scheduler.node_done(node_id):
             self.progress.set_state(node_id, "done")
 
@@ -245,7 +248,7 @@ class Coordinator:
                 self._lose(scheduler, node_id, _first_line(error))
             except RayError as error:
                 self.progress.set_state(node_id, "failed", _first_line(error))
-                self.failures.append(f"{self.progress_ip(node_id)}: {_first_line(error)}")
+                self.failures.append(f"{self.ips[node_id]}: {_first_line(error)}")
 
     def _stop_agents(self) -> dict[str, int]:
         served: dict[str, int] = {}
@@ -265,10 +268,6 @@ class Coordinator:
             return
         self._last_progress = now
         self.on_progress(self.progress.snapshot(with_chunks=True))
-
-    def progress_ip(self, node_id: str) -> str:
-        snapshot = self.progress.snapshot()
-        return next((n.ip for n in snapshot.nodes if n.node_id == node_id), node_id[:12])
 
     def _report(self, scheduler: Scheduler, wall: float, served: Mapping[str, int]) -> Report:
         self._report_progress(force=True)

@@ -801,7 +801,7 @@ fn chunk_digests(path: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<
         .chunks
         .iter()
         .map(|chunk| {
-            let recorded = sidecar.chunks.get(&chunk.id).and_then(|hex| parse_digest(hex));
+            let recorded = sidecar.chunks.get(&chunk.id).and_then(|hex| ChunkDigest::from_hex(hex));
             let digest = match recorded {
                 Some(digest) => digest,
                 None => hash_file_range(path, chunk.offset, Some(chunk.length))?,
@@ -809,10 +809,6 @@ fn chunk_digests(path: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<
             Ok((chunk.id.clone(), digest))
         })
         .collect()
-}
-
-fn parse_digest(hex: &str) -> Option<ChunkDigest> {
-    blake3::Hash::from_hex(hex).ok().map(|h| ChunkDigest(*h.as_bytes()))
 }
 
 type Published = (PathBuf, BTreeMap<String, ChunkDigest>);

@@ -25,6 +25,13 @@ impl ChunkDigest {
         ChunkDigest(*blake3::hash(bytes).as_bytes())
     }
 
+    /// Parses the hex form (64 hex digits); `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        blake3::Hash::from_hex(hex)
+            .ok()
+            .map(|hash| ChunkDigest(*hash.as_bytes()))
+    }
+
     /// Lower-case hex form, the form used in plans, sidecars and on the wire.
     pub fn to_hex(&self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()

@@ -28,9 +28,8 @@ fn socket_address(host: &str, port: u16) -> PyResult<SocketAddr> {
 }
 
 fn digest(hex: &str) -> PyResult<ChunkDigest> {
-    blake3::Hash::from_hex(hex)
-        .map(|hash| ChunkDigest(*hash.as_bytes()))
-        .map_err(|_| PyValueError::new_err(format!("a chunk digest is 64 hex characters, got {hex:?}")))
+    ChunkDigest::from_hex(hex)
+        .ok_or_else(|| PyValueError::new_err(format!("a chunk digest is 64 hex characters, got {hex:?}")))
 }
 
 /// The one runtime of the process: engines and servers share its threads.
