@@ -9,16 +9,22 @@ UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 PYTHON ?= python3
 
-.PHONY: demo test setup bench browser
+# cosmos-xenna (for the Xenna adapter's tests) needs Python >= 3.12: the first working python3.12 on PATH,
+# else the newest pyenv 3.12. Override with `make test PYTHON312=/path/to/python3.12`.
+PYTHON312 ?= $(shell (python3.12 -c 'import sys' >/dev/null 2>&1 && command -v python3.12) || \
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -n 1)
+
+.PHONY: demo test setup bench browser xenna-env
 
 demo: setup
 	.venv/bin/xfd demo
 
-test: setup browser
+test: setup browser xenna-env
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --locked
 	.venv/bin/pytest
+	tests/xenna/.venv/bin/pytest tests/xenna
 
 # The notebook test drives a real headless browser: Debian's Chromium (Playwright from PyPI drives it).
 browser:
@@ -33,6 +39,13 @@ bench: setup
 # installs exactly the versions in uv.lock and builds the Rust extension (again only if Rust changed).
 setup: $(UV)
 	$(UV) sync --frozen
+
+# The Xenna adapter's tests run against the real cosmos-xenna, which pins obstore < 0.9: a separate
+# environment (tests/xenna/.venv) from its own lock, with xfd installed editable from this checkout.
+xenna-env: setup
+	@test -n "$(PYTHON312)" || { echo "make: no Python 3.12 found for the Xenna adapter tests; install one" \
+		"(pyenv install 3.12) or pass PYTHON312=/path/to/python3.12" >&2; exit 1; }
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --project tests/xenna --python $(PYTHON312)
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv uv==$(UV_VERSION)

@@ -180,3 +180,25 @@ def test_a_wrong_token_gets_nothing_from_a_peer(s3, bucket, objects, origin, tmp
         seeder.stop_server(0.5)
     assert stats["bytes_served"] == 0 and stats["refused"]["unauthorized"] == 1
     assert not (tmp_path / "b/a.json").exists()
+
+
+def test_origin_retry_settings_reach_the_engine(s3, bucket, objects, origin, tmp_path):
+    """`origin_attempts` bounds the tries per chunk: three attempts cost three times the requests of one."""
+
+    def requests_until_failure(attempts: int) -> int:
+        manifest = (manifest_through(s3, bucket, origin.endpoint)
+                    .settings(origin_attempts=attempts, origin_backoff=0.01, origin_max_backoff=0.05)
+                    .object("m", "tok/a.json", to=f"/a{attempts}.json").build())
+        plan = manifest.plan()
+        origin.reset()
+        origin.refuse(f"/{bucket}/root/tok/a.json", 500)
+        engine = node_engine(plan, manifest.stores, tmp_path)
+        engine.scan()
+        with pytest.raises(XfdError):
+            engine.fetch_from_origin(plan.objects[0].chunks[0].id)
+        count = origin.traffic().get_requests
+        origin.reset()
+        return count
+
+    once = requests_until_failure(1)
+    assert once >= 1 and requests_until_failure(3) == 3 * once

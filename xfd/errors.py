@@ -7,6 +7,8 @@ meaning (a missing file, a denied permission, a bad value) xfd raises the builti
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class XfdError(Exception):
     """Base class of every error xfd raises on purpose."""
@@ -102,3 +104,13 @@ __all__ = [
     "UnsafeArchiveError",
     "XfdError",
 ]
+
+
+class DistributionError(XfdError, RuntimeError):
+    """A distribution ended without every surviving node holding every file. ``report`` says what
+    each node did and lists the failures (raised where a failed run must stop the caller, as before a
+    Xenna pipeline)."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        super().__init__(f"the distribution failed:\n{report.summary()}")

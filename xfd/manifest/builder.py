@@ -43,6 +43,10 @@ class ManifestBuilder:
         upload_slots: int | None = None,
         origin_parallelism: int | None = None,
         overwrite: bool | None = None,
+        origin_attempts: int | None = None,
+        origin_backoff: float | None = None,
+        origin_max_backoff: float | None = None,
+        origin_timeout: float | None = None,
     ) -> ManifestBuilder:
         """Overrides settings (see :class:`xfd.manifest.model.Settings` for each one's meaning and default)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}

@@ -49,6 +49,21 @@ class Settings:
     """Replace files at destinations that xfd did not write. Off: such a file stops the run with an
     error and is left as it is."""
 
+    origin_attempts: int = 8
+    """Tries per chunk against the origin, the first included. 8 rides out a few seconds of origin
+    trouble (connection resets, 5xx, throttling) without hiding an origin that is really down."""
+
+    origin_backoff: float = 0.1
+    """Seconds to wait after the first failed try; doubled after each further one, with full jitter.
+    After throttling (503 SlowDown, 429) the wait starts ten times longer: the origin asked to slow down."""
+
+    origin_max_backoff: float = 20.0
+    """No single wait between tries is longer than this many seconds."""
+
+    origin_timeout: float = 600.0
+    """Seconds within which all tries of one chunk must be done; bounds how long a dead origin can stall
+    a node. 10 minutes is ample for a 64 MiB chunk on any working link."""
+
 
 @attrs.frozen
 class Store:
@@ -201,6 +216,13 @@ class Manifest:
 
         return distribute(self, **options)
 
+    def to_xenna(self) -> XennaRequests:
+        """Cosmos-Xenna ``download_requests`` and ``DistributedDownloadConfig`` for this manifest (needs the
+        ``cosmos-xenna`` package); see :func:`xfd.xenna.to_xenna`."""
+        from xfd.xenna import to_xenna
+
+        return to_xenna(self)
+
     def _repr_html_(self) -> str:
         from xfd.notebook.reprs import manifest_html
 
@@ -209,3 +231,4 @@ class Manifest:
 
 if TYPE_CHECKING:
     from xfd.manifest.builder import ManifestBuilder
+    from xfd.xenna import XennaRequests

@@ -56,6 +56,15 @@ def settings_problems(settings: Settings) -> Iterator[Problem]:
         value = getattr(settings, field)
         if not 1 <= value <= upper:
             yield f"settings.{field}", f"must be between 1 and {upper} (got {value})"
+    if not 1 <= settings.origin_attempts <= 100:
+        yield "settings.origin_attempts", f"must be between 1 and 100 (got {settings.origin_attempts})"
+    for field in ("origin_backoff", "origin_max_backoff", "origin_timeout"):
+        value = getattr(settings, field)
+        if not 0 < value <= 86_400:
+            yield f"settings.{field}", f"must be a number of seconds above 0 and at most one day (got {value})"
+    if settings.origin_backoff > settings.origin_max_backoff:
+        yield "settings.origin_backoff", (f"must not exceed origin_max_backoff ({settings.origin_backoff} > "
+                                          f"{settings.origin_max_backoff})")
 
 
 def store_problems(name: str, store: Store) -> Iterator[Problem]:

@@ -64,6 +64,21 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The policy a plan's settings ask for; throttling waits start ten times longer than other waits.
+    pub fn from_settings(settings: &crate::plan::Settings) -> Self {
+        let seconds = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
+        let max_backoff = seconds(settings.origin_max_backoff);
+        RetryPolicy {
+            max_attempts: settings.origin_attempts.max(1),
+            base_backoff: seconds(settings.origin_backoff),
+            throttled_backoff: (seconds(settings.origin_backoff) * 10).min(max_backoff),
+            max_backoff,
+            deadline: seconds(settings.origin_timeout),
+        }
+    }
+}
+
 /// What one ranged fetch did.
 #[derive(Clone, Debug)]
 pub struct RangeFetch {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 pub const PLAN_FORMAT: &str = "xfd.plan/1";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub format: String,
@@ -22,7 +22,7 @@ pub struct Plan {
     pub unpacks: Vec<PlanUnpack>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub chunk_size: u64,
@@ -30,6 +30,30 @@ pub struct Settings {
     pub upload_slots: u32,
     pub origin_parallelism: u32,
     pub overwrite: bool,
+    /// The origin retry policy (see [`crate::origin::RetryPolicy`]); absent in plans that predate it.
+    #[serde(default = "defaults::origin_attempts")]
+    pub origin_attempts: u32,
+    #[serde(default = "defaults::origin_backoff")]
+    pub origin_backoff: f64,
+    #[serde(default = "defaults::origin_max_backoff")]
+    pub origin_max_backoff: f64,
+    #[serde(default = "defaults::origin_timeout")]
+    pub origin_timeout: f64,
+}
+
+mod defaults {
+    pub fn origin_attempts() -> u32 {
+        8
+    }
+    pub fn origin_backoff() -> f64 {
+        0.1
+    }
+    pub fn origin_max_backoff() -> f64 {
+        20.0
+    }
+    pub fn origin_timeout() -> f64 {
+        600.0
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

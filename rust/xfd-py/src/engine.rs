@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 use xfd_core::ChunkDigest;
 use xfd_core::engine::{Engine, EngineConfig};
-use xfd_core::origin::StoreConfig;
+use xfd_core::origin::{RetryPolicy, StoreConfig};
 use xfd_core::plan::Plan;
 use xfd_core::unpack::UnpackOptions;
 
@@ -84,7 +84,7 @@ impl PyEngine {
             peer_token,
             corrupt_served_bytes,
             node_labels: node_labels.unwrap_or_default(),
-            ..Default::default()
+            retry: RetryPolicy::from_settings(&plan.settings),
         };
         let engine = {
             let _guard = runtime().enter();
