@@ -94,7 +94,8 @@ def from_xenna(
     try:
         manifest = builder.build()
     except ManifestError as error:
-        raise ManifestError(problems + _xenna_paths(error.problems, known, stores), SOURCE) from None
+        problems = sorted(problems + _xenna_paths(error.problems, known, stores), key=_input_order)
+        raise ManifestError(problems, SOURCE) from None
     if problems:
         raise ManifestError(problems, SOURCE)
     return manifest
@@ -295,6 +296,14 @@ _SETTINGS_FIELDS = {"chunk_size": "chunk_size_bytes", "node_parallelism": "node_
                     "origin_parallelism": "object_store_parallelism",
                     "origin_attempts": "object_store_retry_config.num_retries",
                     "origin_backoff": "object_store_retry_config.base_delay_millis"}
+
+
+def _input_order(problem: tuple[str, str]) -> tuple[int, int]:
+    """Store configs first, then requests by index, then tuning values: the order of the inputs."""
+    path = problem[0]
+    if path.startswith("download_requests["):
+        return 1, int(path[len("download_requests["):path.index("]")])
+    return (0, 0) if path.startswith("object_store_config") else (2, 0)
 
 
 def _xenna_paths(problems: list[tuple[str, str]], requests: list[tuple[int, Any]],
