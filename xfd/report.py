@@ -36,6 +36,9 @@ class Report:
     lost_nodes: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()
     unpacked: int = 0
+    startup_seconds: float = 0.0
+    """Part of ``wall_seconds`` spent before the first transfer could start: starting one agent per node
+    (a Ray actor each) and learning what every node already holds."""
 
     @property
     def ok(self) -> bool:

@@ -73,6 +73,7 @@ class Coordinator:
         self.active: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
         self.failures: list[str] = []
         self.unpacked = 0
+        self.startup_seconds = 0.0
         self._last_progress = 0.0
 
     # --- the run ------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class Coordinator:
         token = secrets.token_hex(32)
         try:
             scheduler = self._start_agents(token)
+            self.startup_seconds = time.monotonic() - started
             self._loop(scheduler, started)
             self._finish_nodes(scheduler)
         finally:
@@ -294,6 +296,7 @@ class Coordinator:
             lost_nodes=tuple(n.ip for n in nodes if n.state == "lost"),
             failures=tuple(self.failures),
             unpacked=self.unpacked,
+            startup_seconds=self.startup_seconds,
         )
 
 

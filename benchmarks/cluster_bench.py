@@ -1,0 +1,312 @@
+"""Cluster benchmark: xfd against naive per-node downloads and Ray's object store, on the simulated cluster.
+
+    .venv/bin/python -m benchmarks.cluster_bench [--nodes 1 2 4 8] [--workloads file-1g prefix ...]
+        [--systems xfd naive ray] [--repeats 3] [--cap-mbps 100 0] [--out build/bench/cluster.jsonl]
+
+Origin: SeaweedFS on loopback behind ``xfd-origin-proxy`` (``rust/xfd-bench``), which caps the origin's
+total egress with one token bucket shared by all clients (``--cap-mbps``, 0: uncapped) and counts the
+object bytes it served. Cluster: ``xfd.runtime.LocalCluster`` with N nodes, one root directory each.
+Systems run in rotating order within each repeat. Per run: wall time, origin bytes / unique bytes,
+efficiency T_min / T, peak RSS of the busiest Ray worker process (xfd: the node agents) and CPU seconds
+of the Ray workers and the driver. Each run is a JSON line in ``--out``; a Markdown table at the end.
+
+T_min on one machine: every node writes its copy to the same disk, so
+T_min = max(F / u_origin, N F / D_box), where u_origin is the cap (uncapped: the origin rate measured
+by one 8-stream reader at start) and D_box the machine's write + fsync rate measured at start
+(``d_node = D_box / N``; loopback upload is not the limit, so the swarm term N F / (u_origin + sum u) is
+below the disk term).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import obstore
+import psutil
+
+from benchmarks.systems import IN_FLIGHT, PIECE, Item, Workload, run_naive, run_ray_broadcast, run_xfd
+
+MiB = 1 << 20
+GiB = 1 << 30
+BUCKET = "bench"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the origin ------------------------------------------------------------------------------------
+
+
+class OriginProxy:
+    """``xfd-origin-proxy`` in front of ``upstream`` (host:port); built by ``cargo build -p xfd-bench``."""
+
+    def __init__(self, upstream: str, bytes_per_sec: int) -> None:
+        binary = ROOT / "target" / "release" / "xfd-origin-proxy"
+        if not binary.exists():
+            raise SystemExit("build the proxy first: cargo build --release -p xfd-bench (make bench does)")
+        self.process = subprocess.Popen([str(binary), upstream, str(bytes_per_sec)], stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        self.endpoint = "http://" + line.strip().removeprefix("listening on ")
+
+    def call(self, path: str, method: str = "GET") -> dict[str, Any]:
+        request = urllib.request.Request(f"{self.endpoint}/__xfd_proxy/{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+            return json.loads(response.read())
+
+    def set_rate(self, bytes_per_sec: int) -> None:
+        self.call(f"rate?bytes_per_sec={bytes_per_sec}", "POST")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+# --- workloads -------------------------------------------------------------------------------------
+
+
+def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
+    from xfd.sandbox.samples import tar_gz
+
+    def put_random(key: str, size: int) -> Item:
+        blocks = (os.urandom(min(PIECE, size - start)) for start in range(0, size, PIECE))
+        obstore.put(store, key, blocks, chunk_size=PIECE)
+        return Item(key, size, f"/bench/{key}")
+
+    workloads: dict[str, Workload] = {}
+    for name in names:
+        if name in ("file-1g", "file-4g"):
+            size = GiB if name == "file-1g" else 4 * GiB
+            item = put_random(f"{name}.bin", size)
+            workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to},))
+        elif name == "prefix":
+            items = tuple(put_random(f"prefix/part-{i:03d}.bin", 2 * MiB) for i in range(500))
+            workloads[name] = Workload(name, items, ({"kind": "prefix", "prefix": "prefix/", "to": "/bench/prefix/"},))
+        elif name == "targz":
+            # ~500 MiB of incompressible members of 64 KiB to 256 KiB: many small files to unpack.
+            members, total, index = {}, 0, 0
+            while total < 500 * MiB:
+                size = (64 + (index * 37) % 193) * 1024
+                members[f"shard-{index // 1000:02d}/member-{index:05d}.bin"] = os.urandom(size)
+                total, index = total + size, index + 1
+            data = tar_gz(members)
+            obstore.put(store, "archive.tar.gz", data)
+            item = Item("archive.tar.gz", len(data), "/bench/archive.tar.gz", unpack_to="/bench/archive")
+            workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to,
+                                                        "unpack": item.unpack_to},))
+        elif name == "mixed":
+            big = put_random("mixed/weights.bin", 256 * MiB)
+            small = tuple(put_random(f"mixed/tok/part-{i:03d}.bin", 2 * MiB) for i in range(100))
+            workloads[name] = Workload(name, (big, *small), (
+                {"kind": "object", "key": big.key, "to": big.to},
+                {"kind": "prefix", "prefix": "mixed/tok/", "to": "/bench/mixed/tok/"},
+            ))
+        else:
+            raise SystemExit(f"unknown workload {name!r}")
+    return workloads
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+
+class WorkerSampler:
+    """Samples Ray worker processes (``ray::...`` titles) every 100 ms: peak RSS of each, CPU seconds."""
+
+    def __init__(self) -> None:
+        self.peak_rss: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.cpu_before: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WorkerSampler:
+        for proc in self._workers():
+            self.cpu_before[proc.pid] = self._cpu(proc)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in self._workers():
+                try:
+                    self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), proc.memory_info().rss)
+                    self.cpu[proc.pid] = self._cpu(proc)
+                except psutil.Error:
+                    pass
+            self._stop.wait(0.1)
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    @staticmethod
+    def _workers() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            title = (proc.info.get("cmdline") or [""])[0]
+            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                found.append(proc)
+        return found
+
+    @property
+    def worker_cpu_s(self) -> float:
+        return sum(cpu - self.cpu_before.get(pid, 0.0) for pid, cpu in self.cpu.items())
+
+
+def measure_disk(directory: Path, size: int = GiB) -> float:
+    """Write + fsync rate of this machine's disk, bytes per second (one 1 GiB file, 8 MiB writes)."""
+    path = directory / "disk-probe.bin"
+    block = os.urandom(8 * MiB)
+    started = time.perf_counter()
+    with open(path, "wb") as out:
+        for _ in range(size // len(block)):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return size / seconds
+
+
+def measure_origin(store: Any, item: Item) -> float:
+    """Rate of one reader with 8 ranged GETs of 64 MiB in flight, bytes per second (into memory)."""
+    from benchmarks.systems import _ranges
+
+    started = time.perf_counter()
+    asyncio.run(_ranges(store, item))
+    return item.size / (time.perf_counter() - started)
+
+
+def clear_destinations(cluster: Any) -> None:
+    for node in cluster.nodes:
+        shutil.rmtree(Path(node.root) / "bench", ignore_errors=True)
+
+
+def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: OriginProxy, n: int, cap: int,
+            u_origin: float, d_box: float) -> dict[str, Any]:
+    proxy.call("reset", "POST")
+    driver_before = resource.getrusage(resource.RUSAGE_SELF)
+    with WorkerSampler() as sampler:
+        started = time.perf_counter()
+        result = run()
+        wall = time.perf_counter() - started
+    driver_after = resource.getrusage(resource.RUSAGE_SELF)
+    stats = proxy.call("stats")
+    f = workload.unique_bytes
+    t_min = max(f / u_origin, n * f / d_box)
+    record = {
+        "system": system, "workload": workload.name, "nodes": n, "cap_mbps": cap / 1e6, "wall_s": wall,
+        "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
+        "t_min_s": t_min, "efficiency": t_min / wall,
+        "peak_worker_rss_mib": max(sampler.peak_rss.values(), default=0) / MiB,
+        "cpu_s": sampler.worker_cpu_s + (driver_after.ru_utime + driver_after.ru_stime)
+        - (driver_before.ru_utime + driver_before.ru_stime),
+    }
+    if system == "xfd":
+        record["startup_s"] = result.startup_seconds
+        record["efficiency_after_startup"] = t_min / max(wall - result.startup_seconds, 1e-9)
+    return record
+
+
+# --- the whole benchmark ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--workloads", nargs="+", default=["file-1g", "file-4g", "prefix", "targz", "mixed"])
+    parser.add_argument("--systems", nargs="+", default=["xfd", "naive", "ray"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cap-mbps", type=float, nargs="+", default=[100.0, 0.0],
+                        help="origin caps to run, MB/s (0: uncapped)")
+    parser.add_argument("--base-dir", default=None, help="where node roots live (default: a temporary directory)")
+    parser.add_argument("--out", default="build/bench/cluster.jsonl")
+    args = parser.parse_args()
+
+    from xfd.runtime import LocalCluster
+    from xfd.sandbox.seaweed import LocalSeaweed
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(args.base_dir or tempfile.mkdtemp(prefix="xfd-cluster-bench-", dir="/var/tmp"))
+    records: list[dict[str, Any]] = []
+    with LocalSeaweed() as seaweed:
+        seaweed.create_bucket(BUCKET)
+        workloads = upload_workloads(seaweed.store(BUCKET), args.workloads)
+        proxy = OriginProxy(seaweed.endpoint.removeprefix("http://"), 0)
+        try:
+            options = seaweed.manifest_options(proxy.endpoint)
+            store = seaweed.store(BUCKET, proxy.endpoint)
+            d_box = measure_disk(base)
+            origin_uncapped = measure_origin(store, max((i for w in workloads.values() for i in w.items),
+                                                        key=lambda i: i.size))
+            print(f"machine: disk write+fsync {d_box / 1e6:.0f} MB/s, origin uncapped {origin_uncapped / 1e6:.0f} MB/s",
+                  flush=True)
+            for n in args.nodes:
+                with LocalCluster(base / f"n{n}", num_nodes=n, object_store_memory=1536 * MiB) as cluster:
+                    import ray
+
+                    node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+                    for cap_mbps in args.cap_mbps:
+                        cap = int(cap_mbps * 1e6)
+                        proxy.set_rate(cap)
+                        u_origin = cap or origin_uncapped
+                        for workload in workloads.values():
+                            systems = {
+                                "xfd": lambda w=workload: run_xfd(w, f"s3://{BUCKET}", options, node_ids),
+                                "naive": lambda w=workload: run_naive(w, store, node_ids),
+                                "ray": lambda w=workload: run_ray_broadcast(w, store, node_ids),
+                            }
+                            order = [s for s in args.systems if s in systems]
+                            for repeat in range(args.repeats):
+                                for system in order[repeat % len(order):] + order[:repeat % len(order)]:
+                                    clear_destinations(cluster)
+                                    record = one_run(system, workload, systems[system], proxy, n, cap, u_origin, d_box)
+                                    record.update(repeat=repeat, disk_mbps=d_box / 1e6,
+                                                  origin_uncapped_mbps=origin_uncapped / 1e6)
+                                    records.append(record)
+                                    with out.open("a") as sink:
+                                        sink.write(json.dumps(record) + "\n")
+                                    print(json.dumps(record), flush=True)
+                    clear_destinations(cluster)
+        finally:
+            proxy.stop()
+            shutil.rmtree(base, ignore_errors=True)
+    print(table(records))
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["workload"], r["cap_mbps"], r["nodes"], r["system"]), []).append(r)
+    lines = ["| workload | origin cap | N | system | median wall | origin / unique | efficiency | "
+             "peak worker RSS | CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (workload, cap, n, system), runs in groups.items():
+        wall = statistics.median(r["wall_s"] for r in runs)
+        median_run = min(runs, key=lambda r: abs(r["wall_s"] - wall))
+        lines.append(
+            f"| {workload} | {f'{cap:.0f} MB/s' if cap else 'none'} | {n} | {system} | {wall:.2f} s "
+            f"({len(runs)} runs) | {median_run['origin_ratio']:.2f}x | {median_run['efficiency']:.2f} | "
+            f"{max(r['peak_worker_rss_mib'] for r in runs):.0f} MiB | {median_run['cpu_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
