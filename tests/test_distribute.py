@@ -225,3 +225,40 @@ def test_the_widget_shows_what_the_report_says(cluster, s3, bucket, artifacts, o
     assert widget.overall.bar_style == "success" and "done" in widget.header.value
     for colour in (STATE_COLOURS["missing"], STATE_COLOURS["inflight"], STATE_COLOURS["failed"]):
         assert colour not in widget.chunk_map.value.split("<div")[0]
+
+
+def idle_agents() -> dict[str, set[str]]:
+    from xfd.runtime.agent_pool import POOL
+
+    from xfd.runtime.cluster_nodes import alive_nodes
+
+    alive = {node["NodeID"] for node in alive_nodes()}
+    return {node: {agent._actor_id.hex() for agent in agents} for node, agents in POOL._idle.items()
+            if agents and node in alive}
+
+
+def test_agents_stay_warm_between_runs_and_dead_ones_are_replaced(cluster, s3, bucket, artifacts, origin):
+    import ray
+
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    plan = manifest.plan()
+    assert manifest.distribute(plan=plan, progress=None).ok
+    warm = idle_agents()
+    assert len(warm) == len(cluster.nodes), "every node's agent is kept for the next run"
+
+    clear_roots(cluster)
+    again = manifest.distribute(plan=plan, progress=None)
+    assert again.ok and all(n.cache_bytes == 0 for n in again.nodes), "a fresh engine per run: no stale state"
+    assert idle_agents() == warm, "the second run reused the same agents"
+
+    from xfd.runtime.agent_pool import POOL
+
+    victim_node = sorted(warm)[0]
+    ray.kill(POOL._idle[victim_node][0], no_restart=True)
+    clear_roots(cluster)
+    third = manifest.distribute(plan=plan, progress=None)
+    assert third.ok, third.summary()
+    assert_every_node_has_everything(cluster.nodes, artifacts)
+    replaced = idle_agents()
+    assert replaced[victim_node] != warm[victim_node] and len(replaced) == len(cluster.nodes)

@@ -22,25 +22,31 @@ EVENT_WAIT_S = 1.0
 
 
 class NodeAgent:
-    """Runs on one node: scans its cache, serves its chunks to peers, fetches what it is told."""
+    """Runs on one node: scans its cache, serves its chunks to peers, fetches what it is told.
 
-    def __init__(self, plan_json: str, stores: Mapping[str, Store], token: str, *, deep_verify: bool = False,
-                 upload_slots: int = 8, egress_bytes_per_sec: int | None = None,
-                 fault: str | None = None) -> None:
-        # ``fault="corrupt-served-chunks"`` makes this node's peer server corrupt every chunk it serves:
-        # fault injection for the system tests, never used otherwise.
+    One agent serves one distribution at a time (:meth:`begin` ... :meth:`stop`) and may serve many in
+    turn: the driver keeps agents warm between distributions (:mod:`xfd.runtime.agent_pool`), because
+    starting a Ray actor costs seconds (a new worker process importing Ray).
+    """
+
+    def __init__(self) -> None:
         self.node = this_node()
-        self.plan = Plan.from_json(plan_json)
-        self.engine = node_engine(self.plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
-                                  corrupt_served_bytes=fault == "corrupt-served-chunks", node_labels=self.node.labels)
-        self.upload_slots = upload_slots
-        self.egress = egress_bytes_per_sec
+        self.engine: Any = None
 
-    def start(self) -> dict[str, Any]:
-        """Scans the node's destinations and starts the peer server on the node's own address."""
+    def begin(self, plan_json: str, stores: Mapping[str, Store], token: str, *, deep_verify: bool = False,
+              upload_slots: int = 8, egress_bytes_per_sec: int | None = None,
+              fault: str | None = None) -> dict[str, Any]:
+        """Builds this run's engine, scans the node's destinations and starts the peer server.
+
+        ``fault="corrupt-served-chunks"`` makes this node's peer server corrupt every chunk it serves:
+        fault injection for the system tests, never used otherwise.
+        """
+        plan = Plan.from_json(plan_json)
+        self.engine = node_engine(plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
+                                  corrupt_served_bytes=fault == "corrupt-served-chunks", node_labels=self.node.labels)
         scan = self.engine.scan()
         self.engine.drain_events()  # cache hits are reported once, here
-        host, port = self.engine.start_server(self.node.ip, 0, self.upload_slots, self.egress)
+        host, port = self.engine.start_server(self.node.ip, 0, upload_slots, egress_bytes_per_sec)
         return {
             "node_id": self.node.node_id,
             "ip": host,
@@ -61,14 +67,18 @@ class NodeAgent:
 
     def events(self, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
         """Waits up to ``timeout`` seconds for events, then returns all of them."""
-        return self.engine.wait_events(timeout)
+        engine = self.engine
+        return engine.wait_events(timeout) if engine is not None else []
 
     def finish(self, overwrite: bool = False) -> list[dict[str, Any]]:
         """Runs the unpacks; call once the node holds every chunk."""
         return self.engine.finish(overwrite=overwrite)
 
     def stop(self) -> dict[str, Any] | None:
-        """Stops the peer server and returns its counters."""
-        stats = self.engine.server_stats()
-        self.engine.stop_server(2.0)
+        """Stops the peer server, returns its counters and ends this run (the agent can begin another)."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return None
+        stats = engine.server_stats()
+        engine.stop_server(2.0)
         return stats

@@ -17,14 +17,14 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from xfd.errors import XfdError
 from xfd.manifest.model import Store
 from xfd.plan import Plan
 from xfd.progress import ProgressModel, Snapshot
 from xfd.report import NodeReport, Report, lower_bound
-from xfd.runtime.agent import EVENT_WAIT_S, NodeAgent
+from xfd.runtime.agent import EVENT_WAIT_S
+from xfd.runtime.agent_pool import POOL, new_agent
 from xfd.runtime.cluster_nodes import alive_nodes
 from xfd.scheduler import ORIGIN, Scheduler, Transfer
 
@@ -74,6 +74,7 @@ class Coordinator:
         self.failures: list[str] = []
         self.unpacked = 0
         self.startup_seconds = 0.0
+        self.lost: set[str] = set()
         self._last_progress = 0.0
 
     # --- the run ------------------------------------------------------------------------------------
@@ -91,24 +92,33 @@ class Coordinator:
         return self._report(scheduler, time.monotonic() - started, served)
 
     def _start_agents(self, token: str) -> Scheduler:
-        remote = ray.remote(NodeAgent)
         plan_json = self.plan.to_json()
         settings = self.plan.settings
+
+        def begin(node_id: str, agent: Any) -> Any:
+            return agent.begin.remote(plan_json, self.stores, token, deep_verify=self.deep_verify,
+                                      upload_slots=settings.upload_slots, fault=self.faults.get(node_id))
+
+        POOL.prune({node["NodeID"] for node in alive_nodes()})
+        starts: dict[str, tuple[Any, bool]] = {}
         for node_id in self.node_ids:
-            self.agents[node_id] = remote.options(
-                num_cpus=0,
-                max_concurrency=4,
-                max_restarts=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-                name=None,
-            ).remote(plan_json, self.stores, token, deep_verify=self.deep_verify, upload_slots=settings.upload_slots,
-                     fault=self.faults.get(node_id))
-        starts = {node_id: agent.start.remote() for node_id, agent in self.agents.items()}
+            self.agents[node_id], warm = POOL.take(node_id)
+            starts[node_id] = (begin(node_id, self.agents[node_id]), warm)
         infos: dict[str, dict[str, Any]] = {}
         failed: dict[str, str] = {}
-        for node_id, ref in starts.items():
+        for node_id, (ref, warm) in starts.items():
             try:
                 infos[node_id] = ray.get(ref)
+            except RayActorError:
+                if not warm:
+                    failed[node_id] = "agent failed to start"
+                    continue
+                # A pooled agent died since its last run (its worker was killed): start a fresh one.
+                self.agents[node_id] = new_agent(node_id)
+                try:
+                    infos[node_id] = ray.get(begin(node_id, self.agents[node_id]))
+                except RayError as error:
+                    failed[node_id] = f"agent failed to start: {_first_line(error)}"
             except RayError as error:
                 failed[node_id] = f"agent failed to start: {_first_line(error)}"
         # Each node needs the chunks of the files whose node selector its labels match.
@@ -216,6 +226,7 @@ class Coordinator:
             self.agents[node_id].assign.remote(origin, peers)
 
     def _lose(self, scheduler: Scheduler, node_id: str, reason: str) -> None:
+        self.lost.add(node_id)
         dropped = scheduler.node_lost(node_id)
         for transfer in dropped:
             transfers = self.active.get((transfer.chunk, transfer.node), [])
@@ -260,8 +271,12 @@ class Coordinator:
                 stats = ray.get(ref, timeout=10)
                 served[node_id] = stats["bytes_served"] if stats else 0
             except RayError:
-                pass
-            ray.kill(self.agents[node_id], no_restart=True)
+                ray.kill(self.agents[node_id], no_restart=True)
+                continue
+            if node_id in self.lost:
+                ray.kill(self.agents[node_id], no_restart=True)
+            else:
+                POOL.give_back(node_id, self.agents[node_id])
         return served
 
     def _report_progress(self, force: bool = False) -> None:
