@@ -275,6 +275,8 @@ def _settings(chunk_size_bytes: int | None, node_parallelism: int | None, object
               retry: Any, overwrite: bool) -> dict[str, Any]:
     settings: dict[str, Any] = {"chunk_size": chunk_size_bytes, "node_parallelism": node_parallelism,
                                 "origin_parallelism": object_store_parallelism, "overwrite": overwrite or None}
+    if object_store_parallelism is not None and object_store_parallelism < Settings().origin_chunk_streams:
+        settings["origin_chunk_streams"] = max(1, object_store_parallelism)  # never more GETs than allowed
     if retry is not None:
         # Xenna's num_retries counts retries after the first try; its delay doubles from base_delay_millis.
         settings["origin_attempts"] = retry.num_retries + 1
@@ -390,7 +392,7 @@ def _refuse_unmappable(manifest: Manifest) -> None:
             problems.append((f"{path}.nodes", "Xenna puts every request on every node; node selectors have no "
                                               "equivalent"))
     defaults = Settings()
-    for field in ("upload_slots", "overwrite", "origin_attempts", "origin_backoff", "origin_max_backoff",
+    for field in ("upload_slots", "overwrite", "origin_chunk_streams", "origin_attempts", "origin_backoff", "origin_max_backoff",
                   "origin_timeout"):
         if getattr(manifest.settings, field) != getattr(defaults, field):
             problems.append((f"settings.{field}", "has no Xenna DistributedDownloadConfig equivalent; leave it at "

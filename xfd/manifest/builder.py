@@ -42,6 +42,7 @@ class ManifestBuilder:
         node_parallelism: int | None = None,
         upload_slots: int | None = None,
         origin_parallelism: int | None = None,
+        origin_chunk_streams: int | None = None,
         overwrite: bool | None = None,
         origin_attempts: int | None = None,
         origin_backoff: float | None = None,

@@ -45,6 +45,12 @@ class Settings:
     """Concurrent ranged GETs to the origin across the whole cluster. Enough to saturate an S3 prefix,
     few enough to stay clear of its request-rate throttling (503 SlowDown)."""
 
+    origin_chunk_streams: int = 8
+    """Ranged GETs that fetch one chunk from the origin in parallel (each at least 8 MiB), so the
+    cluster has ``origin_parallelism / origin_chunk_streams`` chunks in flight from the origin (4 by
+    default). Few chunks, each arriving fast, let peers start sharing while the origin is still busy;
+    many chunks sharing the origin would all arrive together at the end."""
+
     overwrite: bool = False
     """Replace files at destinations that xfd did not write. Off: such a file stops the run with an
     error and is left as it is."""

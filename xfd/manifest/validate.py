@@ -56,6 +56,9 @@ def settings_problems(settings: Settings) -> Iterator[Problem]:
         value = getattr(settings, field)
         if not 1 <= value <= upper:
             yield f"settings.{field}", f"must be between 1 and {upper} (got {value})"
+    if not 1 <= settings.origin_chunk_streams <= min(64, settings.origin_parallelism):
+        yield "settings.origin_chunk_streams", (f"must be between 1 and min(64, origin_parallelism) (got "
+                                                f"{settings.origin_chunk_streams})")
     if not 1 <= settings.origin_attempts <= 100:
         yield "settings.origin_attempts", f"must be between 1 and 100 (got {settings.origin_attempts})"
     for field in ("origin_backoff", "origin_max_backoff", "origin_timeout"):

@@ -124,7 +124,9 @@ class Coordinator:
         # Each node needs the chunks of the files whose node selector its labels match.
         needs = {node_id: self.plan.chunks_for(info["labels"]) for node_id, info in infos.items()}
         scheduler = Scheduler(
-            self.chunk_sizes, list(self.agents), origin_parallelism=settings.origin_parallelism,
+            self.chunk_sizes, list(self.agents),
+            # The scheduler counts chunks; each origin chunk takes up to origin_chunk_streams GETs.
+            origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
             download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
         )
         for node_id, reason in failed.items():

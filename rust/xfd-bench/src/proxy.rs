@@ -60,7 +60,11 @@ impl TokenBucket {
         let credit = (state.0 + rate * now.duration_since(state.1).as_secs_f64()).min(rate * 0.05);
         let left = credit - bytes as f64;
         *state = (left, now);
-        if left >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-left / rate) }
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / rate)
+        }
     }
 }
 
@@ -166,7 +170,10 @@ impl Proxy {
             object_get_bytes: c.object_get_bytes.load(Ordering::Relaxed),
             bytes_per_sec: self.bucket.rate.load(Ordering::Relaxed),
         };
-        text(StatusCode::OK, serde_json::to_string(&json).expect("counters serialize"))
+        text(
+            StatusCode::OK,
+            serde_json::to_string(&json).expect("counters serialize"),
+        )
     }
 }
 
@@ -208,7 +215,9 @@ impl Throttled {
         let counters = &self.proxy.counters;
         counters.body_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
         if self.object_get {
-            counters.object_get_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            counters
+                .object_get_bytes
+                .fetch_add(piece.len() as u64, Ordering::Relaxed);
         }
         Frame::data(piece)
     }

@@ -84,7 +84,14 @@ impl SimResult {
 
 /// T_min = max(F / u_origin, F / d_slowest, N F / (u_origin + sum u_node)), over the nodes that survive.
 pub fn lower_bound(bytes: f64, origin_bps: f64, up: &[f64], down: &[f64], alive: &[bool]) -> f64 {
-    let live = |rates: &[f64]| rates.iter().zip(alive).filter(|(_, a)| **a).map(|(r, _)| *r).collect::<Vec<_>>();
+    let live = |rates: &[f64]| {
+        rates
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| **a)
+            .map(|(r, _)| *r)
+            .collect::<Vec<_>>()
+    };
     let (up, down) = (live(up), live(down));
     let slowest = down.iter().copied().fold(f64::INFINITY, f64::min);
     let swarm = up.len() as f64 * bytes / (origin_bps + up.iter().sum::<f64>());
@@ -164,19 +171,30 @@ pub fn run(config: &SimConfig) -> SimResult {
         up,
         down,
     };
-    let estimate = lower_bound(config.bytes as f64, config.origin_bps, &world.up, &world.down, &vec![true; config.nodes]);
+    let estimate = lower_bound(
+        config.bytes as f64,
+        config.origin_bps,
+        &world.up,
+        &world.down,
+        &vec![true; config.nodes],
+    );
     world.schedule_failures(estimate, &mut rng);
     let mut scheduler = Scheduler::new(chunks, config.nodes, None, config.scheduler.clone());
     let mut stats = Stats::default();
     decide(&mut scheduler, &mut world, &mut stats);
-    world.events.push(Event { at: TICK_S, kind: EventKind::Tick });
+    world.events.push(Event {
+        at: TICK_S,
+        kind: EventKind::Tick,
+    });
     while !scheduler.done() {
         let Some(event) = world.events.pop() else { break };
         world.now = event.at;
         match event.kind {
             EventKind::Start(id, version) => world.start(id, version),
             EventKind::Finish(id, version) => {
-                let Some(transfer) = world.finish(id, version) else { continue };
+                let Some(transfer) = world.finish(id, version) else {
+                    continue;
+                };
                 stats.deliveries += 1;
                 let started = Instant::now();
                 let losers = scheduler.finished(transfer);
@@ -200,7 +218,10 @@ pub fn run(config: &SimConfig) -> SimResult {
                         break; // stalled: nothing runs, nothing will
                     }
                 }
-                world.events.push(Event { at: world.now + TICK_S, kind: EventKind::Tick });
+                world.events.push(Event {
+                    at: world.now + TICK_S,
+                    kind: EventKind::Tick,
+                });
             }
         }
         decide(&mut scheduler, &mut world, &mut stats);
@@ -253,7 +274,10 @@ impl World {
             let last = victims.len() - 1;
             victims.swap(i, j.min(last));
             let at = uniform(rng) * horizon;
-            self.events.push(Event { at, kind: EventKind::NodeDies(victims[i]) });
+            self.events.push(Event {
+                at,
+                kind: EventKind::NodeDies(victims[i]),
+            });
         }
     }
 
@@ -275,7 +299,10 @@ impl World {
         };
         self.flows.insert(id, flow);
         self.ids.insert(transfer, id);
-        self.events.push(Event { at: self.now + self.config.latency_s, kind: EventKind::Start(id, 0) });
+        self.events.push(Event {
+            at: self.now + self.config.latency_s,
+            kind: EventKind::Start(id, 0),
+        });
     }
 
     fn start(&mut self, id: u64, version: u64) {
@@ -343,7 +370,10 @@ impl World {
             flow.rate = rate;
             flow.version += 1;
             let at = self.now + flow.left.max(0.0) / rate;
-            self.events.push(Event { at, kind: EventKind::Finish(id, flow.version) });
+            self.events.push(Event {
+                at,
+                kind: EventKind::Finish(id, flow.version),
+            });
         }
     }
 
@@ -385,14 +415,20 @@ mod tests {
         let result = run(&SimConfig::datacenter(16, GB));
         assert!(result.done);
         assert!((result.amplification() - 1.0).abs() < 1e-9, "{result:?}");
-        assert!(result.seconds >= result.t_min * 0.999, "faster than physics: {result:?}");
+        assert!(
+            result.seconds >= result.t_min * 0.999,
+            "faster than physics: {result:?}"
+        );
         assert!(result.efficiency() > 0.5, "{result:?}");
         assert_eq!(result.deliveries, 16 * GB.div_ceil(64 << 20));
     }
 
     #[test]
     fn the_origin_bound_holds_when_the_origin_is_the_bottleneck() {
-        let config = SimConfig { origin_bps: 1e8, ..SimConfig::datacenter(8, GB) };
+        let config = SimConfig {
+            origin_bps: 1e8,
+            ..SimConfig::datacenter(8, GB)
+        };
         let result = run(&config);
         assert!(result.done && result.seconds >= 10.0, "{result:?}");
         assert!((result.t_min - 10.0).abs() < 1e-6);
@@ -400,7 +436,10 @@ mod tests {
 
     #[test]
     fn dying_nodes_are_survived_and_cost_little_extra_origin() {
-        let config = SimConfig { failure_rate: 0.1, ..SimConfig::datacenter(40, 2 * GB) };
+        let config = SimConfig {
+            failure_rate: 0.1,
+            ..SimConfig::datacenter(40, 2 * GB)
+        };
         let result = run(&config);
         assert!(result.done, "{result:?}");
         assert_eq!(result.lost_nodes, 4);

@@ -274,7 +274,7 @@ impl Engine {
         let Some((file, identity, store_name)) = self.prepare(&work, &chunk)? else {
             return Ok(self.already_held(&work, &chunk));
         };
-        let Some((_writing, fence)) = self.claim(chunk_id, file) else {
+        let Some((_writing, fence)) = self.claim(chunk_id, file.clone()) else {
             return Err(Error::ChunkBusy {
                 chunk: chunk_id.to_owned(),
             });
@@ -282,22 +282,47 @@ impl Engine {
         let store = self.store(&store_name)?;
         self.started(&chunk, Source::Origin, None);
         let started = Instant::now();
-        let fetched = origin::fetch_range(
-            store.as_ref(),
-            &identity,
-            chunk.offset,
-            chunk.length,
-            fence,
-            chunk.offset,
-            &self.config.retry,
-        )
-        .await;
-        let range = match fetched {
+        let fetched = self.fetch_chunk(store.as_ref(), &identity, &chunk, fence, file).await;
+        let digest = match fetched {
             Err(_) if self.holds(&work, &chunk) => return Ok(self.already_held(&work, &chunk)),
             other => other?,
         };
-        self.complete(work, chunk, range.digest, Source::Origin, None, started.elapsed())
+        self.complete(work, chunk, digest, Source::Origin, None, started.elapsed())
             .await
+    }
+
+    /// The chunk's bytes from the origin into the part file, and their digest: one ranged GET, or
+    /// `origin_chunk_streams` in parallel then a hash of what they wrote.
+    async fn fetch_chunk(
+        &self,
+        store: &dyn ObjectStore,
+        identity: &ObjectIdentity,
+        chunk: &PlanChunk,
+        fence: Arc<FencedFile>,
+        file: Arc<std::fs::File>,
+    ) -> Result<ChunkDigest> {
+        let retry = &self.config.retry;
+        if origin::subranges(chunk.length, self.plan.settings.origin_chunk_streams).len() <= 1 {
+            let range = origin::fetch_range(store, identity, chunk.offset, chunk.length, fence, chunk.offset, retry);
+            return Ok(range.await?.digest);
+        }
+        let fence_dest: Arc<dyn crate::sink::PositionalWrite> = fence;
+        let (offset, length) = (chunk.offset, chunk.length);
+        origin::fetch_range_parallel(
+            store,
+            identity,
+            offset,
+            length,
+            fence_dest,
+            offset,
+            retry,
+            self.plan.settings.origin_chunk_streams,
+        )
+        .await?;
+        let path = PathBuf::from(&identity.key);
+        tokio::task::spawn_blocking(move || crate::hash::hash_open_range(&file, &path, offset, length))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
     }
 
     /// Fetches one chunk from a peer that holds it, verifying it against `expected` (the digest the

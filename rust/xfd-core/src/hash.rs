@@ -58,6 +58,12 @@ pub fn hash_file_range(path: &Path, offset: u64, length: Option<u64>) -> Result<
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let size = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let length = resolve_length(path, offset, length, size)?;
+    hash_open_range(&file, path, offset, length)
+}
+
+/// Hashes `length` bytes of the open `file` from `offset` with positional reads (`path` names it in
+/// errors). Blocking, like [`hash_file_range`].
+pub fn hash_open_range(file: &File, path: &Path, offset: u64, length: u64) -> Result<ChunkDigest> {
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; READ_BLOCK.min(length as usize).max(1)];
     let mut done = 0u64;

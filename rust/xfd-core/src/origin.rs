@@ -98,8 +98,19 @@ pub async fn fetch_range(
     dest_offset: u64,
     policy: &RetryPolicy,
 ) -> Result<RangeFetch> {
+    let sink = RangeSink::new(dest, dest_offset, length, WRITE_BLOCK);
+    fetch_into(store, object, offset, length, sink, policy).await
+}
+
+async fn fetch_into(
+    store: &dyn ObjectStore,
+    object: &ObjectIdentity,
+    offset: u64,
+    length: u64,
+    mut sink: RangeSink,
+    policy: &RetryPolicy,
+) -> Result<RangeFetch> {
     let started = Instant::now();
-    let mut sink = RangeSink::new(dest, dest_offset, length);
     let mut attempts = 0;
     while sink.done < length {
         attempts += 1;
@@ -130,6 +141,54 @@ pub async fn fetch_range(
         attempts,
         duration: started.elapsed(),
     })
+}
+
+/// Sub-ranges are never smaller than this: below it, a request's fixed cost (first-byte latency of an
+/// S3-class store, tens of ms) outweighs its transfer time.
+pub const MIN_SUBRANGE: u64 = 8 << 20;
+
+/// Write block of each sub-range's sink: 1 MiB keeps a node's buffers small with many streams open.
+const SUBRANGE_WRITE_BLOCK: usize = 1 << 20;
+
+/// Fetches `[offset, offset + length)` as up to `streams` sub-ranges in parallel, each written at its
+/// place in `dest` (each with [`fetch_range`]'s retries and resume). Returns the attempts made in all.
+///
+/// One chunk then arrives in the time of one stream's share instead of all chunks in flight arriving
+/// together at the end: peers can start sharing it early, while the origin stays just as busy. The
+/// caller hashes the written range (the sub-ranges' own digests cover only their parts).
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_range_parallel(
+    store: &dyn ObjectStore,
+    object: &ObjectIdentity,
+    offset: u64,
+    length: u64,
+    dest: Arc<dyn PositionalWrite>,
+    dest_offset: u64,
+    policy: &RetryPolicy,
+    streams: u32,
+) -> Result<u32> {
+    let parts = subranges(length, streams);
+    let fetches = parts.iter().map(|&(start, len)| {
+        // Smaller blocks than a lone fetch: up to `streams` sinks of one chunk buffer at once.
+        let sink = RangeSink::new(dest.clone(), dest_offset + start, len, SUBRANGE_WRITE_BLOCK);
+        fetch_into(store, object, offset + start, len, sink, policy)
+    });
+    let done = futures::future::try_join_all(fetches).await?;
+    Ok(done.iter().map(|f| f.attempts).sum())
+}
+
+/// `length` cut into at most `streams` contiguous parts of at least [`MIN_SUBRANGE`] (one part if it
+/// is too short to cut), as `(start, length)`.
+pub fn subranges(length: u64, streams: u32) -> Vec<(u64, u64)> {
+    let count = (length / MIN_SUBRANGE).clamp(1, u64::from(streams.max(1)));
+    let base = length / count;
+    (0..count)
+        .map(|i| {
+            let start = i * base;
+            let end = if i + 1 == count { length } else { start + base };
+            (start, end - start)
+        })
+        .collect()
 }
 
 enum Failure {
@@ -205,18 +264,20 @@ struct RangeSink {
     done: u64,
     written: u64,
     buffer: BytesMut,
+    block: usize,
     hasher: blake3::Hasher,
 }
 
 impl RangeSink {
-    fn new(dest: Arc<dyn PositionalWrite>, dest_offset: u64, length: u64) -> Self {
+    fn new(dest: Arc<dyn PositionalWrite>, dest_offset: u64, length: u64, block: usize) -> Self {
         RangeSink {
             dest,
             dest_offset,
             length,
             done: 0,
             written: 0,
-            buffer: BytesMut::new(),
+            buffer: BytesMut::with_capacity(block),
+            block,
             hasher: blake3::Hasher::new(),
         }
     }
@@ -231,7 +292,7 @@ impl RangeSink {
         self.hasher.update(&piece);
         self.done += piece.len() as u64;
         self.buffer.extend_from_slice(&piece);
-        if self.buffer.len() >= WRITE_BLOCK {
+        if self.buffer.len() >= self.block {
             self.flush().await?;
         }
         Ok(())

@@ -39,6 +39,9 @@ pub struct Settings {
     pub origin_max_backoff: f64,
     #[serde(default = "defaults::origin_timeout")]
     pub origin_timeout: f64,
+    /// Ranged GETs one chunk is fetched with from the origin, in parallel.
+    #[serde(default = "defaults::origin_chunk_streams")]
+    pub origin_chunk_streams: u32,
 }
 
 mod defaults {
@@ -53,6 +56,9 @@ mod defaults {
     }
     pub fn origin_timeout() -> f64 {
         600.0
+    }
+    pub fn origin_chunk_streams() -> u32 {
+        8
     }
 }
 

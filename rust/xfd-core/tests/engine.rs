@@ -416,3 +416,45 @@ async fn endgame_a_fast_duplicate_wins_over_a_slow_peer() {
 async fn endgame_a_slow_corrupt_peer_cannot_spoil_the_winning_copy() {
     race(true).await;
 }
+
+#[tokio::test]
+async fn a_large_chunk_arrives_through_parallel_subranges_with_its_whole_digest() {
+    let (origin, node) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = node.path();
+    let data = bytes(24 << 20, 9);
+    let mut plan = plan_for(origin.path(), &[("big.bin", data.clone(), &["/big.bin"])], None).await;
+    // One chunk of 24 MiB: fetched as three 8 MiB ranged GETs in parallel.
+    let object = &mut plan.objects[0];
+    object.chunks.truncate(1);
+    object.chunks[0].length = object.size;
+    assert_eq!(
+        xfd_core::origin::subranges(object.size, plan.settings.origin_chunk_streams).len(),
+        3
+    );
+    let engine = engine(&plan, root);
+    engine.scan().await.unwrap();
+    let done = engine.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
+    assert_eq!(done.bytes, 24 << 20);
+    assert_eq!(done.digest, blake3::hash(&data).to_hex().to_string());
+    assert_eq!(fs::read(root.join("big.bin")).unwrap(), data);
+}
+
+#[test]
+fn subranges_cover_the_range_exactly_and_are_never_tiny() {
+    use xfd_core::origin::{MIN_SUBRANGE, subranges};
+    for (length, streams) in [
+        (0, 8),
+        (1, 8),
+        (MIN_SUBRANGE * 2 - 1, 8),
+        (64 << 20, 8),
+        ((64 << 20) + 3, 8),
+        (100 << 20, 1),
+    ] {
+        let parts = subranges(length, streams);
+        assert!(!parts.is_empty() && parts.len() <= streams as usize);
+        assert_eq!(parts[0].0, 0);
+        assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), length);
+        assert!(parts.len() == 1 || parts.iter().all(|p| p.1 >= MIN_SUBRANGE));
+    }
+}

@@ -19,10 +19,13 @@ fn main() -> std::io::Result<()> {
         eprintln!("BYTES_PER_SEC must be a whole number (0: uncapped)");
         std::process::exit(2);
     });
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        println!("listening on {}", listener.local_addr()?);
-        std::io::stdout().flush()?;
-        Proxy::new(upstream, rate).serve(listener).await
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            println!("listening on {}", listener.local_addr()?);
+            std::io::stdout().flush()?;
+            Proxy::new(upstream, rate).serve(listener).await
+        })
 }

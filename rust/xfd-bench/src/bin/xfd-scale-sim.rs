@@ -30,8 +30,14 @@ fn parse() -> Result<Args, String> {
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
-        let [flag, value] = pair else { return Err(format!("{} needs a value", pair[0])) };
-        let number = || value.parse::<f64>().map_err(|_| format!("{flag}: not a number: {value}"));
+        let [flag, value] = pair else {
+            return Err(format!("{} needs a value", pair[0]));
+        };
+        let number = || {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
         match flag.as_str() {
             "--nodes" => args.nodes = list(value)?.into_iter().map(|n| n as usize).collect(),
             "--gb" => args.gb = list(value)?,
@@ -47,7 +53,10 @@ fn parse() -> Result<Args, String> {
 }
 
 fn list(value: &str) -> Result<Vec<f64>, String> {
-    value.split(',').map(|v| v.trim().parse().map_err(|_| format!("not a number: {v}"))).collect()
+    value
+        .split(',')
+        .map(|v| v.trim().parse().map_err(|_| format!("not a number: {v}")))
+        .collect()
 }
 
 fn main() {
@@ -63,7 +72,9 @@ fn main() {
         args.latency_ms,
         args.failure_rate
     );
-    println!("| nodes | size | simulated time | T_min | efficiency | origin / unique | lost | deliveries | scheduler CPU | per decision |");
+    println!(
+        "| nodes | size | simulated time | T_min | efficiency | origin / unique | lost | deliveries | scheduler CPU | per decision |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &gb in &args.gb {
         for &nodes in &args.nodes {
