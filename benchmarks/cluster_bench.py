@@ -90,6 +90,10 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
             size = GiB if name == "file-1g" else 4 * GiB
             item = put_random(f"{name}.bin", size)
             workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to},))
+        elif name == "tiny":
+            obstore.put(store, "tiny.bin", b"x")
+            item = Item("tiny.bin", 1, "/bench/tiny.bin")
+            workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to},))
         elif name == "prefix":
             items = tuple(put_random(f"prefix/part-{i:03d}.bin", 2 * MiB) for i in range(500))
             workloads[name] = Workload(name, items, ({"kind": "prefix", "prefix": "prefix/", "to": "/bench/prefix/"},))
@@ -131,7 +135,8 @@ class WorkerSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> WorkerSampler:
-        for proc in self._workers():
+        # Idle workers too: one that turns busy during the run counts from here, not from its start.
+        for proc in self._workers(idle=True):
             self.cpu_before[proc.pid] = self._cpu(proc)
         self._thread.start()
         return self
@@ -156,11 +161,11 @@ class WorkerSampler:
         return times.user + times.system
 
     @staticmethod
-    def _workers() -> list[psutil.Process]:
+    def _workers(idle: bool = False) -> list[psutil.Process]:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             title = (proc.info.get("cmdline") or [""])[0]
-            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+            if title.startswith("ray::") and (idle or not title.startswith("ray::IDLE")):
                 found.append(proc)
         return found
 
@@ -182,6 +187,29 @@ def measure_disk(directory: Path, size: int = GiB) -> float:
     seconds = time.perf_counter() - started
     path.unlink()
     return size / seconds
+
+
+def measure_disk_sustained(directory: Path, streams: int, total: int) -> float:
+    """Write + fsync rate with ``streams`` files written at once, ``total`` bytes in all: what N nodes
+    sharing this machine's disk get together (a short probe only sees the host's write cache)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    block = os.urandom(8 * MiB)
+    per_stream = max(total // streams // len(block), 1)
+
+    def write(index: int) -> None:
+        path = directory / f"disk-probe-{index}.bin"
+        with open(path, "wb") as out:
+            for _ in range(per_stream):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        path.unlink()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(write, range(streams)))
+    return streams * per_stream * len(block) / (time.perf_counter() - started)
 
 
 def measure_origin(store: Any, item: Item) -> float:
@@ -237,7 +265,11 @@ def main() -> None:
                         help="origin caps to run, MB/s (0: uncapped)")
     parser.add_argument("--base-dir", default=None, help="where node roots live (default: a temporary directory)")
     parser.add_argument("--out", default="build/bench/cluster.jsonl")
+    parser.add_argument("--table", metavar="JSONL", help="only print the table of an earlier results file")
     args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return
 
     from xfd.runtime import LocalCluster
     from xfd.sandbox.seaweed import LocalSeaweed
@@ -253,9 +285,10 @@ def main() -> None:
         try:
             options = seaweed.manifest_options(proxy.endpoint)
             store = seaweed.store(BUCKET, proxy.endpoint)
-            d_box = measure_disk(base)
-            origin_uncapped = measure_origin(store, max((i for w in workloads.values() for i in w.items),
-                                                        key=lambda i: i.size))
+            time.sleep(10)  # let the server finish digesting the uploads before probing it
+            biggest = max((i for w in workloads.values() for i in w.items), key=lambda i: i.size)
+            origin_uncapped = max(measure_origin(store, biggest) for _ in range(2))
+            d_box = max(measure_disk(base) for _ in range(2))
             print(f"machine: disk write+fsync {d_box / 1e6:.0f} MB/s, origin uncapped {origin_uncapped / 1e6:.0f} MB/s",
                   flush=True)
             for n in args.nodes:
@@ -263,6 +296,9 @@ def main() -> None:
                     import ray
 
                     node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+                    biggest_total = max(w.unique_bytes for w in workloads.values()) * n
+                    d_box = measure_disk_sustained(base, n, min(biggest_total, 8 * GiB))
+                    print(f"N={n}: disk write+fsync, {n} writers: {d_box / 1e6:.0f} MB/s", flush=True)
                     for cap_mbps in args.cap_mbps:
                         cap = int(cap_mbps * 1e6)
                         proxy.set_rate(cap)
@@ -291,20 +327,59 @@ def main() -> None:
     print(table(records))
 
 
+def _startup(runs: list[dict[str, Any]]) -> str:
+    starts = [r["startup_s"] for r in runs if "startup_s" in r]
+    return f"{statistics.median(starts):.2f} s (first {starts[0]:.2f} s)" if starts else "-"
+
+
+def rebound(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """T_min and efficiency again, from the best rates seen anywhere in the benchmark.
+
+    A probe can run while the machine is busy and read low, which would make T_min too small to be a
+    bound. Every run also demonstrates rates: the origin served ``origin_bytes`` in ``wall_s`` (uncapped
+    runs) and the disk took ``N F`` in ``wall_s`` (every run). The best of probes and runs is what this
+    machine can do, so T_min from it is a bound no run beats.
+    """
+    u_origin = max([r["origin_uncapped_mbps"] * 1e6 for r in records]
+                   + [r["origin_bytes"] / r["wall_s"] for r in records if not r["cap_mbps"]])
+    # The disk is shared by the N nodes: its rate is taken per N (sustained probe, or any run at that N).
+    d_box: dict[int, float] = {}
+    for r in records:
+        seen = max(r["disk_mbps"] * 1e6, r["nodes"] * r["unique_bytes"] / r["wall_s"])
+        d_box[r["nodes"]] = max(d_box.get(r["nodes"], 0.0), seen)
+    out = []
+    for r in records:
+        u = r["cap_mbps"] * 1e6 or u_origin
+        t_min = max(r["unique_bytes"] / u, r["nodes"] * r["unique_bytes"] / d_box[r["nodes"]])
+        extra = {"t_min_s": t_min, "efficiency": t_min / r["wall_s"], "u_origin_mbps": u / 1e6,
+                 "d_box_mbps": d_box[r["nodes"]] / 1e6}
+        if "startup_s" in r:
+            extra["efficiency_after_startup"] = t_min / max(r["wall_s"] - r["startup_s"], 1e-9)
+        out.append({**r, **extra})
+    return out
+
+
 def table(records: list[dict[str, Any]]) -> str:
+    records = rebound(records)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["workload"], r["cap_mbps"], r["nodes"], r["system"]), []).append(r)
     lines = ["| workload | origin cap | N | system | median wall | origin / unique | efficiency | "
-             "peak worker RSS | CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "xfd startup | peak worker RSS | CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (workload, cap, n, system), runs in groups.items():
         wall = statistics.median(r["wall_s"] for r in runs)
         median_run = min(runs, key=lambda r: abs(r["wall_s"] - wall))
         lines.append(
             f"| {workload} | {f'{cap:.0f} MB/s' if cap else 'none'} | {n} | {system} | {wall:.2f} s "
             f"({len(runs)} runs) | {median_run['origin_ratio']:.2f}x | {median_run['efficiency']:.2f} | "
-            f"{max(r['peak_worker_rss_mib'] for r in runs):.0f} MiB | {median_run['cpu_s']:.1f} |"
+            f"{_startup(runs)} | {max(r['peak_worker_rss_mib'] for r in runs):.0f} MiB | {median_run['cpu_s']:.1f} |"
         )
+    u = {r["u_origin_mbps"] for r in records if not r["cap_mbps"]}
+    if records:
+        origin = f"uncapped origin {max(u):.0f} MB/s, " if u else ""
+        disks = ", ".join(f"N={n}: {d:.0f}" for n, d in sorted({(r["nodes"], r["d_box_mbps"]) for r in records}))
+        lines.append(f"\nT_min from: {origin}machine disk MB/s shared by N writers ({disks}; best of probes and "
+                     "runs)")
     return "\n".join(lines)
 
 

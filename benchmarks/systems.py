@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,16 @@ def _naive_node(workload: Workload, store: Any) -> None:
 
         async def one(item: Item) -> None:
             async with gate:
-                blocks = await _ranges(store, item)
-            await asyncio.to_thread(_write, root, item, blocks)
+                path, temp = _temp_for(root, item)
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    # 8 ranges in flight, each group written before the next is fetched: 512 MiB at most.
+                    async for offset, blocks in _range_groups(store, item):
+                        await asyncio.to_thread(_write_at, fd, offset, blocks)
+                    await asyncio.to_thread(os.fsync, fd)
+                finally:
+                    os.close(fd)
+            await asyncio.to_thread(_publish, root, item, path, temp)
 
         await asyncio.gather(*(one(item) for item in workload.items))
 
@@ -123,29 +132,25 @@ def _receive_node(workload: Workload, pieces: dict[str, list[Any]]) -> None:
         _publish(root, item, path, temp)
 
 
-async def _ranges(store: Any, item: Item) -> list[Any]:
-    """The object as 64 MiB buffers, up to 8 ranged GETs in flight."""
-    starts = list(range(0, item.size, PIECE))
-    blocks: list[Any] = []
+async def _range_groups(store: Any, item: Item) -> AsyncIterator[tuple[int, list[Any]]]:
+    """The object as groups of up to 8 buffers of 64 MiB, fetched with one ranged GET each, in parallel."""
+    starts = list(range(0, item.size, PIECE)) or [0]
     for first in range(0, len(starts), IN_FLIGHT):
         group = starts[first:first + IN_FLIGHT]
         ends = [min(start + PIECE, item.size) for start in group]
-        blocks += await obstore.get_ranges_async(store, item.key, starts=group, ends=ends)
-    return blocks
+        yield group[0], await obstore.get_ranges_async(store, item.key, starts=group, ends=ends)
 
 
-def _write(root: Path, item: Item, blocks: list[Any]) -> None:
-    path, temp = _temp_for(root, item)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        offset = 0
-        for block in blocks:
-            os.pwrite(fd, memoryview(block), offset)
-            offset += len(memoryview(block))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _publish(root, item, path, temp)
+async def _ranges(store: Any, item: Item) -> list[Any]:
+    """The whole object as 64 MiB buffers (8 ranged GETs in flight)."""
+    return [block async for _, blocks in _range_groups(store, item) for block in blocks]
+
+
+def _write_at(fd: int, offset: int, blocks: list[Any]) -> None:
+    for block in blocks:
+        view = memoryview(block)
+        os.pwrite(fd, view, offset)
+        offset += len(view)
 
 
 def _temp_for(root: Path, item: Item) -> tuple[Path, Path]:

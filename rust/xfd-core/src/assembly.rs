@@ -199,8 +199,15 @@ impl PartFile {
                 self.target.destination.display()
             )));
         }
-        self.file.sync_data().map_err(|e| Error::io("sync", self.path(), e))?;
+        let completes = !self.done.contains_key(chunk_id) && self.done.len() + 1 == self.target.chunks.len();
         self.done.insert(chunk_id.to_owned(), digest);
+        if completes {
+            // The file is published right after this: publish syncs it, and a crash before that only
+            // costs this one chunk again. Skipping the sync and the resume record here halves the disk
+            // flushes of a one-chunk file (measured: a prefix of 500 small files).
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| Error::io("sync", self.path(), e))?;
         let state = PartState {
             identity: self.target.identity.clone(),
             chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
