@@ -124,10 +124,18 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
 # --- measurements ----------------------------------------------------------------------------------
 
 
-class WorkerSampler:
-    """Samples Ray worker processes (``ray::...`` titles) every 100 ms: peak RSS of each, CPU seconds."""
+# The Ray worker processes that do each system's work, by process title: xfd's node agents, the naive
+# per-node download tasks, the Ray-broadcast receivers.
+WORKER_TITLES = {"xfd": "ray::NodeAgent", "naive": "ray::_naive_node", "ray": "ray::_receive_node"}
 
-    def __init__(self) -> None:
+
+class WorkerSampler:
+    """Samples Ray worker processes (``ray::...`` titles) every 100 ms: peak RSS of the system's own
+    workers (``title``), CPU seconds of every busy worker."""
+
+    def __init__(self, title: str = "ray::") -> None:
+        self.title = title
+        self.peak_rss_own = 0
         self.peak_rss: dict[int, int] = {}
         self.cpu: dict[int, float] = {}
         self.cpu_before: dict[int, float] = {}
@@ -149,7 +157,10 @@ class WorkerSampler:
         while not self._stop.is_set():
             for proc in self._workers():
                 try:
-                    self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), proc.memory_info().rss)
+                    rss = proc.memory_info().rss
+                    self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), rss)
+                    if (proc.info.get("cmdline") or [""])[0].startswith(self.title):
+                        self.peak_rss_own = max(self.peak_rss_own, rss)
                     self.cpu[proc.pid] = self._cpu(proc)
                 except psutil.Error:
                     pass
@@ -230,7 +241,7 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
             u_origin: float, d_box: float) -> dict[str, Any]:
     proxy.call("reset", "POST")
     driver_before = resource.getrusage(resource.RUSAGE_SELF)
-    with WorkerSampler() as sampler:
+    with WorkerSampler(WORKER_TITLES.get(system, "ray::")) as sampler:
         started = time.perf_counter()
         result = run()
         wall = time.perf_counter() - started
@@ -242,7 +253,7 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
         "system": system, "workload": workload.name, "nodes": n, "cap_mbps": cap / 1e6, "wall_s": wall,
         "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
         "t_min_s": t_min, "efficiency": t_min / wall,
-        "peak_worker_rss_mib": max(sampler.peak_rss.values(), default=0) / MiB,
+        "peak_worker_rss_mib": sampler.peak_rss_own / MiB,
         "cpu_s": sampler.worker_cpu_s + (driver_after.ru_utime + driver_after.ru_stime)
         - (driver_before.ru_utime + driver_before.ru_stime),
     }

@@ -207,3 +207,8 @@ def test_durations_in_config_args_pass_validation():
     # make_for_s3 always sets timeout/connect_timeout as "300s"/"60s"; they must stay valid store options.
     assert from_xenna([obj("a", "/a")], fd.ObjectStoreConfig.make_for_s3(
         "b", retry_timeout=timedelta(minutes=1))).stores["default"].options["timeout"] == "300s"
+
+
+def test_a_small_object_store_parallelism_caps_the_gets_per_chunk_too():
+    manifest = from_xenna([obj("a", "/a")], S3, object_store_parallelism=4)
+    assert (manifest.settings.origin_parallelism, manifest.settings.origin_chunk_streams) == (4, 4)

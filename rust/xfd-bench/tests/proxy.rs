@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -30,7 +30,9 @@ async fn upstream(size: usize) -> SocketAddr {
                         .unwrap();
                     Ok::<_, Infallible>(response)
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -52,7 +54,10 @@ async fn get(address: SocketAddr, method: &str, path: &str) -> (String, Vec<u8>)
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    (String::from_utf8_lossy(&raw[..split]).into_owned(), raw[split + 4..].to_vec())
+    (
+        String::from_utf8_lossy(&raw[..split]).into_owned(),
+        raw[split + 4..].to_vec(),
+    )
 }
 
 #[tokio::test]
@@ -60,7 +65,10 @@ async fn object_gets_are_forwarded_unchanged_and_counted_at_the_origin_side() {
     let front = proxy(upstream(300_000).await).await;
     let (head, body) = get(front, "GET", "/bucket/dir/object.bin").await;
     assert_eq!(body.len(), 300_000);
-    assert!(head.contains("x-seen-host: origin.test:9000"), "Host must reach the origin unchanged: {head}");
+    assert!(
+        head.contains("x-seen-host: origin.test:9000"),
+        "Host must reach the origin unchanged: {head}"
+    );
     get(front, "GET", "/bucket?list-type=2").await; // a listing: a GET, but not of an object
     let (_, stats) = get(front, "GET", "/__xfd_proxy/stats").await;
     let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
@@ -69,9 +77,15 @@ async fn object_gets_are_forwarded_unchanged_and_counted_at_the_origin_side() {
     assert_eq!(stats["get_requests"], 2);
     let (_, reset) = get(front, "POST", "/__xfd_proxy/reset").await;
     let reset: serde_json::Value = serde_json::from_slice(&reset).unwrap();
-    assert_eq!((reset["requests"].as_u64(), reset["object_get_bytes"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (reset["requests"].as_u64(), reset["object_get_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
     let (_, rate) = get(front, "POST", "/__xfd_proxy/rate?bytes_per_sec=1000000").await;
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&rate).unwrap()["bytes_per_sec"], 1_000_000);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&rate).unwrap()["bytes_per_sec"],
+        1_000_000
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release -p xfd-bench --bin xfd-scale-sim -- [--nodes 16,64,256,1024] [--gb 1,10,100]
 //!         [--failure-rate 0.01] [--heterogeneity 0.3] [--origin-gbps 40] [--node-gbps 25] [--latency-ms 1]
+//!         [--chunk-mib 64]
 //!
 //! Prints one Markdown table row per (nodes, size): simulated time, the lower bound, efficiency, origin
 //! amplification, deliveries, and the scheduler's CPU time per decision and in total.
@@ -16,6 +17,7 @@ struct Args {
     origin_gbps: f64,
     node_gbps: f64,
     latency_ms: f64,
+    chunk_mib: f64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -27,6 +29,7 @@ fn parse() -> Result<Args, String> {
         origin_gbps: 40.0,
         node_gbps: 25.0,
         latency_ms: 1.0,
+        chunk_mib: 64.0,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
@@ -46,6 +49,7 @@ fn parse() -> Result<Args, String> {
             "--origin-gbps" => args.origin_gbps = number()?,
             "--node-gbps" => args.node_gbps = number()?,
             "--latency-ms" => args.latency_ms = number()?,
+            "--chunk-mib" => args.chunk_mib = number()?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -65,12 +69,13 @@ fn main() {
         std::process::exit(2);
     });
     println!(
-        "origin {} Gb/s, nodes {} Gb/s +-{:.0} %, latency {} ms, failure rate {}, 64 MiB chunks\n",
+        "origin {} Gb/s, nodes {} Gb/s +-{:.0} %, latency {} ms, failure rate {}, {} MiB chunks\n",
         args.origin_gbps,
         args.node_gbps,
         args.heterogeneity * 100.0,
         args.latency_ms,
-        args.failure_rate
+        args.failure_rate,
+        args.chunk_mib
     );
     println!(
         "| nodes | size | simulated time | T_min | efficiency | origin / unique | lost | deliveries | scheduler CPU | per decision |"
@@ -85,6 +90,7 @@ fn main() {
                 heterogeneity: args.heterogeneity,
                 latency_s: args.latency_ms / 1e3,
                 failure_rate: args.failure_rate,
+                chunk_size: (args.chunk_mib * 1048576.0) as u64,
                 ..SimConfig::datacenter(nodes, (gb * 1e9) as u64)
             };
             let r = run(&config);
