@@ -241,11 +241,15 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
             u_origin: float, d_box: float) -> dict[str, Any]:
     proxy.call("reset", "POST")
     driver_before = resource.getrusage(resource.RUSAGE_SELF)
+    box_before = psutil.cpu_times()
     with WorkerSampler(WORKER_TITLES.get(system, "ray::")) as sampler:
         started = time.perf_counter()
         result = run()
         wall = time.perf_counter() - started
     driver_after = resource.getrusage(resource.RUSAGE_SELF)
+    box_after = psutil.cpu_times()
+    idle = (box_after.idle + box_after.iowait) - (box_before.idle + box_before.iowait)
+    total = sum(box_after) - sum(box_before)
     stats = proxy.call("stats")
     f = workload.unique_bytes
     t_min = max(f / u_origin, n * f / d_box)
@@ -254,6 +258,9 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
         "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
         "t_min_s": t_min, "efficiency": t_min / wall,
         "peak_worker_rss_mib": sampler.peak_rss_own / MiB,
+        # The whole machine's CPU, busy / available during the run (every process: servers included).
+        "box_cpu_busy": 1 - idle / total if total else 0.0,
+        "box_iowait": (box_after.iowait - box_before.iowait) / total if total else 0.0,
         "cpu_s": sampler.worker_cpu_s + (driver_after.ru_utime + driver_after.ru_stime)
         - (driver_before.ru_utime + driver_before.ru_stime),
     }
