@@ -12,8 +12,8 @@ of the Ray workers and the driver. Each run is a JSON line in ``--out``; a Markd
 
 T_min on one machine: every node writes its copy to the same disk, so
 T_min = max(F / u_origin, N F / D_box), where u_origin is the cap (uncapped: the origin rate measured
-by one 8-stream reader at start) and D_box the machine's write + fsync rate measured at start
-(``d_node = D_box / N``; loopback upload is not the limit, so the swarm term N F / (u_origin + sum u) is
+by one 8-stream reader at start) and D_box the machine's write + fsync rate with N writers, measured
+for each N (``d_node = D_box / N``; loopback upload is not the limit, so the swarm term N F / (u_origin + sum u) is
 below the disk term).
 """
 
@@ -185,21 +185,6 @@ class WorkerSampler:
         return sum(cpu - self.cpu_before.get(pid, 0.0) for pid, cpu in self.cpu.items())
 
 
-def measure_disk(directory: Path, size: int = GiB) -> float:
-    """Write + fsync rate of this machine's disk, bytes per second (one 1 GiB file, 8 MiB writes)."""
-    path = directory / "disk-probe.bin"
-    block = os.urandom(8 * MiB)
-    started = time.perf_counter()
-    with open(path, "wb") as out:
-        for _ in range(size // len(block)):
-            out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
-    seconds = time.perf_counter() - started
-    path.unlink()
-    return size / seconds
-
-
 def measure_disk_sustained(directory: Path, streams: int, total: int) -> float:
     """Write + fsync rate with ``streams`` files written at once, ``total`` bytes in all: what N nodes
     sharing this machine's disk get together (a short probe only sees the host's write cache)."""
@@ -252,11 +237,9 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
     total = sum(box_after) - sum(box_before)
     stats = proxy.call("stats")
     f = workload.unique_bytes
-    t_min = max(f / u_origin, n * f / d_box)
     record = {
         "system": system, "workload": workload.name, "nodes": n, "cap_mbps": cap / 1e6, "wall_s": wall,
         "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
-        "t_min_s": t_min, "efficiency": t_min / wall,
         "peak_worker_rss_mib": sampler.peak_rss_own / MiB,
         # The whole machine's CPU, busy / available during the run (every process: servers included).
         "box_cpu_busy": 1 - idle / total if total else 0.0,
@@ -266,8 +249,17 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
     }
     if system == "xfd":
         record["startup_s"] = result.startup_seconds
-        record["efficiency_after_startup"] = t_min / max(wall - result.startup_seconds, 1e-9)
-    return record
+    return {**record, **bounds(record, u_origin, d_box)}
+
+
+def bounds(record: dict[str, Any], u_origin: float, d_box: float) -> dict[str, Any]:
+    """T_min = max(F / u_origin, N F / D_box) for this run, and its efficiencies."""
+    f, n, wall = record["unique_bytes"], record["nodes"], record["wall_s"]
+    t_min = max(f / u_origin, n * f / d_box)
+    derived: dict[str, Any] = {"t_min_s": t_min, "efficiency": t_min / wall}
+    if "startup_s" in record:
+        derived["efficiency_after_startup"] = t_min / max(wall - record["startup_s"], 1e-9)
+    return derived
 
 
 # --- the whole benchmark ---------------------------------------------------------------------------
@@ -306,9 +298,7 @@ def main() -> None:
             time.sleep(10)  # let the server finish digesting the uploads before probing it
             biggest = max((i for w in workloads.values() for i in w.items), key=lambda i: i.size)
             origin_uncapped = max(measure_origin(store, biggest) for _ in range(2))
-            d_box = max(measure_disk(base) for _ in range(2))
-            print(f"machine: disk write+fsync {d_box / 1e6:.0f} MB/s, origin uncapped {origin_uncapped / 1e6:.0f} MB/s",
-                  flush=True)
+            print(f"machine: origin uncapped {origin_uncapped / 1e6:.0f} MB/s", flush=True)
             for n in args.nodes:
                 with LocalCluster(base / f"n{n}", num_nodes=n, object_store_memory=1536 * MiB) as cluster:
                     import ray
@@ -368,12 +358,8 @@ def rebound(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in records:
         u = r["cap_mbps"] * 1e6 or u_origin
-        t_min = max(r["unique_bytes"] / u, r["nodes"] * r["unique_bytes"] / d_box[r["nodes"]])
-        extra = {"t_min_s": t_min, "efficiency": t_min / r["wall_s"], "u_origin_mbps": u / 1e6,
-                 "d_box_mbps": d_box[r["nodes"]] / 1e6}
-        if "startup_s" in r:
-            extra["efficiency_after_startup"] = t_min / max(r["wall_s"] - r["startup_s"], 1e-9)
-        out.append({**r, **extra})
+        rates = {"u_origin_mbps": u / 1e6, "d_box_mbps": d_box[r["nodes"]] / 1e6}
+        out.append({**r, **bounds(r, u, d_box[r["nodes"]]), **rates})
     return out
 
 

@@ -24,16 +24,19 @@ def option_text(value: OptionValue) -> str:
     return str(value)
 
 
+def resolved_options(name: str, store: Store, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The store's options as text, with environment templates resolved from ``environ`` (default: this
+    process's environment)."""
+    resolved = resolve_options(store.options, os.environ if environ is None else environ, f"stores.{name}")
+    return {key: option_text(value) for key, value in resolved.items()}
+
+
 def store_arguments(
     plan: Plan, stores: Mapping[str, Store], environ: Mapping[str, str] | None = None
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """``(url, [(option, value), ...])`` per store of the plan, with environment templates resolved."""
-    environ = os.environ if environ is None else environ
-    return {
-        name: (stores[name].url, [(k, option_text(v)) for k, v in resolve_options(stores[name].options, environ,
-                                                                                   f"stores.{name}").items()])
-        for name in plan.stores
-    }
+    return {name: (stores[name].url, list(resolved_options(name, stores[name], environ).items()))
+            for name in plan.stores}
 
 
 def node_engine(

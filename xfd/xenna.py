@@ -16,17 +16,15 @@ attributes; building them (:func:`to_xenna`) imports ``cosmos_xenna``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from xfd.engine import option_text
+from xfd.engine import resolved_options
 from xfd.errors import DistributionError, ManifestError, XfdError
-from xfd.manifest.model import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
-from xfd.manifest.stores import resolve_options
+from xfd.manifest.model import Manifest, ObjectArtifact, PrefixArtifact, Settings
 
 if TYPE_CHECKING:
     from xfd.report import Report
@@ -141,9 +139,7 @@ def download_distributed(
     manifest = from_xenna(download_requests, object_store_config, chunk_size_bytes=chunk_size_bytes,
                           node_parallelism=node_parallelism, object_store_parallelism=object_store_parallelism,
                           object_store_retry_config=object_store_retry_config, overwrite=overwrite)
-    if verbose:
-        logging.getLogger("xfd").setLevel(logging.DEBUG)
-    return _checked(manifest.distribute(progress=progress))
+    return _distribute(manifest, verbose, progress)
 
 
 def download_for_stages(stages: Sequence[Any], config: Any, *, overwrite: bool = False,
@@ -163,12 +159,14 @@ def download_for_stages(stages: Sequence[Any], config: Any, *, overwrite: bool =
     manifest = from_xenna(requests, config.object_store_config, chunk_size_bytes=config.chunk_size_bytes,
                           node_parallelism=config.node_parallelism,
                           object_store_parallelism=config.object_store_parallelism, overwrite=overwrite)
-    if config.verbose:
+    return _distribute(manifest, config.verbose, progress)
+
+
+def _distribute(manifest: Manifest, verbose: bool, progress: Any) -> Report:
+    """Runs ``manifest``; a failed run raises, as Xenna's download does, so no pipeline starts without it."""
+    if verbose:
         logging.getLogger("xfd").setLevel(logging.DEBUG)
-    return _checked(manifest.distribute(progress=progress))
-
-
-def _checked(report: Report) -> Report:
+    report = manifest.distribute(progress=progress)
     if not report.ok:
         raise DistributionError(report)
     return report
@@ -347,7 +345,7 @@ def to_xenna(manifest: Manifest, environ: Mapping[str, str] | None = None) -> Xe
 
     _refuse_unmappable(manifest)
     profile_of = {name: (None if name == DEFAULT_PROFILE_STORE else name) for name in manifest.stores}
-    profiles = {profile_of[name]: fd.ObjectStoreConfig(uri=store.url, config_args=_option_strings(name, store, environ))
+    profiles = {profile_of[name]: fd.ObjectStoreConfig(uri=store.url, config_args=resolved_options(name, store, environ))
                 for name, store in manifest.stores.items()}
     requests = [fd.DownloadRequest(value=_request(fd, artifact, profile_of[artifact.store]))
                 for artifact in manifest.artifacts]
@@ -371,11 +369,6 @@ def _request(fd: Any, artifact: ObjectArtifact | PrefixArtifact, profile: str | 
         unpack = fd.UnpackOptions(unpack_destination=Path(artifact.unpack_destination or ""), unpack_method=method)
     return fd.ObjectDownloadRequest(uri=artifact.key, destination=Path(artifact.destination),
                                     unpack_options=unpack, profile_name=profile)
-
-
-def _option_strings(name: str, store: Store, environ: Mapping[str, str] | None) -> dict[str, str]:
-    resolved = resolve_options(store.options, os.environ if environ is None else environ, f"stores.{name}")
-    return {key: option_text(value) for key, value in resolved.items()}
 
 
 def _refuse_unmappable(manifest: Manifest) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any
+from typing import Any, Self
 
 from xfd.errors import ConfigError
 
@@ -24,6 +24,20 @@ class S3Sandbox(abc.ABC):
     @abc.abstractmethod
     def endpoint(self) -> str:
         """``http://host:port`` of the running server."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Starts the server; returns it."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stops the server (and removes what it stored)."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def store_options(self, endpoint: str | None = None) -> dict[str, Any]:
         """obstore ``S3Store`` keyword options that reach this server (or ``endpoint``, e.g. a proxy)."""
@@ -100,12 +114,6 @@ class LocalS3(S3Sandbox):
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> LocalS3:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:

@@ -80,12 +80,6 @@ class LocalSeaweed(S3Sandbox):
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> LocalSeaweed:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"

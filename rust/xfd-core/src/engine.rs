@@ -282,7 +282,16 @@ impl Engine {
         let store = self.store(&store_name)?;
         self.started(&chunk, Source::Origin, None);
         let started = Instant::now();
-        let fetched = self.fetch_chunk(store.as_ref(), &identity, &chunk, fence, file).await;
+        let part_path = work
+            .lock()
+            .unwrap()
+            .part
+            .as_ref()
+            .map(PartFile::path)
+            .unwrap_or_default();
+        let fetched = self
+            .fetch_chunk(store.as_ref(), &identity, &chunk, fence, file, part_path)
+            .await;
         let digest = match fetched {
             Err(_) if self.holds(&work, &chunk) => return Ok(self.already_held(&work, &chunk)),
             other => other?,
@@ -291,8 +300,8 @@ impl Engine {
             .await
     }
 
-    /// The chunk's bytes from the origin into the part file, and their digest: one ranged GET, or
-    /// `origin_chunk_streams` in parallel then a hash of what they wrote.
+    /// The chunk's bytes from the origin into the part file, and their digest: one ranged GET hashed as
+    /// it arrives, or `origin_chunk_streams` in parallel then one hash of what they wrote.
     async fn fetch_chunk(
         &self,
         store: &dyn ObjectStore,
@@ -300,27 +309,20 @@ impl Engine {
         chunk: &PlanChunk,
         fence: Arc<FencedFile>,
         file: Arc<std::fs::File>,
+        part_path: PathBuf,
     ) -> Result<ChunkDigest> {
         let retry = &self.config.retry;
-        if origin::subranges(chunk.length, self.plan.settings.origin_chunk_streams).len() <= 1 {
-            let range = origin::fetch_range(store, identity, chunk.offset, chunk.length, fence, chunk.offset, retry);
-            return Ok(range.await?.digest);
-        }
-        let fence_dest: Arc<dyn crate::sink::PositionalWrite> = fence;
         let (offset, length) = (chunk.offset, chunk.length);
-        origin::fetch_range_parallel(
-            store,
-            identity,
-            offset,
-            length,
-            fence_dest,
-            offset,
-            retry,
-            self.plan.settings.origin_chunk_streams,
-        )
-        .await?;
-        let path = PathBuf::from(&identity.key);
-        tokio::task::spawn_blocking(move || crate::hash::hash_open_range(&file, &path, offset, length))
+        let parts = origin::subranges(length, self.plan.settings.origin_chunk_streams);
+        if parts.len() <= 1 {
+            return Ok(
+                origin::fetch_range(store, identity, offset, length, fence, offset, retry)
+                    .await?
+                    .digest,
+            );
+        }
+        origin::fetch_subranges(store, identity, offset, &parts, fence, retry).await?;
+        tokio::task::spawn_blocking(move || crate::hash::hash_open_range(&file, &part_path, offset, length))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
     }

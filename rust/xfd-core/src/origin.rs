@@ -53,28 +53,39 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// The plan settings' defaults (`origin_attempts`, `origin_backoff`, ...), defined once in `plan`.
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base_backoff: Duration::from_millis(100),
-            throttled_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(20),
-            deadline: Duration::from_secs(600),
-        }
+        use crate::plan::defaults;
+        RetryPolicy::new(
+            defaults::origin_attempts(),
+            defaults::origin_backoff(),
+            defaults::origin_max_backoff(),
+            defaults::origin_timeout(),
+        )
     }
 }
 
 impl RetryPolicy {
-    /// The policy a plan's settings ask for; throttling waits start ten times longer than other waits.
+    /// The policy a plan's settings ask for.
     pub fn from_settings(settings: &crate::plan::Settings) -> Self {
+        RetryPolicy::new(
+            settings.origin_attempts,
+            settings.origin_backoff,
+            settings.origin_max_backoff,
+            settings.origin_timeout,
+        )
+    }
+
+    /// Times in seconds; throttling waits start ten times longer than other waits.
+    fn new(attempts: u32, backoff: f64, max_backoff: f64, timeout: f64) -> Self {
         let seconds = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
-        let max_backoff = seconds(settings.origin_max_backoff);
+        let max_backoff = seconds(max_backoff);
         RetryPolicy {
-            max_attempts: settings.origin_attempts.max(1),
-            base_backoff: seconds(settings.origin_backoff),
-            throttled_backoff: (seconds(settings.origin_backoff) * 10).min(max_backoff),
+            max_attempts: attempts.max(1),
+            base_backoff: seconds(backoff),
+            throttled_backoff: (seconds(backoff) * 10).min(max_backoff),
             max_backoff,
-            deadline: seconds(settings.origin_timeout),
+            deadline: seconds(timeout),
         }
     }
 }
@@ -98,10 +109,19 @@ pub async fn fetch_range(
     dest_offset: u64,
     policy: &RetryPolicy,
 ) -> Result<RangeFetch> {
-    let sink = RangeSink::new(dest, dest_offset, length, WRITE_BLOCK);
-    fetch_into(store, object, offset, length, sink, policy).await
+    let started = Instant::now();
+    let sink = RangeSink::new(dest, dest_offset, length, WRITE_BLOCK, true);
+    let (sink, attempts) = fetch_into(store, object, offset, length, sink, policy).await?;
+    let hasher = sink.hasher.expect("a lone range is hashed as it arrives");
+    Ok(RangeFetch {
+        bytes: sink.done,
+        digest: ChunkDigest(*hasher.finalize().as_bytes()),
+        attempts,
+        duration: started.elapsed(),
+    })
 }
 
+/// Streams the range into `sink`, with retries and resume; returns the sink and the attempts made.
 async fn fetch_into(
     store: &dyn ObjectStore,
     object: &ObjectIdentity,
@@ -109,7 +129,7 @@ async fn fetch_into(
     length: u64,
     mut sink: RangeSink,
     policy: &RetryPolicy,
-) -> Result<RangeFetch> {
+) -> Result<(RangeSink, u32)> {
     let started = Instant::now();
     let mut attempts = 0;
     while sink.done < length {
@@ -135,12 +155,7 @@ async fn fetch_into(
         tokio::time::sleep(wait).await;
     }
     sink.flush().await?;
-    Ok(RangeFetch {
-        bytes: sink.done,
-        digest: ChunkDigest(*sink.hasher.finalize().as_bytes()),
-        attempts,
-        duration: started.elapsed(),
-    })
+    Ok((sink, attempts))
 }
 
 /// Sub-ranges are never smaller than this: below it, a request's fixed cost (first-byte latency of an
@@ -150,31 +165,27 @@ pub const MIN_SUBRANGE: u64 = 8 << 20;
 /// Write block of each sub-range's sink: 1 MiB keeps a node's buffers small with many streams open.
 const SUBRANGE_WRITE_BLOCK: usize = 1 << 20;
 
-/// Fetches `[offset, offset + length)` as up to `streams` sub-ranges in parallel, each written at its
-/// place in `dest` (each with [`fetch_range`]'s retries and resume). Returns the attempts made in all.
+/// Fetches the `parts` of a range (from [`subranges`], relative to `offset`) in parallel, each written
+/// at its place in `dest` with [`fetch_range`]'s retries and resume. Returns the attempts made in all.
 ///
 /// One chunk then arrives in the time of one stream's share instead of all chunks in flight arriving
-/// together at the end: peers can start sharing it early, while the origin stays just as busy. The
-/// caller hashes the written range (the sub-ranges' own digests cover only their parts).
-#[allow(clippy::too_many_arguments)]
-pub async fn fetch_range_parallel(
+/// together at the end: peers can start sharing it early, while the origin stays just as busy. Nothing
+/// is hashed on the way (a part's digest is no use for the chunk's): the caller hashes the written range.
+pub async fn fetch_subranges(
     store: &dyn ObjectStore,
     object: &ObjectIdentity,
     offset: u64,
-    length: u64,
+    parts: &[(u64, u64)],
     dest: Arc<dyn PositionalWrite>,
-    dest_offset: u64,
     policy: &RetryPolicy,
-    streams: u32,
 ) -> Result<u32> {
-    let parts = subranges(length, streams);
     let fetches = parts.iter().map(|&(start, len)| {
-        // Smaller blocks than a lone fetch: up to `streams` sinks of one chunk buffer at once.
-        let sink = RangeSink::new(dest.clone(), dest_offset + start, len, SUBRANGE_WRITE_BLOCK);
+        // Smaller blocks than a lone fetch: several sinks of one chunk buffer at once.
+        let sink = RangeSink::new(dest.clone(), offset + start, len, SUBRANGE_WRITE_BLOCK, false);
         fetch_into(store, object, offset + start, len, sink, policy)
     });
     let done = futures::future::try_join_all(fetches).await?;
-    Ok(done.iter().map(|f| f.attempts).sum())
+    Ok(done.iter().map(|(_, attempts)| attempts).sum())
 }
 
 /// `length` cut into at most `streams` contiguous parts of at least [`MIN_SUBRANGE`] (one part if it
@@ -265,11 +276,12 @@ struct RangeSink {
     written: u64,
     buffer: BytesMut,
     block: usize,
-    hasher: blake3::Hasher,
+    /// `None` for the parts of a parallel fetch, whose range is hashed once it is all written.
+    hasher: Option<blake3::Hasher>,
 }
 
 impl RangeSink {
-    fn new(dest: Arc<dyn PositionalWrite>, dest_offset: u64, length: u64, block: usize) -> Self {
+    fn new(dest: Arc<dyn PositionalWrite>, dest_offset: u64, length: u64, block: usize, hash: bool) -> Self {
         RangeSink {
             dest,
             dest_offset,
@@ -278,7 +290,7 @@ impl RangeSink {
             written: 0,
             buffer: BytesMut::with_capacity(block),
             block,
-            hasher: blake3::Hasher::new(),
+            hasher: hash.then(blake3::Hasher::new),
         }
     }
 
@@ -289,7 +301,9 @@ impl RangeSink {
                 message: format!("origin sent more than the {} bytes asked for", self.length),
             });
         }
-        self.hasher.update(&piece);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&piece);
+        }
         self.done += piece.len() as u64;
         self.buffer.extend_from_slice(&piece);
         if self.buffer.len() >= self.block {

@@ -44,7 +44,9 @@ pub struct Settings {
     pub origin_chunk_streams: u32,
 }
 
-mod defaults {
+/// Defaults of the settings added after the first plans (older plans lack them); the origin retry
+/// policy's defaults are these too.
+pub(crate) mod defaults {
     pub fn origin_attempts() -> u32 {
         8
     }
