@@ -202,3 +202,29 @@ def test_origin_retry_settings_reach_the_engine(s3, bucket, objects, origin, tmp
 
     once = requests_until_failure(1)
     assert once >= 1 and requests_until_failure(3) == 3 * once
+
+
+def test_a_cancelled_engine_stops_writing_and_lets_go_of_its_destinations(s3, bucket, objects, origin, tmp_path):
+    manifest = manifest_through(s3, bucket, origin.endpoint).object("m", "model.bin", to="/m.bin").build()
+    plan = manifest.plan()
+    engine = node_engine(plan, manifest.stores, tmp_path)
+    engine.scan()
+    origin.throttle(64 * 1024)  # every transfer is still running when the run is called off
+    engine.submit_origin([chunk.id for chunk in plan.objects[0].chunks])
+    wait_for(lambda: origin.traffic().get_requests >= 1)
+    engine.cancel()
+    origin.throttle(None)
+    served = origin.traffic().get_bytes
+    del engine
+
+    again = node_engine(plan, manifest.stores, tmp_path)  # would be refused if the old one still held it
+    again.scan()
+    assert not (tmp_path / "m.bin").exists()
+    assert origin.traffic().get_bytes == served, "a cancelled transfer went on fetching"
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

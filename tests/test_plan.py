@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import obstore
 import pytest
@@ -185,6 +186,53 @@ def test_hostile_keys_under_a_prefix_are_refused(s3, bucket):
     client.put_object(Bucket=bucket, Key="root/data/../../escape", Body=b"x")
     with pytest.raises(PlanError, match=r"holds a key that cannot be mapped to a file safely"):
         builder_for(s3, bucket).prefix("m", "data", to="/data").build().plan()
+
+
+NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    # object_store refuses these when listing: the key is named, escaped, in the PlanError.
+    (["root/data/../../escape"], 'refused: Path "root/data/../../escape"'),
+    (["root/data//abs"], 'refused: Path "root/data//abs" contained empty path segment'),
+    (["root/data/a\tb"], 'refused: Path "root/data/a\\tb"'),  # a control character ('\n' alike; moto cannot store it)
+    (["root/data/a\x01b"], 'refused: Path "root/data/a\\x01b"'),
+    # S3 "folders": the prefix's own marker, and a marker of a directory that holds keys, are not files.
+    (["root/data/", "root/data/a.txt"], {"data/a.txt": "/data/a.txt"}),
+    (["root/data/dir/", "root/data/dir/f"], {"data/dir/f": "/data/dir/f"}),
+    (["root/data/x", "root/data/x/"], {"data/x": "/data/x"}),
+    # A lone folder marker reads like an empty object "empty" (obstore drops the slash): an empty file, inside.
+    (["root/data/empty/", "root/data/a.txt"], {"data/empty": "/data/empty", "data/a.txt": "/data/a.txt"}),
+    # Names longer than NAME_MAX (255 bytes: 128 'é' are 256) would fail on every node at write time.
+    (["root/data/" + "a" * 300], "refused: key 'data/" + "a" * 300 + "' has a name of 300 bytes"),
+    (["root/data/sub/" + "é" * 128], "refused: key 'data/sub/" + "é" * 128 + "' has a name of 256 bytes"),
+    (["root/data/" + "b" * 255], {"data/" + "b" * 255: "/data/" + "b" * 255}),
+    # NFC and NFD of one name are different keys and, on Linux file systems, different files: both, unchanged.
+    ([f"root/data/{NFC}", f"root/data/{NFD}"], {f"data/{NFC}": f"/data/{NFC}", f"data/{NFD}": f"/data/{NFD}"}),
+    # A backslash is an ordinary character in a POSIX name: "..\\..\\x" is one segment, inside /data.
+    (["root/data/a\\b", "root/data/..\\..\\x"], {"data/a\\b": "/data/a\\b", "data/..\\..\\x": "/data/..\\..\\x"}),
+], ids=["dot-dot", "empty-segment", "tab", "control", "prefix-marker", "directory-marker", "marker-beside-object",
+        "lone-marker", "300-bytes", "256-bytes-of-128-chars", "255-bytes", "nfc-and-nfd", "backslash"])
+def test_odd_keys_under_a_prefix_land_inside_the_destination_or_are_refused(s3, bucket, keys, expected):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="x", aws_secret_access_key="y",
+                          region_name="us-east-1")
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"x")
+    manifest = builder_for(s3, bucket).prefix("m", "data", to="/data").build()
+    if isinstance(expected, str):
+        with pytest.raises(PlanError) as info:
+            manifest.plan()
+        message = str(info.value)
+        assert expected.removeprefix("refused: ") in message
+        assert "rename" in message and message.isprintable()  # says how to fix it; one line, nothing raw
+        return
+    plan = manifest.plan()
+    assert {plan.object(f.object_id).key: f.destination for f in plan.files} == expected  # one file per key
+    for file in plan.files:
+        assert os.path.normpath(file.destination).startswith("/data/") and ".." not in file.destination.split("/")
+        assert all(len(part.encode()) <= 255 for part in file.destination.split("/"))
 
 
 def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, bucket, filled):

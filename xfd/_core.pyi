@@ -33,12 +33,12 @@ class Engine:
         *,
         peer_token: str | None = None,
         deep_verify: bool = False,
-        corrupt_served_bytes: bool = False,
+        faults: str = "",
         node_labels: dict[str, str] | None = None,
     ) -> Engine:
         """``node_labels``: this node's Ray labels; files whose ``nodes`` selector they do not match are
-        skipped. ``corrupt_served_bytes`` is fault injection for system tests: the peer server flips the
-        first byte of every block it serves."""
+        skipped. ``faults`` is fault injection for the system tests (``point:action[@n]`` rules, see
+        docs/reliability.md); empty otherwise."""
     def scan(self) -> dict[str, Any]:
         """Finds cache hits and resumable chunks: ``{"held": {chunk_id: digest}, "cached_files", "resumed_chunks"}``."""
     def fetch_from_origin(self, chunk_id: str) -> dict[str, Any]:
@@ -57,6 +57,8 @@ class Engine:
         """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use."""
     def stop_server(self, grace: float = 5.0) -> None:
         """Stops the peer server, letting in-flight uploads finish for up to ``grace`` seconds."""
+    def cancel(self, grace: float = 10.0) -> None:
+        """Ends every background transfer (``submit_*``) and waits up to ``grace`` seconds until they are gone."""
     def server_stats(self) -> dict[str, Any] | None:
         """The peer server's counters, or ``None`` when it is not running."""
     def finish(

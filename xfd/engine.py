@@ -47,13 +47,14 @@ def node_engine(
     environ: Mapping[str, str] | None = None,
     peer_token: str = "",
     deep_verify: bool = False,
-    corrupt_served_bytes: bool = False,
+    faults: str = "",
     node_labels: Mapping[str, str] | None = None,
 ) -> _core.Engine:
     """An engine that puts ``plan``'s files under ``node_root`` on this node.
 
     ``peer_token`` is the run's secret for peer transfers (empty: no peer server, no peer fetches).
+    ``faults`` is fault injection for the reliability tests (see docs/reliability.md); empty otherwise.
     """
     return _core.Engine(plan.to_json(), str(Path(node_root)), store_arguments(plan, stores, environ),
-                        peer_token=peer_token, deep_verify=deep_verify, corrupt_served_bytes=corrupt_served_bytes,
+                        peer_token=peer_token, deep_verify=deep_verify, faults=faults,
                         node_labels=dict(node_labels or {}))

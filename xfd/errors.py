@@ -47,6 +47,17 @@ class DestinationExistsError(EngineError, FileExistsError):
     """A destination holds something xfd did not write; it was left untouched. Set overwrite to replace it."""
 
 
+class DestinationBusyError(EngineError):
+    """Another xfd run on the same node is writing this destination now. Wait for it to end (this run then
+    finds the file in its cache) or stop it, then run again."""
+
+
+class StorageError(EngineError, OSError):
+    """The node's disk refused a write: full, read-only, over quota or not permitted. ``errno`` and
+    ``filename`` are set; the part file xfd was writing is removed when the run ends, so the space comes
+    back, and the destination is untouched."""
+
+
 class ArchiveError(EngineError):
     """An archive cannot be read or its format cannot be told."""
 
@@ -91,7 +102,9 @@ class PlanError(XfdError):
 __all__ = [
     "ArchiveError",
     "ConfigError",
+    "DestinationBusyError",
     "DestinationExistsError",
+    "DistributionError",
     "EngineError",
     "IntegrityError",
     "ManifestError",
@@ -100,6 +113,7 @@ __all__ = [
     "PeerError",
     "PlanError",
     "RangeError",
+    "StorageError",
     "StoreConfigError",
     "UnsafeArchiveError",
     "XfdError",

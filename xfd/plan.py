@@ -29,6 +29,9 @@ PLAN_FORMAT = "xfd.plan/1"
 # HEAD and LIST requests in flight at once while compiling: enough to resolve thousands of objects in
 # seconds, few enough to stay far below any store's request-rate limits.
 RESOLVE_CONCURRENCY = 64
+# The longest file name, in bytes, that Linux file systems (ext4, XFS, btrfs, ...) accept: a longer key segment
+# would only fail at write time, on every node.
+NAME_MAX = 255
 T = TypeVar("T")
 
 
@@ -222,7 +225,7 @@ async def _resolve(index: int, artifact: Any, manifest: Manifest, store: Any, ga
             listed = await obstore.list(store, prefix=prefix or None).collect_async()
         except Exception as error:  # noqa: BLE001 - mapped to a message below
             raise PlanError(_store_error_message(where, location, artifact, error)) from None
-    found = [_found(meta) for meta in listed if not meta["path"].endswith("/")]
+    found = _without_directory_markers([_found(meta) for meta in listed if not meta["path"].endswith("/")], prefix)
     chosen = [f for f in found if selected(_relative(f.key, prefix), artifact.include, artifact.exclude)]
     if not chosen:
         what = "no objects" if not found else f"none of the {len(found)} objects match include/exclude"
@@ -241,6 +244,21 @@ def _found(meta: Mapping[str, Any]) -> _Found:
     )
 
 
+def _without_directory_markers(found: list[_Found], prefix: str) -> list[_Found]:
+    """Drops S3 "folders": zero-byte objects named ``dir/``, which obstore lists without their slash, as ``dir``.
+
+    Dropped: the prefix's own marker (``prefix/``), and every zero-byte entry whose key is also the directory of
+    another key or is listed twice (``x`` and ``x/``): on a node a path is a file or a directory, not both, and a
+    marker holds no bytes. A lone marker of an empty folder cannot be told from an empty object; it stays a file.
+    """
+    by_key: dict[str, _Found] = {}
+    for item in found:
+        if item.key != prefix and (item.key not in by_key or item.size > by_key[item.key].size):
+            by_key[item.key] = item
+    directories = {str(parent) for key in by_key for parent in PurePosixPath(key).parents}
+    return [item for item in by_key.values() if not (item.size == 0 and item.key in directories)]
+
+
 def _store_error_message(where: str, location: str, artifact: Any, error: Exception) -> str:
     import obstore.exceptions as errors
 
@@ -251,8 +269,11 @@ def _store_error_message(where: str, location: str, artifact: Any, error: Except
         return f"{where}: access to {target} was denied; check the credentials of store {artifact.store!r}"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "invalid path" in first_line:
-        # object_store refuses keys with '..' or empty segments: they could not land safely anyway.
-        return (f"{where}: {target} holds a key that cannot be mapped to a file safely ({first_line}); "
+        # object_store refuses keys with '..', '.' or empty segments, or control characters: they could not land
+        # safely anyway. The key may hold a line break: the message shows it escaped, and whole.
+        detail = str(error).split("\n\nDebug source:")[0].strip()
+        detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
+        return (f"{where}: {target} holds a key that cannot be mapped to a file safely ({detail}); "
                 "rename or remove that object, or narrow the prefix")
     return f"{where}: cannot read {target}: {first_line}"
 
@@ -329,6 +350,12 @@ def _destination(index: int, artifact: Any, item: _Found) -> str:
         raise PlanError(
             f"artifacts[{index}] ({artifact.display_name}): key {item.key!r} would not land inside "
             f"{artifact.to} (empty, '.' or '..' path segments); rename the object or exclude it"
+        )
+    if too_long := [s for s in segments if len(s.encode()) > NAME_MAX]:
+        raise PlanError(
+            f"artifacts[{index}] ({artifact.display_name}): key {item.key!r} has a name of "
+            f"{len(too_long[0].encode())} bytes, and file systems take at most {NAME_MAX}; "
+            "rename the object or exclude it"
         )
     return artifact.to.rstrip("/") + "/" + relative
 

@@ -13,6 +13,11 @@ Each call returns a new builder (re-running a notebook cell never adds an artifa
         .settings(chunk_size="32MiB")
         .build()
     )
+
+Values of the wrong kind (a number for a key, a string for ``include``, a list for ``nodes``) are reported
+by :meth:`ManifestBuilder.build` as a :class:`~xfd.errors.ManifestError`, like in a TOML file. A call that
+does not fit a method's signature (an unknown keyword such as ``settings(chunk_sise=...)``, a missing
+``to=``) raises ``TypeError``, as any Python call does.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ class ManifestBuilder:
         ``options`` use obstore's names (``region``, ``endpoint``, ``allow_http``, ...); string values
         may reference the environment as ``"${VAR}"``.
         """
+        if not isinstance(name, str):  # it keys a table: anything else could not even be stored
+            why = f"a store name must be a string such as 'models' (got {type(name).__name__})"
+            raise ManifestError([("stores", why)], "builder")
         return attrs.evolve(self, stores={**self._stores, name: {"url": url, **options}})
 
     def object(
@@ -77,7 +85,7 @@ class ManifestBuilder:
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
         """
         artifact = {"store": store, "key": key, "to": to, "name": name, "sha256": sha256, "cache": cache,
-                    "nodes": dict(nodes) if nodes else None}
+                    "nodes": _table(nodes)}
         return self._add(artifact)
 
     def prefix(
@@ -97,7 +105,7 @@ class ManifestBuilder:
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
         """
         artifact = {"store": store, "prefix": prefix, "to": to, "name": name, "cache": cache,
-                    "include": list(include), "exclude": list(exclude), "nodes": dict(nodes) if nodes else None}
+                    "include": _list(include), "exclude": _list(exclude), "nodes": _table(nodes)}
         return self._add(artifact)
 
     def unpack(self, format: UnpackFormat = "auto", *, to: str | None = None) -> ManifestBuilder:  # noqa: A002
@@ -108,7 +116,7 @@ class ManifestBuilder:
         if not self._artifacts or "key" not in self._artifacts[-1]:
             raise ManifestError([("", "unpack() applies to the artifact added just before it: call object() first")],
                                 "builder")
-        last = {**self._artifacts[-1], "unpack": {"format": format, "to": to}}
+        last = {**self._artifacts[-1], "unpack": _without_none({"format": format, "to": to})}
         return attrs.evolve(self, artifacts=(*self._artifacts[:-1], last))
 
     def build(self) -> Manifest:
@@ -133,4 +141,16 @@ class ManifestBuilder:
 
 
 def _without_none(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_without_none(v) if isinstance(v, dict) else v) for k, v in raw.items() if v is not None}
+    """``raw`` without the arguments left at ``None`` (their defaults); values given are never looked into."""
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _list(value: Any) -> Any:
+    """A list for a list or tuple; anything else as given, for validation to name (a string is not a list of
+    globs: ``include="*.json"`` must not become ``["*", ".", "j", ...]``)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _table(value: Any) -> Any:
+    """A dict for a mapping; anything else (a list, a string) as given, for validation to name."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -7,6 +7,7 @@ back as one :class:`~xfd.errors.ManifestError` whose lines read ``path: what is 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -21,19 +22,26 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from xfd.errors import ManifestError
 from xfd.manifest.model import UNPACK_FORMATS, Artifact, UnpackFormat, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store, Unpack
 from xfd.manifest.units import format_size, parse_size
-from xfd.manifest.validate import Problem, did_you_mean, validate_parts
+from xfd.manifest.validate import Problem, did_you_mean, shown, validate_parts
 
 TOP_LEVEL_KEYS = ("settings", "stores", "artifacts")
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
 
 
+INT64 = range(-(2**63), 2**63)
+"""TOML's integers: anything wider cannot be written to a file that every TOML reader loads losslessly."""
+
+
 def _strict(kind: type) -> Any:
     def structure(value: Any, _: type) -> Any:
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if is_int and kind in (int, float) and value not in INT64:
+            raise ValueError(f"must be {_TYPE_NAMES[kind]} (got an integer of {value.bit_length()} bits; TOML's have 64)")
         ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if kind is float and is_int:
             return float(value)
         if not ok:
-            raise ValueError(f"must be {_TYPE_NAMES[kind]} (got {value!r})")
+            raise ValueError(f"must be {_TYPE_NAMES[kind]} (got {shown(value)})")
         return value
 
     return structure
@@ -65,7 +73,7 @@ def _tables_only(structure: Any) -> Any:
 
     def checked(value: Any, cls: type) -> Any:
         if not isinstance(value, dict):
-            raise ValueError(f"must be a table (got {type(value).__name__} {value!r:.40})")
+            raise ValueError(f"must be a table (got {type(value).__name__} {shown(value):.40})")
         return structure(value, cls)
 
     return checked
@@ -74,19 +82,19 @@ def _tables_only(structure: Any) -> Any:
 def _label_table(value: Any, _: type) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
                                                for k, v in value.items()):
-        raise ValueError(f"must be a table of Ray labels, as in {{ gpu = \"a100\" }} (got {value!r})")
+        raise ValueError(f"must be a table of Ray labels, as in {{ gpu = \"a100\" }} (got {shown(value)})")
     return dict(value)
 
 
 def _string_list(value: Any, _: type) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"must be a list of strings (got {value!r})")
+        raise ValueError(f"must be a list of strings (got {shown(value)})")
     return tuple(value)
 
 
 def _unpack_format(value: Any, _: type) -> str:
     if value not in UNPACK_FORMATS:
-        raise ValueError(f"must be one of {', '.join(UNPACK_FORMATS)} (got {value!r})")
+        raise ValueError(f"must be one of {', '.join(UNPACK_FORMATS)} (got {shown(value)})")
     return value
 
 
@@ -100,6 +108,10 @@ def _structure_store(value: Any, _: type) -> Store:
     for key, option in options.items():
         if not isinstance(option, (str, bool, int, float)):
             raise ValueError(f"option {key!r} must be a string, boolean or number")
+        if isinstance(option, int) and not isinstance(option, bool) and option not in INT64:
+            raise ValueError(f"option {key!r} must be an integer of at most 64 bits")
+        if isinstance(option, float) and math.isnan(option):
+            raise ValueError(f"option {key!r} must be a number, not nan")
     return Store(url=url, options=options)
 
 
@@ -118,8 +130,9 @@ CONVERTER = _make_converter()
 def loads(text: str, source: str | None = None) -> Manifest:
     try:
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ManifestError([("", f"not valid TOML: {error}")], source) from None
+    except (ValueError, RecursionError) as error:  # TOMLDecodeError; also an integer of over 4300 digits, deep nesting
+        why = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ManifestError([("", f"not valid TOML: {why}")], source) from None
     return from_document(document, source)
 
 

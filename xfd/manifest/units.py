@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from xfd.manifest.validate import shown
+
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -17,14 +19,18 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, bool):
         raise ValueError("must be a size such as 64MiB or a number of bytes, not a boolean")
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"must be a size of at most 8EiB (got an integer of {value.bit_length()} bits)")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"must be a size such as 64MiB or a number of bytes (got {value!r})")
+        raise ValueError(f"must be a size such as 64MiB or a number of bytes (got {shown(value)})")
     match = _SIZE.match(value)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise ValueError(f"must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got {value!r})")
     bytes_ = float(match.group(1)) * _UNITS[unit]
+    if bytes_ >= 2**63:  # also inf, from hundreds of digits
+        raise ValueError(f"must be a size of at most 8EiB (got {value!r})")
     if bytes_ != int(bytes_):
         raise ValueError(f"must be a whole number of bytes (got {value!r})")
     return int(bytes_)

@@ -30,6 +30,14 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message; never fails (``repr`` refuses integers of over 4300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"{type(value).__name__} too large to show"
+
+
 def validate(manifest: Manifest) -> list[Problem]:
     """Every problem of a fully structured manifest."""
     return validate_parts(manifest, list(enumerate(manifest.artifacts)), check_settings=True)
@@ -75,13 +83,17 @@ def store_problems(name: str, store: Store) -> Iterator[Problem]:
     if not _STORE_NAME.match(name):
         yield path, "a store name may hold letters, digits, '_', '.' and '-' only"
     yield from _url_problems(f"{path}.url", store.url)
-    allowed = allowed_options(scheme_of(store.url))
+    try:
+        scheme = scheme_of(store.url)
+    except ValueError:  # not a URL at all; _url_problems said so
+        scheme = ""
+    allowed = allowed_options(scheme)
     for key, value in store.options.items():
-        if key not in allowed and scheme_of(store.url) in SCHEMES:
+        if key not in allowed and scheme in SCHEMES:
             hint = did_you_mean(key, allowed) or (
-                f"; options of {scheme_of(store.url)}:// stores: {', '.join(sorted(allowed))}"
+                f"; options of {scheme}:// stores: {', '.join(sorted(allowed))}"
                 if allowed
-                else f"; {scheme_of(store.url)}:// stores take no options"
+                else f"; {scheme}:// stores take no options"
             )
             yield f"{path}.{key}", f"unknown option{hint}"
         elif isinstance(value, str) and (why := template_problem(value)):
@@ -89,7 +101,11 @@ def store_problems(name: str, store: Store) -> Iterator[Problem]:
 
 
 def _url_problems(path: str, url: str) -> Iterator[Problem]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # such as "Invalid IPv6 URL" for s3://[bucket
+        yield path, f"must be a valid URL (got {url!r}: {error})"
+        return
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         yield path, f"must be a URL starting with one of {', '.join(s + '://' for s in SCHEMES)} (got {url!r})"

@@ -38,13 +38,18 @@ class NodeAgent:
               fault: str | None = None) -> dict[str, Any]:
         """Builds this run's engine, scans the node's destinations and starts the peer server.
 
-        ``fault="corrupt-served-chunks"`` makes this node's peer server corrupt every chunk it serves:
-        fault injection for the system tests, never used otherwise.
+        ``fault`` is fault injection for the reliability tests (``"serve:corrupt"``, ``"publish:abort"``,
+        ... see docs/reliability.md), never used otherwise.
         """
         plan = Plan.from_json(plan_json)
         self.engine = node_engine(plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
-                                  corrupt_served_bytes=fault == "corrupt-served-chunks", node_labels=self.node.labels)
-        scan = self.engine.scan()
+                                  faults=fault or "", node_labels=self.node.labels)
+        try:
+            scan = self.engine.scan()
+        except BaseException:
+            # A refused run must not keep the destinations it had already locked.
+            self.engine = None
+            raise
         self.engine.drain_events()  # cache hits are reported once, here
         host, port = self.engine.start_server(self.node.ip, 0, upload_slots, egress_bytes_per_sec)
         return {
@@ -81,4 +86,5 @@ class NodeAgent:
             return None
         stats = engine.server_stats()
         engine.stop_server(2.0)
+        engine.cancel()  # transfers still running (a failed or cancelled run) end with it
         return stats

@@ -31,7 +31,10 @@ from xfd.scheduler import ORIGIN, Scheduler, Transfer
 # A node whose agent has not answered an events call for this long is considered lost: an events call
 # returns within EVENT_WAIT_S when the agent is healthy.
 LOST_AFTER_S = 30.0
-_FAILURE_KINDS = {"integrity": "integrity", "peer": "peer", "origin": "origin", "busy": "peer", "fatal": "fatal"}
+# Engine error kind -> scheduler failure kind. A peer that hung until the deadline is penalized like one
+# that served bad bytes: retrying it costs a whole deadline each time.
+_FAILURE_KINDS = {"integrity": "integrity", "stalled": "integrity", "peer": "peer", "origin": "origin",
+                  "busy": "peer", "fatal": "fatal"}
 
 
 class DistributionCancelled(XfdError):
@@ -106,21 +109,10 @@ class Coordinator:
             starts[node_id] = (begin(node_id, self.agents[node_id]), warm)
         infos: dict[str, dict[str, Any]] = {}
         failed: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for node_id, (ref, warm) in starts.items():
-            try:
-                infos[node_id] = ray.get(ref)
-            except RayActorError:
-                if not warm:
-                    failed[node_id] = "agent failed to start"
-                    continue
-                # A pooled agent died since its last run (its worker was killed): start a fresh one.
-                self.agents[node_id] = new_agent(node_id)
-                try:
-                    infos[node_id] = ray.get(begin(node_id, self.agents[node_id]))
-                except RayError as error:
-                    failed[node_id] = f"agent failed to start: {_first_line(error)}"
-            except RayError as error:
-                failed[node_id] = f"agent failed to start: {_first_line(error)}"
+            outcome, value = self._begun(node_id, ref, warm, begin)
+            {"ok": infos, "lost": failed, "refused": refused}[outcome][node_id] = value
         # Each node needs the chunks of the files whose node selector its labels match.
         needs = {node_id: self.plan.chunks_for(info["labels"]) for node_id, info in infos.items()}
         scheduler = Scheduler(
@@ -134,6 +126,13 @@ class Coordinator:
             self.ips[node_id] = _node_ip(node_id)
             self.progress.add_node(node_id, self.ips[node_id], [])
             self._lose(scheduler, node_id, reason)
+        for node_id, reason in refused.items():
+            # Not lost (the node is fine) but failed: the report is not ok and says why.
+            self.ips[node_id] = _node_ip(node_id)
+            self.progress.add_node(node_id, self.ips[node_id], [])
+            scheduler.node_lost(node_id)
+            self.progress.set_state(node_id, "failed", reason)
+            self.failures.append(f"{self.ips[node_id]}: {reason}")
         for node_id, info in infos.items():
             self.endpoints[node_id] = (info["ip"], info["port"])
             self.ips[node_id] = info["ip"]
@@ -146,6 +145,20 @@ class Coordinator:
                 if chunk in needed:
                     self.progress.chunk_done(node_id, chunk, "cache", 0.0, counted_inflight=False)
         return scheduler
+
+    def _begun(self, node_id: str, ref: Any, warm: bool, begin: Callable[[str, Any], Any]) -> tuple[str, Any]:
+        """``("ok", info)``, ``("lost", reason)`` when the agent died, or ``("refused", reason)`` when the
+        node's engine refused the run (a destination busy, unwritable, or holding a user's file)."""
+        try:
+            return "ok", ray.get(ref)
+        except RayActorError as error:
+            if not warm:
+                return "lost", f"agent failed to start: {_first_line(error)}"
+        except RayError as error:
+            return "refused", _first_line(error)
+        # A pooled agent died since its last run (its worker was killed): start a fresh one.
+        self.agents[node_id] = new_agent(node_id)
+        return self._begun(node_id, begin(node_id, self.agents[node_id]), False, begin)
 
     def _loop(self, scheduler: Scheduler, started: float) -> None:
         pending: dict[Any, tuple[str, float]] = {}
@@ -322,6 +335,10 @@ def _node_ip(node_id: str) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    """The message of the error a remote call raised (not Ray's wrapper around it), on one line."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and str(cause).strip():
+        error = cause
     text = str(error).strip()
     for line in text.splitlines():
         if line.strip() and not line.startswith(("Traceback", "  File", "ray::")):

@@ -70,6 +70,13 @@ class LocalCluster:
             raise
         return self
 
+    @property
+    def address(self) -> str:
+        """The GCS address other drivers connect to (with ``_node_ip_address`` = the head's IP)."""
+        if self._cluster is None:
+            raise ConfigError("the cluster is not started")
+        return self._cluster.address
+
     def add_node(self) -> SimulatedNode:
         """Starts one more node (the first one is the head) and waits until it is alive."""
         if self._cluster is None:

@@ -4,14 +4,24 @@ Put it in front of an S3-protocol server and point clients at :attr:`CountingPro
 request is forwarded unchanged (the ``Host`` header included, so request signatures still verify) and
 recorded with the number of body bytes the origin actually sent back. Tests assert "origin bytes ==
 unique artifact bytes" with it; benchmarks count origin egress with it.
+
+It can also misbehave the way S3 does, so tests can show that clients survive a real origin: bursts of
+``503 SlowDown`` (:meth:`CountingProxy.fail_next`), connections reset mid-body
+(:meth:`CountingProxy.reset_next`), stalled responses (:meth:`CountingProxy.stall_next`) and an egress
+cap (:meth:`CountingProxy.throttle`). Faults apply to GETs only: HEAD, PUT and LIST requests are
+forwarded as they are.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
+import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,6 +32,10 @@ _HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade"}
 )
 _BLOCK = 1 << 20
+# Smaller blocks while throttled, so a capped response trickles out evenly instead of in 1 MiB lurches.
+_THROTTLED_BLOCK = 64 << 10
+
+FaultKind = Literal["slowdown", "reset", "stall"]
 
 
 @attrs.frozen
@@ -33,6 +47,8 @@ class RequestRecord:
     range: str | None
     status: int
     body_bytes: int
+    fault: FaultKind | None = None
+    """The fault injected into this response, if any: body_bytes then counts only what was sent."""
 
 
 @attrs.frozen
@@ -70,6 +86,10 @@ class CountingProxy:
         self._records: list[_Entry] = []
         self._lock = threading.Lock()
         self._refusals: list[tuple[str, int]] = []
+        self._faults: list[_Fault] = []
+        self._throttle: _TokenBucket | None = None
+        # Set to cut every stall and throttle wait short; replaced by a fresh one each time.
+        self._wake = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -82,6 +102,7 @@ class CountingProxy:
         return self
 
     def stop(self) -> None:
+        self._end_pauses()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -105,10 +126,17 @@ class CountingProxy:
             return OriginTraffic(tuple(entry.freeze() for entry in self._records))
 
     def reset(self) -> None:
-        """Clears the counters and every refusal rule."""
+        """Clears the counters, every refusal rule, pending fault and the throttle.
+
+        Stalls and throttled responses in progress are cut short, so one test's slow responses never
+        outlive it into the next.
+        """
         with self._lock:
             self._records.clear()
             self._refusals.clear()
+            self._faults.clear()
+            self._throttle = None
+        self._end_pauses()
 
     def refuse(self, path_prefix: str, status: int = 403) -> None:
         """Answers every request whose path starts with ``path_prefix`` with ``status`` and an S3-style
@@ -116,12 +144,72 @@ class CountingProxy:
         with self._lock:
             self._refusals.append((path_prefix, status))
 
+    def fail_next(self, count: int, status: int = 503, path_prefix: str = "/") -> None:
+        """Answers the next ``count`` GETs under ``path_prefix`` with ``status`` and an S3 error body,
+        without forwarding them: S3's bursts of ``503 SlowDown`` (or ``500 InternalError``)."""
+        self._add_fault(_Fault("slowdown", path_prefix, _checked_count(count), status=status))
+
+    def reset_next(self, count: int, after_bytes: int = 0, path_prefix: str = "/") -> None:
+        """Forwards the next ``count`` GETs under ``path_prefix`` but resets the connection after the
+        headers (with the full Content-Length) and at most ``after_bytes`` body bytes: S3 dropping a
+        connection mid-download, which the client sees as ``ECONNRESET``."""
+        fault = _Fault("reset", path_prefix, _checked_count(count), after_bytes=_checked_bytes(after_bytes))
+        self._add_fault(fault)
+
+    def stall_next(self, count: int, seconds: float, after_bytes: int = 0, path_prefix: str = "/") -> None:
+        """Forwards the next ``count`` GETs under ``path_prefix`` but, after the headers and at most
+        ``after_bytes`` body bytes, sends nothing for ``seconds`` and then closes the connection: a
+        stalled S3 response, which only a client's read timeout gets out of. Other requests go on; the
+        stall ends early on :meth:`reset` or :meth:`stop`."""
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        after_bytes = _checked_bytes(after_bytes)
+        fault = _Fault("stall", path_prefix, _checked_count(count), after_bytes=after_bytes, seconds=seconds)
+        self._add_fault(fault)
+
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Caps the body bytes of all GET responses together at ``bytes_per_second`` (None removes the
+        cap): an origin's egress limit, shared by every connection."""
+        bucket = None if bytes_per_second is None else _TokenBucket(bytes_per_second)
+        with self._lock:
+            self._throttle = bucket
+
+    def _add_fault(self, fault: _Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def _claim_fault(self, method: str, path: str) -> _Fault | None:
+        """The first pending fault for this request, counted as used; faults apply to GETs only."""
+        if method != "GET":
+            return None
+        with self._lock:
+            fault = next((f for f in self._faults if f.remaining > 0 and path.startswith(f.path_prefix)), None)
+            if fault is not None:
+                fault.remaining -= 1
+                self._faults = [f for f in self._faults if f.remaining > 0]
+            return fault
+
+    def _throttle_bucket(self) -> _TokenBucket | None:
+        with self._lock:
+            return self._throttle
+
+    def _wake_event(self) -> threading.Event:
+        """Set by the next :meth:`reset` or :meth:`stop`. Taken when a request arrives, so that a reset
+        between then and the request's first pause still cuts that pause short."""
+        with self._lock:
+            return self._wake
+
+    def _end_pauses(self) -> None:
+        with self._lock:
+            self._wake.set()
+            self._wake = threading.Event()
+
     def _refusal(self, path: str) -> int | None:
         with self._lock:
             return next((status for prefix, status in self._refusals if path.startswith(prefix)), None)
 
-    def _begin(self, method: str, path: str, byte_range: str | None) -> _Entry:
-        entry = _Entry(method, urlsplit(path).path, byte_range)
+    def _begin(self, method: str, path: str, byte_range: str | None, fault: FaultKind | None = None) -> _Entry:
+        entry = _Entry(method, urlsplit(path).path, byte_range, fault=fault)
         with self._lock:
             self._records.append(entry)
         return entry
@@ -137,15 +225,71 @@ class _Entry:
     range: str | None
     status: int = 0
     body_bytes: int = 0
+    fault: FaultKind | None = None
 
     def freeze(self) -> RequestRecord:
-        return RequestRecord(self.method, self.path, self.range, self.status, self.body_bytes)
+        return RequestRecord(self.method, self.path, self.range, self.status, self.body_bytes, self.fault)
+
+
+@attrs.define
+class _Fault:
+    """A pending fault: applies to the next ``remaining`` GETs whose path starts with ``path_prefix``."""
+
+    kind: FaultKind
+    path_prefix: str
+    remaining: int
+    status: int = 503
+    after_bytes: int = 0
+    seconds: float = 0.0
+
+
+def _checked_count(count: int) -> int:
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return count
+
+
+def _checked_bytes(after_bytes: int) -> int:
+    if after_bytes < 0:
+        raise ValueError(f"after_bytes must be >= 0, got {after_bytes}")
+    return after_bytes
+
+
+class _TokenBucket:
+    """An egress cap shared by every connection: tokens are bytes, refilled at ``rate`` per second up to
+    ``burst``.
+
+    A caller reserves its tokens at once and then waits the time :meth:`reserve` returns. The balance may
+    go negative, so concurrent callers queue behind each other's reservations and the cap holds for all
+    of them together, not per connection.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError(f"the rate must be > 0 bytes per second, got {rate}")
+        self.rate = rate
+        # At most one second's worth: an idle origin must not then serve a large burst above its cap.
+        self.burst = min(rate, _THROTTLED_BLOCK) if burst is None else burst
+        self._clock = clock
+        self._tokens = self.burst
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self, tokens: float) -> float:
+        """Takes ``tokens`` now; returns the seconds the caller must wait before spending them."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= tokens
+            return max(0.0, -self._tokens / self.rate)
 
 
 class _ForwardingHandler(BaseHTTPRequestHandler):
     proxy: CountingProxy
     protocol_version = "HTTP/1.1"
     _upstream: http.client.HTTPConnection | None = None
+    _wake: threading.Event
 
     def do_GET(self) -> None:
         self._forward()
@@ -156,9 +300,15 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         """Silent: one line per request would drown a ranged download's output."""
 
     def _forward(self) -> None:
+        self._wake = self.proxy._wake_event()
         body = self._read_request_body()
-        if (status := self.proxy._refusal(urlsplit(self.path).path)) is not None:
+        path = urlsplit(self.path).path
+        if (status := self.proxy._refusal(path)) is not None:
             self._refuse(status)
+            return
+        fault = self.proxy._claim_fault(self.command, path)
+        if fault is not None and fault.kind == "slowdown":
+            self._refuse(fault.status, fault="slowdown")
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body is not None:
@@ -167,10 +317,12 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         if response is None:
             self.send_error(502, "upstream unreachable")
             return
-        self._relay(response, self.proxy._begin(self.command, self.path, self.headers.get("Range")))
+        kind = None if fault is None else fault.kind
+        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"), kind)
+        self._relay(response, entry, fault)
 
-    def _refuse(self, status: int) -> None:
-        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"))
+    def _refuse(self, status: int, fault: FaultKind | None = None) -> None:
+        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"), fault)
         entry.status = status
         code = {403: "AccessDenied", 404: "NoSuchKey", 503: "SlowDown"}.get(status, "InternalError")
         body = b"" if self.command == "HEAD" else (
@@ -181,6 +333,7 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        entry.body_bytes = len(body)
         self.wfile.write(body)
 
     def _send_upstream(self, body: bytes | None, headers: dict[str, str]) -> http.client.HTTPResponse | None:
@@ -194,18 +347,16 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
                 self._drop_connection()
         return None
 
-    def _relay(self, response: http.client.HTTPResponse, entry: _Entry) -> None:
-        """Sends the upstream response back, counting its body bytes into ``entry``."""
+    def _relay(self, response: http.client.HTTPResponse, entry: _Entry, fault: _Fault | None = None) -> None:
+        """Sends the upstream response back, counting its body bytes into ``entry``, and plays ``fault``."""
         entry.status = response.status
         length = response.getheader("Content-Length")
         no_body = self.command == "HEAD" or response.status in (204, 304)
+        payload = None
         if length is None and not no_body:
             # Upstream streamed without a length (chunked): re-frame with one, so keep-alive stays simple.
             payload = response.read()
-            blocks: Iterator[bytes] = iter([payload])
             length = str(len(payload))
-        else:
-            blocks = iter(lambda: response.read(_BLOCK), b"")
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
@@ -216,16 +367,57 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         if no_body:
             response.read()
             return
+        limit = None if fault is None else fault.after_bytes
+        complete = self._send_body(self._body_blocks(response, payload), entry, limit)
+        if fault is not None and fault.kind == "stall":
+            self._pause(fault.seconds)
+        if fault is not None or not complete:
+            self._abandon(response, reset=fault is not None and fault.kind == "reset")
+
+    def _body_blocks(self, response: http.client.HTTPResponse, payload: bytes | None) -> Iterator[bytes]:
+        size = _BLOCK if self.proxy._throttle_bucket() is None else _THROTTLED_BLOCK
+        if payload is not None:
+            return (payload[start : start + size] for start in range(0, len(payload), size))
+        return iter(lambda: response.read(size), b"")
+
+    def _send_body(self, blocks: Iterator[bytes], entry: _Entry, limit: int | None) -> bool:
+        """Sends ``blocks``, at most ``limit`` bytes of them, at the throttle's pace; True if all were sent."""
         for block in blocks:
+            if limit is not None:
+                block = block[: limit - entry.body_bytes]
+                if not block:
+                    return False
+            if not self._wait_for_tokens(len(block)):
+                return False
             entry.body_bytes += len(block)
             try:
                 self.wfile.write(block)
             except OSError:
                 # The client went away mid-body: this block did not arrive, and the origin stops here too.
                 entry.body_bytes -= len(block)
-                self._drop_connection()
-                self.close_connection = True
-                return
+                return False
+        return True
+
+    def _wait_for_tokens(self, size: int) -> bool:
+        bucket = self.proxy._throttle_bucket()
+        return bucket is None or self._pause(bucket.reserve(size))
+
+    def _pause(self, seconds: float) -> bool:
+        """Waits ``seconds``; False if the proxy's :meth:`~CountingProxy.reset` or
+        :meth:`~CountingProxy.stop` cut the wait short."""
+        return not self._wake.wait(seconds)
+
+    def _abandon(self, response: http.client.HTTPResponse, reset: bool) -> None:
+        """Ends a response before its body is complete. The upstream connection is mid-body too, so it
+        cannot be reused. With ``reset``, the client socket closes with an RST instead of a FIN (linger
+        on, timeout zero), so the client sees ECONNRESET, as when S3 or a load balancer drops it."""
+        response.close()
+        self._drop_connection()
+        self.close_connection = True
+        if reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Really closed once finish() closes rfile; the server's own shutdown(SHUT_WR) would send a FIN first.
+            self.connection.close()
 
     def _read_request_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

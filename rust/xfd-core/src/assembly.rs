@@ -5,7 +5,10 @@
 //! - `dir/.name.xfd-part`: the file being assembled, preallocated to its final size;
 //! - `dir/.name.xfd-state.json`: the chunks already in the part file, with their digests, so a later
 //!   run resumes with only the missing ones (each recorded chunk is re-hashed before it is trusted);
-//! - `dir/.name.xfd.json`: the sidecar of a published file (object identity, size, chunk digests).
+//! - `dir/.name.xfd.json`: the sidecar of a published file (object identity, size, chunk digests);
+//! - `dir/.name.xfd-publishing.json`: the sidecar-to-be, only while the file is renamed into place;
+//! - `dir/.name.xfd-lock`: an empty file, locked (`flock`) by the run writing the destination while
+//!   it runs, so two runs on one node never write the same part file.
 //!   A destination with a sidecar was written by xfd; one without is the user's and is never replaced
 //!   unless `overwrite` is set.
 
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::faults::{Faults, Point};
 use crate::hash::{ChunkDigest, hash_file_range};
 
 pub const SIDECAR_FORMAT: &str = "xfd.file/1";
@@ -81,6 +85,91 @@ pub fn part_path(destination: &Path) -> PathBuf {
     hidden_beside(destination, ".xfd-part")
 }
 
+pub fn lock_path(destination: &Path) -> PathBuf {
+    hidden_beside(destination, ".xfd-lock")
+}
+
+/// A destination's lock: held while this value lives; the lock file is removed when it is dropped.
+#[derive(Debug)]
+pub struct DestinationLock {
+    path: PathBuf,
+    file: File,
+}
+
+/// Takes the destination's lock; refuses at once when another run holds it (waiting could outlast the
+/// caller's patience without saying why).
+pub fn lock_destination(destination: &Path) -> Result<DestinationLock> {
+    let parent = destination.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    let path = lock_path(destination);
+    loop {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::DestinationBusy {
+                    path: destination.to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        // The holder removes the lock file as it lets go: a lock on a file no longer at `path` is
+        // worthless (the next run would lock a new file there), so take the one that is there now.
+        if same_file(&file, &path) {
+            return Ok(DestinationLock { path, file });
+        }
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for DestinationLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no other run can be holding this file's lock meanwhile.
+        let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+/// Removes an unpublished part file and its resume record: for a file whose writes the disk refused,
+/// so a full disk gets its space back.
+pub fn discard_part(destination: &Path) {
+    let _ = fs::remove_file(part_path(destination));
+    let _ = fs::remove_file(state_path(destination));
+}
+
+/// Name prefix of the scratch files an endgame duplicate of one of the destination's chunks uses.
+pub fn duplicate_prefix(destination: &Path) -> String {
+    let name = destination.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    format!(".{name}.xfd-duplicate-")
+}
+
+/// Removes duplicate scratch files a crashed run left beside the destination; call with its lock held.
+pub fn remove_duplicate_scratch(destination: &Path) {
+    let prefix = duplicate_prefix(destination);
+    let parent = destination.parent().unwrap_or(Path::new("/"));
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn publishing_path(destination: &Path) -> PathBuf {
+    hidden_beside(destination, ".xfd-publishing.json")
+}
+
 fn state_path(destination: &Path) -> PathBuf {
     hidden_beside(destination, ".xfd-state.json")
 }
@@ -138,6 +227,7 @@ impl PartFile {
     /// Opens the part file, keeping the chunks an interrupted run recorded (after re-hashing them),
     /// or creates it preallocated. Refuses a destination that holds a user's file unless `overwrite`.
     pub fn open(target: FileTarget) -> Result<PartFile> {
+        recover_interrupted_publish(&target)?;
         refuse_foreign(&target)?;
         let parent = target.destination.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
@@ -218,6 +308,11 @@ impl PartFile {
     /// Verifies the optional whole-file SHA-256, then moves the file into place and writes its sidecar.
     /// Until this returns, the destination holds either its old content or nothing: never a partial file.
     pub fn publish(self) -> Result<Sidecar> {
+        self.publish_with(&Faults::default())
+    }
+
+    /// [`PartFile::publish`], with the `publish` fault point just before the rename.
+    pub fn publish_with(self, faults: &Faults) -> Result<Sidecar> {
         if let Some(missing) = self.missing().first() {
             return Err(Error::InvalidPlan(format!(
                 "cannot publish {}: chunk {} is missing",
@@ -247,17 +342,52 @@ impl PartFile {
                 path: destination.clone(),
             });
         }
-        fs::rename(&part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
-        sync_directory(destination)?;
         let sidecar = Sidecar {
             format: SIDECAR_FORMAT.into(),
             identity: self.target.identity.clone(),
             chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
         };
-        write_json_atomically(&sidecar_path(destination), &sidecar)?;
+        put_in_place(&part, destination, &sidecar, faults)?;
         let _ = fs::remove_file(state_path(destination));
         Ok(sidecar)
     }
+}
+
+/// Renames `part` onto `destination` and records `sidecar` beside it, crash-safely. The sidecar is
+/// written first under a "publishing" name: a crash between the rename and the sidecar would otherwise
+/// leave a file without a sidecar, which the next run must treat as the user's. With the record, the
+/// next run can prove the file is xfd's (every chunk re-hashed) and finish the publish instead.
+fn put_in_place(part: &Path, destination: &Path, sidecar: &Sidecar, faults: &Faults) -> Result<()> {
+    let publishing = publishing_path(destination);
+    write_json_atomically(&publishing, sidecar)?;
+    faults.crash_point(Point::Publish);
+    fs::rename(part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
+    sync_directory(destination)?;
+    fs::rename(&publishing, sidecar_path(destination)).map_err(|e| Error::io("rename into place", &publishing, e))?;
+    sync_directory(destination)
+}
+
+/// Finishes a publish that a crash interrupted between its rename and its sidecar (see
+/// [`put_in_place`]): when the destination's bytes match the publishing record chunk by chunk, the
+/// record becomes the sidecar. A record that does not match (the crash came before the rename) is
+/// dropped. Cheap when there is no record: a failed `open`.
+pub fn recover_interrupted_publish(target: &FileTarget) -> Result<()> {
+    let publishing = publishing_path(&target.destination);
+    let Some(record) = read_json::<Sidecar>(&publishing) else {
+        if publishing.exists() {
+            let _ = fs::remove_file(&publishing); // unreadable: a crash inside its own atomic write
+        }
+        return Ok(());
+    };
+    let size_matches =
+        fs::symlink_metadata(&target.destination).is_ok_and(|m| m.is_file() && m.len() == target.identity.size);
+    if record.identity == target.identity && size_matches && deep_verify(&target.destination, target, &record)? {
+        fs::rename(&publishing, sidecar_path(&target.destination))
+            .map_err(|e| Error::io("rename into place", &publishing, e))?;
+        let _ = fs::remove_file(state_path(&target.destination));
+        return sync_directory(&target.destination);
+    }
+    fs::remove_file(&publishing).map_err(|e| Error::io("remove", &publishing, e))
 }
 
 /// Copies a published file to another destination of the same object (same checks, same sidecar).
@@ -270,9 +400,7 @@ pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Re
     File::open(&part)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("sync", &part, e))?;
-    fs::rename(&part, &target.destination).map_err(|e| Error::io("rename into place", &target.destination, e))?;
-    sync_directory(&target.destination)?;
-    write_json_atomically(&sidecar_path(&target.destination), sidecar)
+    put_in_place(&part, &target.destination, sidecar, &Faults::default())
 }
 
 fn refuse_foreign(target: &FileTarget) -> Result<()> {

@@ -9,7 +9,7 @@
 //! Each object has its own lock, so chunks of different objects never wait for each other; disk work
 //! that syncs or hashes runs on tokio's blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::assembly::{self, CacheState, ChunkSpan, FileIdentity, FileTarget, PartFile, Sidecar};
 use crate::error::{Error, Result};
+use crate::faults::{Faults, Point};
 use crate::hash::{ChunkDigest, hash_file_range};
 use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
 use crate::p2p::{ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, ServerStats};
@@ -40,8 +41,8 @@ pub struct EngineConfig {
     /// The run's secret for peer transfers: required by this node's server, sent to other nodes'.
     /// Empty: this engine neither serves nor fetches from peers.
     pub peer_token: String,
-    /// Fault injection for system tests: this node's peer server corrupts what it serves.
-    pub corrupt_served_bytes: bool,
+    /// Fault injection for the system tests (see [`crate::faults`]); empty otherwise.
+    pub faults: Arc<Faults>,
     /// This node's Ray labels: files whose `nodes` selector they do not match are not for this node.
     pub node_labels: BTreeMap<String, String>,
 }
@@ -126,6 +127,21 @@ pub(crate) struct ObjectWork {
     targets: Vec<FileTarget>,
     part: Option<PartFile>,
     published: Option<Sidecar>,
+    /// The destinations' locks, held from the first look at them to the end of the run.
+    locks: Vec<assembly::DestinationLock>,
+}
+
+impl ObjectWork {
+    fn lock_destinations(&mut self) -> Result<()> {
+        if self.locks.is_empty() {
+            self.locks = self
+                .targets
+                .iter()
+                .map(|t| assembly::lock_destination(&t.destination))
+                .collect::<Result<_>>()?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Engine {
@@ -143,6 +159,8 @@ pub struct Engine {
     /// Chunks being written now: a second fetch of one of them is refused, so a chunk's region in
     /// the part file never has two writers (one could overwrite the other's verified bytes).
     writing: Mutex<HashMap<String, Arc<FencedFile>>>,
+    /// Objects whose part file the disk refused to write: discarded when the engine ends.
+    unwritable: Mutex<BTreeSet<String>>,
 }
 
 /// Removes a chunk from the writing set when its fetch ends, however it ends (error, cancellation).
@@ -176,6 +194,7 @@ impl Engine {
                 targets,
                 part: None,
                 published: None,
+                locks: Vec::new(),
             };
             objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
         }
@@ -189,6 +208,7 @@ impl Engine {
             peers: peer_client(&config)?,
             server: Mutex::new(None),
             writing: Mutex::new(Default::default()),
+            unwritable: Mutex::new(BTreeSet::new()),
             config,
         })
     }
@@ -208,7 +228,8 @@ impl Engine {
         for work in self.objects.values() {
             let work = work.clone();
             let deep = self.config.deep_verify;
-            let found = tokio::task::spawn_blocking(move || scan_object(&mut work.lock().unwrap(), deep))
+            let faults = self.config.faults.clone();
+            let found = tokio::task::spawn_blocking(move || scan_object(&mut work.lock().unwrap(), deep, &faults))
                 .await
                 .map_err(|e| Error::Task(e.to_string()))??;
             self.absorb(found, &mut report);
@@ -281,6 +302,7 @@ impl Engine {
         };
         let store = self.store(&store_name)?;
         self.started(&chunk, Source::Origin, None);
+        self.config.faults.crash_point(Point::OriginFetch);
         let started = Instant::now();
         let part_path = work
             .lock()
@@ -385,13 +407,10 @@ impl Engine {
         peer: SocketAddr,
         expected: Option<ChunkDigest>,
     ) -> Result<ChunkDone> {
-        let part_dir = work.lock().unwrap().targets[0]
-            .destination
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let destination = work.lock().unwrap().targets[0].destination.clone();
+        let part_dir = destination.parent().map(Path::to_path_buf).unwrap_or_default();
         let scratch = tempfile::Builder::new()
-            .prefix(".xfd-duplicate-")
+            .prefix(&assembly::duplicate_prefix(&destination))
             .tempfile_in(&part_dir)
             .map_err(|e| Error::io("create", &part_dir, e))?;
         let scratch_file = Arc::new(scratch.reopen().map_err(|e| Error::io("open", scratch.path(), e))?);
@@ -404,6 +423,7 @@ impl Engine {
         let (chunk_id, length, offset) = (chunk.id.clone(), chunk.length, chunk.offset);
         let digest = report.digest;
         let committing = work.clone();
+        let faults = self.config.faults.clone();
         let committed = tokio::task::spawn_blocking(move || {
             let mut work = committing.lock().unwrap();
             if work.published.is_some() || work.part.as_ref().is_none_or(|p| p.done().contains_key(&chunk_id)) {
@@ -414,7 +434,7 @@ impl Engine {
             }
             let part = work.part.as_ref().expect("checked above").file();
             copy_region(&scratch_file, part.as_ref(), length, offset)?;
-            record_and_maybe_publish(&mut work, &chunk_id, digest).map(Some)
+            record_and_maybe_publish(&mut work, &chunk_id, digest, &faults).map(Some)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
@@ -464,7 +484,7 @@ impl Engine {
             token: self.config.peer_token.clone(),
             upload_slots,
             egress_bytes_per_sec,
-            corrupt_served_bytes: self.config.corrupt_served_bytes,
+            faults: self.config.faults.clone(),
             ..ServerConfig::default()
         };
         let server = P2pServer::start(config, self.registry.clone()).await?;
@@ -501,10 +521,13 @@ impl Engine {
     ) -> Result<ChunkDone> {
         let object_id = work.lock().unwrap().object.id.clone();
         let chunk_id = chunk.id.clone();
-        let (path, published) =
-            tokio::task::spawn_blocking(move || record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+        let faults = self.config.faults.clone();
+        let (path, published) = tokio::task::spawn_blocking(move || {
+            record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest, &faults)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        self.config.faults.crash_point(Point::ChunkRecorded);
         Ok(self.announce(&object_id, chunk, digest, source, peer, elapsed, &path, published))
     }
 
@@ -574,13 +597,19 @@ impl Engine {
             let destination = localize(&self.config.node_root, &step.to)?;
             let options = UnpackOptions {
                 format: step.format.parse::<ArchiveFormat>()?,
+                faults: self.config.faults.clone(),
                 ..options.clone()
             };
             let identity = format!("{}:{}", step.object_id, step.format);
             let (a, d) = (archive.clone(), destination.clone());
-            let report = tokio::task::spawn_blocking(move || unpack::unpack(&a, &d, &identity, &options))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+            // This engine holds the archive's lock, so no other run unpacks it here now: what is beside
+            // the destination from an unpack is a crashed run's.
+            let report = tokio::task::spawn_blocking(move || {
+                unpack::remove_leftovers(&d)?;
+                unpack::unpack(&a, &d, &identity, &options)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
             let event = Event::Unpacked {
                 object_id: step.object_id.clone(),
                 destination: destination.display().to_string(),
@@ -632,6 +661,7 @@ impl Engine {
         if work.published.is_some() {
             return Ok(None);
         }
+        work.lock_destinations()?;
         if work.part.is_none() {
             work.part = Some(PartFile::open(work.targets[0].clone())?);
         }
@@ -711,6 +741,13 @@ impl Engine {
             .get(chunk_id)
             .map(|(object_id, _)| object_id.clone())
             .unwrap_or_default();
+        let error = match self.objects.get(&object_id) {
+            Some(work) if error.is_storage() => {
+                self.unwritable.lock().unwrap().insert(object_id.clone());
+                error.naming(&assembly::part_path(&work.lock().unwrap().targets[0].destination))
+            }
+            _ => error,
+        };
         self.emit(Event::ChunkFailed {
             chunk_id: chunk_id.to_owned(),
             object_id,
@@ -742,6 +779,20 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// Gives a refusing disk its space back: the part files it could not complete are removed (the
+    /// destinations were never touched). Other part files stay for the next run to resume.
+    fn drop(&mut self) {
+        for object_id in self.unwritable.lock().unwrap().iter() {
+            let mut work = self.objects[object_id].lock().unwrap();
+            if work.published.is_none() {
+                work.part = None;
+                assembly::discard_part(&work.targets[0].destination);
+            }
+        }
+    }
+}
+
 enum ScanFound {
     Cached {
         object_id: String,
@@ -756,7 +807,9 @@ enum ScanFound {
     },
 }
 
-fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
+fn scan_object(work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Result<ScanFound> {
+    work.lock_destinations()?;
+    assembly::remove_duplicate_scratch(&work.targets[0].destination);
     let object_id = work.object.id.clone();
     if let Some((index, sidecar)) = find_cache_hit(work, deep_verify)? {
         let source = work.targets[index].destination.clone();
@@ -788,7 +841,7 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
     work.part = Some(part);
     // An object with no missing chunks (empty, or fully resumed) is published right away.
     let published = if work.part.as_ref().is_some_and(PartFile::is_complete) {
-        let (destination, _) = publish(work)?;
+        let (destination, _) = publish(work, faults)?;
         Some(Event::FilePublished {
             object_id: object_id.clone(),
             destination: destination.display().to_string(),
@@ -812,6 +865,7 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool) -> Result<ScanFound> {
 
 fn find_cache_hit(work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, Sidecar)>> {
     for (index, target) in work.targets.iter().enumerate() {
+        assembly::recover_interrupted_publish(target)?;
         if let CacheState::Hit(sidecar) = assembly::inspect(&target.destination, &target.identity)?
             && (!deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)?)
         {
@@ -861,6 +915,7 @@ fn record_and_maybe_publish(
     work: &mut ObjectWork,
     chunk_id: &str,
     digest: ChunkDigest,
+    faults: &Faults,
 ) -> Result<(PathBuf, Option<Published>)> {
     if let Some(sidecar) = &work.published {
         // Published meanwhile (a duplicate transfer won the race): nothing left to record.
@@ -879,14 +934,14 @@ fn record_and_maybe_publish(
     if !part.is_complete() {
         return Ok((part.path(), None));
     }
-    let published = publish(work)?;
+    let published = publish(work, faults)?;
     Ok((published.0.clone(), Some(published)))
 }
 
-fn publish(work: &mut ObjectWork) -> Result<Published> {
+fn publish(work: &mut ObjectWork, faults: &Faults) -> Result<Published> {
     let part = work.part.take().expect("publish needs a part file");
     let digests = part.done().clone();
-    let sidecar = part.publish()?;
+    let sidecar = part.publish_with(faults)?;
     let primary = work.targets[0].destination.clone();
     for target in &work.targets[1..] {
         assembly::publish_copy(&primary, &sidecar, target)?;

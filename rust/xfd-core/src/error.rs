@@ -23,6 +23,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The node's disk refused a write: full, read-only, over quota or not permitted. Retrying on this
+    /// node cannot help; `advice` says what the user can do.
+    #[error("{op} {path}: {source}; {advice}")]
+    Storage {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        advice: &'static str,
+    },
+
+    /// Another xfd run on this node is writing the destination now (it holds the destination's lock).
+    #[error(
+        "destination {path} is being written by another xfd run on this node; wait for that run to end \
+         (this one then finds the file in its cache) or stop it, then run again"
+    )]
+    DestinationBusy { path: PathBuf },
+
     /// A byte range that does not lie inside the file it addresses.
     #[error("range [{offset}, {offset}+{length}) is outside {path} (size {size} bytes)")]
     RangeOutOfBounds {
@@ -131,6 +149,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A peer that gave no complete answer within the transfer's deadline: hung, or far too slow. Not
+    /// retried against the same peer: the caller should avoid it (a hung peer costs a deadline each time).
+    #[error("peer {peer} gave no complete answer for chunk {chunk} within {waited:?}")]
+    PeerStalled {
+        peer: SocketAddr,
+        chunk: ChunkId,
+        waited: std::time::Duration,
+    },
+
     /// A peer that refused this run's token (a peer from another run, or a misconfigured one).
     #[error("peer {peer} refused the token (chunk {chunk})")]
     PeerAuthRefused { peer: SocketAddr, chunk: ChunkId },
@@ -188,21 +215,62 @@ fn entry_suffix(entry: &Option<String>) -> String {
 }
 
 impl Error {
+    /// An I/O error on a local path; a refused write ([`Error::Storage`]) gets advice.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
+        let path = path.into();
+        match storage_advice(&source) {
+            Some(advice) => Error::Storage {
+                op,
+                path,
+                source,
+                advice,
+            },
+            None => Error::Io { op, path, source },
         }
+    }
+
+    /// `true` for a write the node's disk refused (see [`Error::Storage`]).
+    pub fn is_storage(&self) -> bool {
+        match self {
+            Error::Storage { .. } => true,
+            Error::ChunkWrite { source, .. } => storage_advice(source).is_some(),
+            _ => false,
+        }
+    }
+
+    /// This error, naming `file` when it is a refused write that could not name its file itself (a
+    /// write through an open handle knows no path).
+    pub(crate) fn naming(self, file: &std::path::Path) -> Self {
+        match self {
+            Error::Storage { op, source, .. } | Error::Io { op, source, .. } if storage_advice(&source).is_some() => {
+                Error::io(op, file, source)
+            }
+            Error::ChunkWrite { source, .. } if storage_advice(&source).is_some() => Error::io("write", file, source),
+            other => other,
+        }
+    }
+}
+
+fn storage_advice(source: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::*;
+    match source.kind() {
+        StorageFull | QuotaExceeded => {
+            Some("free space on that file system, or choose another node root (XFD_NODE_ROOT), then run again")
+        }
+        ReadOnlyFilesystem | PermissionDenied => {
+            Some("make that directory writable, or choose another node root (XFD_NODE_ROOT), then run again")
+        }
+        _ => None,
     }
 }
 
 impl Error {
     /// How a scheduler should react: `fatal` (retrying cannot help), `integrity` (the source served
     /// bad bytes: penalize it), `peer` or `origin` (transient: try again, elsewhere if possible),
-    /// `busy` (a duplicate request: drop it).
+    /// `busy` (a duplicate request: drop it), `stalled` (the source hung: avoid it).
     pub fn kind(&self) -> &'static str {
         match self {
+            Error::PeerStalled { .. } => "stalled",
             Error::PeerDigestMismatch { .. } | Error::PeerShortBody { .. } | Error::PeerProtocol { .. } => "integrity",
             Error::PeerUnreachable { .. }
             | Error::PeerAuthRefused { .. }

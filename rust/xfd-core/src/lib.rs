@@ -6,6 +6,7 @@
 pub mod assembly;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod hash;
 pub mod origin;
 pub mod p2p;

@@ -36,7 +36,8 @@ impl Transfer {
 /// How a transfer failed, as the engine classifies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The source served bytes that do not match the chunk's digest: penalize it.
+    /// The source misbehaved (bytes that do not match the chunk's digest, or no answer before the
+    /// deadline): penalize it.
     Integrity,
     /// A peer could not deliver (gone, busy, refused): try again, elsewhere if possible.
     Peer,

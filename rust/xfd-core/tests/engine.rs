@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
 use serde_json::json;
+use xfd_core::Error;
 use xfd_core::engine::{Engine, EngineConfig, Event, Source};
 use xfd_core::origin::{StoreConfig, open_store};
 use xfd_core::plan::Plan;
@@ -80,13 +82,14 @@ async fn plan_for(origin: &Path, objects: &[(&str, Vec<u8>, &[&str])], unpack: O
 }
 
 fn config(plan: &Plan, root: &Path, corrupt_served_bytes: bool) -> EngineConfig {
+    let faults = if corrupt_served_bytes { "serve:corrupt" } else { "" };
     let url = plan.stores["origin"].url.clone();
     let stores = BTreeMap::from([("origin".to_string(), StoreConfig { url, options: vec![] })]);
     EngineConfig {
         node_root: root.to_owned(),
         stores,
         peer_token: TOKEN.into(),
-        corrupt_served_bytes,
+        faults: Arc::new(faults.parse().unwrap()),
         ..Default::default()
     }
 }
@@ -191,6 +194,7 @@ async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
     first.scan().await.unwrap();
     fetch_all_from_origin(&first).await;
     fs::remove_file(root.path().join("g")).unwrap(); // one copy lost: restored from the other, not the origin
+    drop(first); // its run is over: it lets go of the destinations
 
     let second = engine(&plan, root.path());
     let scan = second.scan().await.unwrap();
@@ -396,6 +400,7 @@ async fn race(slow_is_corrupt: bool) {
     // The slow transfer was shut out: it reports the chunk as held, never as a failure of its own.
     assert!(primary.unwrap().already_held);
     assert_eq!(fs::read(root_c.path().join("f")).unwrap(), data);
+    drop(leecher); // its run ends: the destination's lock goes too
     let leftovers: Vec<_> = fs::read_dir(root_c.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -457,4 +462,86 @@ fn subranges_cover_the_range_exactly_and_are_never_tiny() {
         assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), length);
         assert!(parts.len() == 1 || parts.iter().all(|p| p.1 >= MIN_SUBRANGE));
     }
+}
+
+#[tokio::test]
+async fn a_second_engine_on_the_same_destinations_is_refused_until_the_first_ends() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("k", bytes(2 * CHUNK as usize, 2), &["/f"])], None).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    let second = engine(&plan, root.path());
+    match second.scan().await {
+        Err(Error::DestinationBusy { path }) => assert_eq!(path, root.path().join("f")),
+        other => panic!("expected DestinationBusy, got {:?}", other.map(|_| ())),
+    }
+    fetch_all_from_origin(&first).await;
+    drop(first);
+    assert!(
+        !root.path().join(".f.xfd-lock").exists(),
+        "the lock file goes with its run"
+    );
+    let third = engine(&plan, root.path());
+    assert_eq!(third.scan().await.unwrap().cached_files, 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = bytes(3 * CHUNK as usize + 1, 8);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
+    {
+        let first = engine(&plan, root.path());
+        first.scan().await.unwrap();
+        fetch_all_from_origin(&first).await;
+    }
+    // The state a crash right after the rename leaves: the file in place, its sidecar still "publishing".
+    fs::rename(
+        root.path().join(".f.xfd.json"),
+        root.path().join(".f.xfd-publishing.json"),
+    )
+    .unwrap();
+
+    let second = engine(&plan, root.path());
+    let scan = second.scan().await.unwrap();
+    assert_eq!(
+        scan.cached_files, 1,
+        "the file is proven to be xfd's and kept, not refused as a user's"
+    );
+    assert!(root.path().join(".f.xfd.json").exists());
+    assert!(!root.path().join(".f.xfd-publishing.json").exists());
+    assert_eq!(fs::read(root.path().join("f")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_publishing_record_that_does_not_match_never_claims_a_users_file() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = bytes(2 * CHUNK as usize, 1);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
+    {
+        let first = engine(&plan, root.path());
+        first.scan().await.unwrap();
+        fetch_all_from_origin(&first).await;
+    }
+    // A crash before the rename, then the user put a file of the same size there.
+    fs::rename(
+        root.path().join(".f.xfd.json"),
+        root.path().join(".f.xfd-publishing.json"),
+    )
+    .unwrap();
+    let users = vec![7u8; data.len()];
+    fs::write(root.path().join("f"), &users).unwrap();
+
+    let second = engine(&plan, root.path());
+    let refused = second.scan().await.map(|_| ());
+    assert!(matches!(refused, Err(Error::DestinationExists { .. })), "{refused:?}");
+    assert_eq!(
+        fs::read(root.path().join("f")).unwrap(),
+        users,
+        "the user's file is untouched"
+    );
+    assert!(!root.path().join(".f.xfd-publishing.json").exists());
 }

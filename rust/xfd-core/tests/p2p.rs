@@ -677,3 +677,150 @@ fn generated_tokens_are_long_and_distinct() {
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
 }
+
+fn faulty(spec: &str) -> ServerConfig {
+    ServerConfig {
+        faults: Arc::new(spec.parse().unwrap()),
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_dying_mid_body_is_a_short_body_and_nothing_is_reported_fetched() {
+    let node = Node::start_with(faulty("serve:truncate")).await;
+    let bytes = pattern(3 * MIB, 4);
+    let id = node.serve(&bytes, 0);
+    let result = client()
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(ChunkDigest::of_bytes(&bytes)),
+            destination(bytes.len()),
+            0,
+            bytes.len() as u64,
+        )
+        .await;
+    match result.expect_err("a truncated body is never a fetched chunk") {
+        Error::PeerShortBody { received, expected, .. } => {
+            assert!(received < expected, "{received} of {expected}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_is_given_up_at_the_deadline() {
+    let node = Node::start_with(faulty("serve:stall")).await;
+    let bytes = pattern(2 * MIB, 5);
+    let id = node.serve(&bytes, 0);
+    let patient_for_one_second = ClientConfig {
+        base_timeout: Duration::from_secs(1),
+        retries: 0,
+        ..ClientConfig::default()
+    };
+    let result = client_with(patient_for_one_second)
+        .fetch_chunk(
+            node.addr(),
+            &id,
+            Some(ChunkDigest::of_bytes(&bytes)),
+            destination(bytes.len()),
+            0,
+            bytes.len() as u64,
+        )
+        .await;
+    match result.expect_err("a stalled body is never a fetched chunk") {
+        Error::PeerStalled { peer, .. } => assert_eq!(peer, node.addr()),
+        other => panic!("unexpected {other}"),
+    }
+    // The stalled response let go of its upload slot when the client gave up.
+    wait_for("the slot to be released", || node.server.stats().active_uploads == 0).await;
+}
+
+/// Reads until the server closes the connection; the bytes it sent first.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut received)).await;
+    assert!(outcome.is_ok(), "the server kept the connection open");
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_connections_are_closed_and_real_requests_still_served() {
+    let node = Node::start_with(ServerConfig {
+        header_read_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    let bytes = pattern(1000, 6);
+    let id = node.serve(&bytes, 0);
+    let mut lorises = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(node.addr()).await.unwrap();
+        // A head that never ends: one header line at a time, never the blank line.
+        stream
+            .write_all(format!("GET /v1/chunks/{id} HTTP/1.1\r\nHost: peer\r\n").as_bytes())
+            .await
+            .unwrap();
+        lorises.push(stream);
+    }
+    let (status, _) = raw_request(node.addr(), "GET", "/v1/health", &[&bearer()]).await;
+    assert_eq!(status, 200, "a real request is served while slow clients hang on");
+    for stream in &mut lorises {
+        let answer = read_until_closed(stream).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200 OK"),
+            "no chunk for a slow-loris client"
+        );
+    }
+    assert_eq!(node.server.stats().bytes_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let node = Node::start_with(ServerConfig {
+        max_connections: 3,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(node.addr()).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(node.addr()).await.unwrap();
+    let _ = extra
+        .write_all(format!("GET /v1/health HTTP/1.1\r\nHost: peer\r\n{}\r\n\r\n", bearer()).as_bytes())
+        .await;
+    let answer = read_until_closed(&mut extra).await;
+    assert!(answer.is_empty(), "the connection over the cap got an answer");
+    assert_eq!(node.server.stats().refused.connections, 1);
+    drop(idle);
+    let mut served = false;
+    for _ in 0..100 {
+        // Closed sockets leave the server's set as it notices them: retry until one gets in.
+        let (status, _) = raw_request_lenient(node.addr(), "/v1/health").await;
+        if status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the server accepts connections again once others closed");
+}
+
+/// Like `raw_request`, but a connection closed without an answer is status 0, not a panic.
+async fn raw_request_lenient(addr: SocketAddr, target: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n{}\r\n\r\n",
+        bearer()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    (status_of(&text), text)
+}

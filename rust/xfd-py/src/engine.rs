@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyAny;
 use serde::Serialize;
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 use xfd_core::ChunkDigest;
 use xfd_core::engine::{Engine, EngineConfig};
 use xfd_core::origin::{RetryPolicy, StoreConfig};
@@ -54,6 +55,9 @@ pub(crate) fn to_python<'py, T: Serialize>(py: Python<'py>, value: &T) -> PyResu
 #[pyclass(name = "Engine", module = "xfd._core", frozen)]
 pub struct PyEngine {
     pub(crate) inner: Arc<Engine>,
+    /// Background transfers (`submit_*`), so that [`PyEngine::cancel`] can end them: an engine whose
+    /// run is over must not go on writing (or publishing) beside the next run's files.
+    running: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[pymethods]
@@ -61,14 +65,14 @@ impl PyEngine {
     /// `stores` maps each store name of the plan to `(url, [(option, value), ...])`, credentials
     /// resolved on this node.
     #[new]
-    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, corrupt_served_bytes = false, node_labels = None))]
+    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, faults = "", node_labels = None))]
     fn new(
         plan_json: &str,
         node_root: PathBuf,
         stores: BTreeMap<String, (String, Vec<(String, String)>)>,
         peer_token: Option<String>,
         deep_verify: bool,
-        corrupt_served_bytes: bool,
+        faults: &str,
         node_labels: Option<BTreeMap<String, String>>,
     ) -> PyResult<Self> {
         let peer_token = peer_token.unwrap_or_default();
@@ -82,7 +86,7 @@ impl PyEngine {
             stores,
             deep_verify,
             peer_token,
-            corrupt_served_bytes,
+            faults: Arc::new(faults.parse().map_err(to_py)?),
             node_labels: node_labels.unwrap_or_default(),
             retry: RetryPolicy::from_settings(&plan.settings),
         };
@@ -92,6 +96,7 @@ impl PyEngine {
         };
         Ok(PyEngine {
             inner: Arc::new(engine),
+            running: Mutex::new(Vec::new()),
         })
     }
 
@@ -116,8 +121,26 @@ impl PyEngine {
         for chunk_id in chunk_ids {
             let engine = self.inner.clone();
             // The outcome, success or failure, is reported as an event by the engine itself.
-            runtime().spawn(async move { engine.fetch_from_origin(&chunk_id).await });
+            self.track(runtime().spawn(async move {
+                let _ = engine.fetch_from_origin(&chunk_id).await;
+            }));
         }
+    }
+
+    /// Ends every background transfer and waits (up to `grace` seconds) until they are gone; a chunk
+    /// being recorded or a file being published finishes first (that work is not interruptible).
+    #[pyo3(signature = (grace = 10.0))]
+    fn cancel(&self, py: Python<'_>, grace: f64) {
+        let running = std::mem::take(&mut *self.running.lock().unwrap());
+        running.iter().for_each(JoinHandle::abort);
+        let wait = async move {
+            for task in running {
+                let _ = task.await;
+            }
+        };
+        let grace = Duration::from_secs_f64(grace.max(0.0));
+        py.detach(|| runtime().block_on(async { tokio::time::timeout(grace, wait).await }))
+            .ok();
     }
 
     /// Fetches one chunk from the peer at `host:port` (blocking), verified against `expected_digest`.
@@ -146,7 +169,9 @@ impl PyEngine {
             let peer = socket_address(&host, port)?;
             let expected = expected.as_deref().map(digest).transpose()?;
             let engine = self.inner.clone();
-            runtime().spawn(async move { engine.fetch_from_peer(&chunk_id, peer, expected).await });
+            self.track(runtime().spawn(async move {
+                let _ = engine.fetch_from_peer(&chunk_id, peer, expected).await;
+            }));
         }
         Ok(())
     }
@@ -230,5 +255,13 @@ impl PyEngine {
     #[getter]
     fn served_chunks(&self) -> usize {
         self.inner.registry().len()
+    }
+}
+
+impl PyEngine {
+    fn track(&self, task: JoinHandle<()>) {
+        let mut running = self.running.lock().unwrap();
+        running.retain(|t| !t.is_finished());
+        running.push(task);
     }
 }

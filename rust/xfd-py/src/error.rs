@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use xfd_core::Error;
 
 pyo3::import_exception!(xfd.errors, ArchiveError);
+pyo3::import_exception!(xfd.errors, DestinationBusyError);
 pyo3::import_exception!(xfd.errors, DestinationExistsError);
 pyo3::import_exception!(xfd.errors, EngineError);
 pyo3::import_exception!(xfd.errors, IntegrityError);
@@ -16,6 +17,7 @@ pyo3::import_exception!(xfd.errors, ObjectChangedError);
 pyo3::import_exception!(xfd.errors, OriginError);
 pyo3::import_exception!(xfd.errors, PeerError);
 pyo3::import_exception!(xfd.errors, RangeError);
+pyo3::import_exception!(xfd.errors, StorageError);
 pyo3::import_exception!(xfd.errors, StoreConfigError);
 pyo3::import_exception!(xfd.errors, UnsafeArchiveError);
 
@@ -23,6 +25,10 @@ pub(crate) fn to_py(error: Error) -> PyErr {
     let message = error.to_string();
     match error {
         Error::Io { op, path, source } => io_error(op, &path.display().to_string(), source, message),
+        Error::Storage { path, source, .. } => {
+            StorageError::new_err((source.raw_os_error().unwrap_or(0), message, path.display().to_string()))
+        }
+        Error::DestinationBusy { .. } => DestinationBusyError::new_err(message),
         Error::RangeOutOfBounds { .. } => RangeError::new_err(message),
         Error::Origin { .. } => OriginError::new_err(message),
         Error::ObjectChanged { .. } => ObjectChangedError::new_err(message),
@@ -36,6 +42,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
             UnsafeArchiveError::new_err(message)
         }
         Error::PeerUnreachable { .. }
+        | Error::PeerStalled { .. }
         | Error::PeerAuthRefused { .. }
         | Error::ChunkNotOnPeer { .. }
         | Error::PeerBusy { .. }

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::limiter::EgressLimiter;
 use super::server::Counters;
+use crate::faults::Action;
 
 /// Largest block read from disk at once. With one block queued and one being read, a transfer holds
 /// at most a few blocks in memory whatever the chunk's size.
@@ -51,8 +52,8 @@ pub(crate) struct FileRange {
     pub(crate) file: Arc<File>,
     pub(crate) offset: u64,
     pub(crate) length: u64,
-    /// Test fault injection: the first byte of every block sent is flipped.
-    pub(crate) corrupt: bool,
+    /// Test fault injection (see [`crate::faults`]): how this response misbehaves, if at all.
+    pub(crate) fault: Option<Action>,
 }
 
 impl ChunkBody {
@@ -86,8 +87,20 @@ async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sen
             limiter.acquire(want as u64).await;
         }
         let mut block = read_block(source.file.clone(), source.offset + done, want).await;
-        if source.corrupt {
+        if source.fault == Some(Action::Corrupt) {
             block = block.map(flip_first_byte);
+        }
+        if let Some(fault @ (Action::Truncate | Action::Stall)) = source.fault {
+            // A peer dying (truncate) or hanging (stall) mid-transfer: half a block, then the body
+            // breaks off, or the connection stays open and silent until the client gives up.
+            if let Ok(bytes) = block {
+                let _ = sender.send(Ok(bytes.slice(..bytes.len() / 2))).await;
+            }
+            match fault {
+                Action::Stall => sender.closed().await,
+                _ => drop(sender.send(Err(truncated())).await),
+            }
+            return;
         }
         let failed = block.is_err();
         if sender.send(block).await.is_err() || failed {
@@ -95,6 +108,11 @@ async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sen
         }
         done += want as u64;
     }
+}
+
+/// The error that aborts a body mid-way, as a peer dying mid-transfer would.
+fn truncated() -> io::Error {
+    io::Error::other("fault injection: body truncated")
 }
 
 fn flip_first_byte(block: Bytes) -> Bytes {

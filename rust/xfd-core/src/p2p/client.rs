@@ -212,9 +212,12 @@ impl P2pClient {
         match tokio::time::timeout(deadline, self.request(transfer)).await {
             Ok(result) => result,
             // A peer this slow is better replaced than retried: not retryable.
-            Err(_) => Err(transfer
-                .unreachable(format!("no complete answer within {deadline:?}"))
-                .into()),
+            Err(_) => Err(Error::PeerStalled {
+                peer: transfer.peer,
+                chunk: *transfer.id,
+                waited: deadline,
+            }
+            .into()),
         }
     }
 

@@ -25,6 +25,7 @@ use super::limiter::EgressLimiter;
 use super::range::parse_range;
 use super::{ChunkId, ChunkRegistry, DIGEST_HEADER, ServedChunk};
 use crate::error::{Error, Result};
+use crate::faults::{Faults, Point};
 
 /// Largest request head (request line and headers) accepted, in bytes; larger heads get 431. A chunk
 /// request needs about 200 bytes; 16 KiB leaves room for proxies' extra headers and no room for abuse.
@@ -54,9 +55,13 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head. Default 10 s: a real client sends it in well
     /// under a millisecond, and a slow-loris client holds a socket for at most this long.
     pub header_read_timeout: Duration,
-    /// Fault injection for tests of the whole system: flip the first byte of every block served,
-    /// as a rotting disk or a malicious peer would. Never set outside tests.
-    pub corrupt_served_bytes: bool,
+    /// Connections open at once; more are closed as soon as they are accepted. Default 512: far more
+    /// than a cluster's peers keep open (a few per node), and with heads capped at 16 KiB a flood of
+    /// idle or slow-loris connections holds at most 8 MiB.
+    pub max_connections: usize,
+    /// Fault injection for tests of the whole system (`serve:corrupt`, `serve:truncate`,
+    /// `serve:stall`: a rotting disk, a dying or a hung peer). Empty outside tests.
+    pub faults: Arc<Faults>,
 }
 
 impl Default for ServerConfig {
@@ -68,7 +73,8 @@ impl Default for ServerConfig {
             upload_slots: 8,
             egress_bytes_per_sec: None,
             header_read_timeout: Duration::from_secs(10),
-            corrupt_served_bytes: false,
+            max_connections: 512,
+            faults: Arc::default(),
         }
     }
 }
@@ -87,6 +93,9 @@ impl ServerConfig {
         }
         if self.egress_bytes_per_sec == Some(0) {
             return invalid("egress_bytes_per_sec", "must be positive, or None for no limit");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
         }
         if self.header_read_timeout.is_zero() {
             return invalid("header_read_timeout", "must be positive");
@@ -110,6 +119,8 @@ pub struct RefusedCounts {
     pub method_not_allowed: u64,
     /// 503: all upload slots taken.
     pub busy: u64,
+    /// Connections closed unanswered because `max_connections` were open.
+    pub connections: u64,
 }
 
 impl RefusedCounts {
@@ -120,6 +131,7 @@ impl RefusedCounts {
             + self.range_not_satisfiable
             + self.method_not_allowed
             + self.busy
+            + self.connections
     }
 }
 
@@ -148,6 +160,7 @@ pub(crate) struct Counters {
     range_not_satisfiable: AtomicU64,
     method_not_allowed: AtomicU64,
     busy: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// Why a request gets no chunk.
@@ -169,7 +182,7 @@ struct State {
     slot_count: usize,
     limiter: Option<Arc<EgressLimiter>>,
     counters: Arc<Counters>,
-    corrupt: bool,
+    faults: Arc<Faults>,
 }
 
 /// A running peer server. Dropping it stops the server at once; [`P2pServer::shutdown`] stops it
@@ -198,10 +211,17 @@ impl P2pServer {
                 .egress_bytes_per_sec
                 .map(|rate| Arc::new(EgressLimiter::new(rate))),
             counters: Arc::default(),
-            corrupt: config.corrupt_served_bytes,
+            faults: config.faults.clone(),
         });
         let (stop, stopped) = watch::channel(None);
-        let accept_loop = tokio::spawn(accept_loop(listener, http1_builder(&config), state.clone(), stopped));
+        let builder = http1_builder(&config);
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            builder,
+            config.max_connections,
+            state.clone(),
+            stopped,
+        ));
         Ok(P2pServer {
             local_addr,
             state,
@@ -231,6 +251,7 @@ impl P2pServer {
                 range_not_satisfiable: load(&counters.range_not_satisfiable),
                 method_not_allowed: load(&counters.method_not_allowed),
                 busy: load(&counters.busy),
+                connections: load(&counters.connections),
             },
         }
     }
@@ -259,6 +280,7 @@ fn http1_builder(config: &ServerConfig) -> http1::Builder {
 async fn accept_loop(
     listener: TcpListener,
     builder: http1::Builder,
+    max_connections: usize,
     state: Arc<State>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
@@ -267,6 +289,10 @@ async fn accept_loop(
     let grace = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= max_connections => {
+                    state.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     let state = state.clone();
                     let service = service_fn(move |request| handle(state.clone(), request));
@@ -334,7 +360,7 @@ impl State {
             file: Arc::new(file),
             offset: chunk.offset.saturating_add(span.start),
             length: span.end - span.start,
-            corrupt: self.corrupt,
+            fault: self.faults.at(Point::Serve),
         };
         let body = ChunkBody::spawn(source, self.limiter.clone(), self.counters.clone(), slot);
         let partial = headers.contains_key(header::RANGE);

@@ -10,6 +10,7 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
 
@@ -17,6 +18,7 @@ use super::entry_path::{check_symlink_chain, check_symlink_target, entry_path};
 use super::format::{ArchiveFormat, detect};
 use super::{UnpackOptions, from_tar, from_zip};
 use crate::error::{Error, Result};
+use crate::faults::{Faults, Point};
 
 /// Entry data moves through one buffer of this size: memory stays flat whatever the entry size.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -87,6 +89,7 @@ pub(super) struct Extractor<'a> {
     /// Symlinks in the tree, checked once more as a whole when every entry is in place.
     symlinks: BTreeSet<PathBuf>,
     buffer: Box<[u8]>,
+    faults: Arc<Faults>,
 }
 
 impl<'a> Extractor<'a> {
@@ -101,6 +104,7 @@ impl<'a> Extractor<'a> {
             known_dirs: HashSet::from([PathBuf::new()]),
             symlinks: BTreeSet::new(),
             buffer: vec![0; COPY_BUFFER].into_boxed_slice(),
+            faults: options.faults.clone(),
         }
     }
 
@@ -134,6 +138,7 @@ impl<'a> Extractor<'a> {
         if self.counts.entries > self.max_entries {
             return Err(self.too_many_entries());
         }
+        self.faults.crash_point(Point::UnpackEntry);
         match kind {
             EntryKind::File => return self.file(name, mode, data),
             EntryKind::Dir => self.directory(name, mode)?,

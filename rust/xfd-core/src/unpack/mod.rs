@@ -16,12 +16,14 @@ mod from_zip;
 mod publish;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub use format::{ArchiveFormat, detect};
 
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 use publish::Destination;
 
 /// How to unpack. Every limit applies to the archive as it is read, not as it claims to be.
@@ -40,6 +42,8 @@ pub struct UnpackOptions {
     /// Replace a destination that xfd did not write. Default `false`: unpacking must never delete a
     /// user's data by surprise; a destination written by xfd is always replaced.
     pub overwrite: bool,
+    /// Fault injection for the system tests (`unpack-entry:abort@n`); empty otherwise.
+    pub faults: Arc<Faults>,
 }
 
 impl Default for UnpackOptions {
@@ -49,6 +53,7 @@ impl Default for UnpackOptions {
             max_total_bytes: 64 << 30,
             max_entries: 1_000_000,
             overwrite: false,
+            faults: Arc::default(),
         }
     }
 }
@@ -102,6 +107,13 @@ pub fn unpack(archive: &Path, destination: &Path, identity: &str, options: &Unpa
     };
     target.publish(staging, identity, &report, options.overwrite)?;
     Ok(report)
+}
+
+/// Removes what a crashed unpack into `destination` left beside it (staging trees, a replaced tree
+/// not yet deleted). Call only while no other unpack into `destination` can run.
+pub fn remove_leftovers(destination: &Path) -> Result<()> {
+    Destination::new(destination)?.remove_leftovers();
+    Ok(())
 }
 
 /// [`unpack`] on tokio's blocking pool, so async callers never stall a reactor thread on disk.

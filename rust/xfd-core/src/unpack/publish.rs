@@ -168,6 +168,29 @@ impl Destination {
         Error::io("rename", &self.path, io::Error::new(cause.kind(), message))
     }
 
+    /// Removes staging and replaced trees (and sidecar temp files) a crashed unpack of this destination
+    /// left beside it. Only for a caller that knows no other unpack of it runs now (the engine holds
+    /// the destination's lock); the names are xfd's own (`.<name>.xfd-unpack-*`).
+    pub(super) fn remove_leftovers(&self) {
+        let staging = self.hidden_name(STAGING_INFIX);
+        let sidecar_temp = self.hidden_name(&format!("{SIDECAR_SUFFIX}."));
+        let Ok(entries) = fs::read_dir(&self.parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let bytes = name.as_encoded_bytes();
+            if bytes.starts_with(staging.as_encoded_bytes()) || bytes.starts_with(sidecar_temp.as_encoded_bytes()) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
     fn read_sidecar(&self) -> Option<Sidecar> {
         let bytes = fs::read(self.sidecar_path()).ok()?;
         serde_json::from_slice(&bytes).ok()
