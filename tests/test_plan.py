@@ -179,10 +179,7 @@ def test_access_denied_is_a_clear_error(s3, bucket, filled, origin: CountingProx
 
 
 def test_hostile_keys_under_a_prefix_are_refused(s3, bucket):
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="x", aws_secret_access_key="y",
-                          region_name="us-east-1")
+    client = s3.client()
     client.put_object(Bucket=bucket, Key="root/data/../../escape", Body=b"x")
     with pytest.raises(PlanError, match=r"holds a key that cannot be mapped to a file safely"):
         builder_for(s3, bucket).prefix("m", "data", to="/data").build().plan()
@@ -214,10 +211,7 @@ NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "
 ], ids=["dot-dot", "empty-segment", "tab", "control", "prefix-marker", "directory-marker", "marker-beside-object",
         "lone-marker", "300-bytes", "256-bytes-of-128-chars", "255-bytes", "nfc-and-nfd", "backslash"])
 def test_odd_keys_under_a_prefix_land_inside_the_destination_or_are_refused(s3, bucket, keys, expected):
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="x", aws_secret_access_key="y",
-                          region_name="us-east-1")
+    client = s3.client()
     for key in keys:
         client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"x")
     manifest = builder_for(s3, bucket).prefix("m", "data", to="/data").build()

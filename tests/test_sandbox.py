@@ -6,13 +6,11 @@ import http.client
 import os
 from urllib.parse import urlsplit
 
-import boto3
 import obstore
 import pytest
 
 from xfd.sandbox import CountingProxy, LocalS3
 from xfd.sandbox.proxy import _TokenBucket
-from xfd.sandbox.s3 import REGION
 
 
 def test_objects_put_through_obstore_come_back_intact(s3: LocalS3, bucket: str):
@@ -64,14 +62,7 @@ def test_uploads_through_the_proxy_are_forwarded(s3: LocalS3, bucket: str, origi
 
 def _url(s3: LocalS3, proxy: CountingProxy, bucket: str, key: str) -> str:
     """A presigned path-and-query for ``key`` through ``proxy``: moto refuses unsigned GETs."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        region_name=REGION,
-    )
-    url = urlsplit(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}))
+    url = urlsplit(s3.client(proxy.endpoint).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}))
     return f"{url.path}?{url.query}"
 
 

@@ -67,18 +67,22 @@ class S3Sandbox(abc.ABC):
 
         return S3Store(bucket, **self.store_options(endpoint))
 
-    def create_bucket(self, bucket: str) -> Any:
-        """Creates ``bucket`` through the S3 API and returns a store for it."""
+    def client(self, endpoint: str | None = None) -> Any:
+        """A boto3 S3 client for this server (or for ``endpoint``, e.g. a proxy in front of it): for what
+        obstore does not do, such as keys it would refuse or normalise, and presigned URLs."""
         import boto3
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=endpoint or self.endpoint,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
             region_name=REGION,
         )
-        client.create_bucket(Bucket=bucket)
+
+    def create_bucket(self, bucket: str) -> Any:
+        """Creates ``bucket`` through the S3 API and returns a store for it."""
+        self.client().create_bucket(Bucket=bucket)
         return self.store(bucket)
 
 

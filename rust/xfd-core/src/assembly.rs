@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -107,6 +108,7 @@ pub fn lock_destination(destination: &Path) -> Result<DestinationLock> {
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
         match file.try_lock() {
@@ -134,10 +136,22 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
+impl DestinationLock {
+    /// `true` while the lock file at the destination is still the one this lock holds. It is not once
+    /// the directory was cleared and a newer run locked a new file there: this lock then guards nothing,
+    /// and what is at the destination's names is that run's.
+    pub fn still_guards(&self) -> bool {
+        same_file(&self.file, &self.path)
+    }
+}
+
 impl Drop for DestinationLock {
     fn drop(&mut self) {
-        // Removed while still locked, so no other run can be holding this file's lock meanwhile.
-        let _ = fs::remove_file(&self.path);
+        // Removed while still locked, so no other run can be holding this file's lock meanwhile; and
+        // only if it is still this lock's file, never a newer run's.
+        if self.still_guards() {
+            let _ = fs::remove_file(&self.path);
+        }
         let _ = self.file.unlock();
     }
 }
@@ -238,6 +252,7 @@ impl PartFile {
             .write(true)
             .create(true)
             .truncate(resumed.is_empty())
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&part)
             .map_err(|e| Error::io("create", &part, e))?;
         file.set_len(target.identity.size)
@@ -396,6 +411,8 @@ pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Re
     let parent = target.destination.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     let part = part_path(&target.destination);
+    // Removed first: `fs::copy` would write through a symlink planted at the part file's name.
+    let _ = fs::remove_file(&part);
     fs::copy(source, &part).map_err(|e| Error::io("copy", &part, e))?;
     File::open(&part)
         .and_then(|f| f.sync_all())

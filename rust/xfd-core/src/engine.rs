@@ -785,7 +785,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         for object_id in self.unwritable.lock().unwrap().iter() {
             let mut work = self.objects[object_id].lock().unwrap();
-            if work.published.is_none() {
+            if work.published.is_none() && work.locks.iter().all(assembly::DestinationLock::still_guards) {
                 work.part = None;
                 assembly::discard_part(&work.targets[0].destination);
             }

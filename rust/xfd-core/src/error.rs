@@ -54,6 +54,10 @@ pub enum Error {
     #[error("origin fetch of {key:?} failed: {message}")]
     Origin { key: String, message: String },
 
+    /// The origin refused this node's credentials or access to the object: retrying cannot help.
+    #[error("the origin refused access to {key:?}: {message}; check this node's credentials for the store")]
+    OriginDenied { key: String, message: String },
+
     /// The object at the origin is no longer the one the plan resolved: never mix two versions.
     #[error("object {key:?} changed at the origin since it was planned (expected {expected}); plan again")]
     ObjectChanged { key: String, expected: String },

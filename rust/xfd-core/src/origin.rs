@@ -244,6 +244,12 @@ fn classify(object: &ObjectIdentity, error: object_store::Error) -> Failure {
             key: object.key.clone(),
             expected: "an object that no longer exists".into(),
         }),
+        denied @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
+            Failure::Fatal(Error::OriginDenied {
+                key: object.key.clone(),
+                message: denied.to_string(),
+            })
+        }
         other => {
             let message = format!("{other}");
             if message.contains("SlowDown") || message.contains("503") || message.contains("429") {

@@ -218,3 +218,50 @@ fn copies_to_other_destinations_carry_the_same_sidecar() {
         CacheState::Hit(_)
     ));
 }
+
+#[test]
+fn a_symlink_planted_at_the_part_file_never_redirects_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("elsewhere.txt");
+    fs::write(&victim, b"not xfd's").unwrap();
+    let destination = dir.path().join("f");
+    std::os::unix::fs::symlink(&victim, dir.path().join(".f.xfd-part")).unwrap();
+
+    let opened = PartFile::open(target(&destination, 100, "e1"));
+
+    assert!(opened.is_err(), "the part file was opened through a symlink");
+    assert_eq!(fs::read(&victim).unwrap(), b"not xfd's");
+}
+
+#[test]
+fn a_destination_lock_refuses_a_second_holder_and_goes_with_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = dir.path().join("f");
+    let first = xfd_core::assembly::lock_destination(&destination).unwrap();
+    match xfd_core::assembly::lock_destination(&destination) {
+        Err(Error::DestinationBusy { path }) => assert_eq!(path, destination),
+        other => panic!("expected DestinationBusy, got {other:?}"),
+    }
+    drop(first);
+    assert!(!dir.path().join(".f.xfd-lock").exists());
+    xfd_core::assembly::lock_destination(&destination).unwrap();
+}
+
+#[test]
+fn a_stale_lock_never_removes_a_newer_runs_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = dir.path().join("f");
+    let stale = xfd_core::assembly::lock_destination(&destination).unwrap();
+    fs::remove_file(dir.path().join(".f.xfd-lock")).unwrap(); // the directory was cleared meanwhile
+    let newer = xfd_core::assembly::lock_destination(&destination).unwrap();
+    assert!(!stale.still_guards() && newer.still_guards());
+    drop(stale);
+    assert!(
+        dir.path().join(".f.xfd-lock").exists(),
+        "the stale lock removed the newer run's file"
+    );
+    assert!(matches!(
+        xfd_core::assembly::lock_destination(&destination),
+        Err(Error::DestinationBusy { .. })
+    ));
+}

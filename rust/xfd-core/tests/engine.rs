@@ -486,23 +486,28 @@ async fn a_second_engine_on_the_same_destinations_is_refused_until_the_first_end
     assert_eq!(third.scan().await.unwrap().cached_files, 1);
 }
 
-#[tokio::test]
-async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
+/// `/f` published from `data`, then its sidecar put back to "publishing": the state a crash between
+/// the rename into place and the sidecar's rename leaves (or, with the file replaced, one before it).
+async fn published_then_crashed(data: &[u8]) -> (tempfile::TempDir, tempfile::TempDir, Plan) {
     let origin = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let data = bytes(3 * CHUNK as usize + 1, 8);
-    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
-    {
-        let first = engine(&plan, root.path());
-        first.scan().await.unwrap();
-        fetch_all_from_origin(&first).await;
-    }
-    // The state a crash right after the rename leaves: the file in place, its sidecar still "publishing".
-    fs::rename(
+    let plan = plan_for(origin.path(), &[("k", data.to_vec(), &["/f"])], None).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    fetch_all_from_origin(&first).await;
+    drop(first);
+    let (sidecar, publishing) = (
         root.path().join(".f.xfd.json"),
         root.path().join(".f.xfd-publishing.json"),
-    )
-    .unwrap();
+    );
+    fs::rename(sidecar, publishing).unwrap();
+    (origin, root, plan)
+}
+
+#[tokio::test]
+async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
+    let data = bytes(3 * CHUNK as usize + 1, 8);
+    let (_origin, root, plan) = published_then_crashed(&data).await;
 
     let second = engine(&plan, root.path());
     let scan = second.scan().await.unwrap();
@@ -517,21 +522,9 @@ async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
 
 #[tokio::test]
 async fn a_publishing_record_that_does_not_match_never_claims_a_users_file() {
-    let origin = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
     let data = bytes(2 * CHUNK as usize, 1);
-    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/f"])], None).await;
-    {
-        let first = engine(&plan, root.path());
-        first.scan().await.unwrap();
-        fetch_all_from_origin(&first).await;
-    }
-    // A crash before the rename, then the user put a file of the same size there.
-    fs::rename(
-        root.path().join(".f.xfd.json"),
-        root.path().join(".f.xfd-publishing.json"),
-    )
-    .unwrap();
+    let (_origin, root, plan) = published_then_crashed(&data).await;
+    // As if the crash came before the rename, and the user then put a file of the same size there.
     let users = vec![7u8; data.len()];
     fs::write(root.path().join("f"), &users).unwrap();
 

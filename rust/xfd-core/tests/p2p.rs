@@ -678,6 +678,16 @@ fn generated_tokens_are_long_and_distinct() {
     assert_ne!(a, b);
 }
 
+/// Fetches the whole chunk `id` (holding `bytes`) from `node` into a fresh destination.
+async fn fetch_whole(client: &P2pClient, node: &Node, id: &ChunkId, bytes: &[u8]) -> xfd_core::Result<()> {
+    let expected = Some(ChunkDigest::of_bytes(bytes));
+    let length = bytes.len() as u64;
+    client
+        .fetch_chunk(node.addr(), id, expected, destination(bytes.len()), 0, length)
+        .await
+        .map(|_| ())
+}
+
 fn faulty(spec: &str) -> ServerConfig {
     ServerConfig {
         faults: Arc::new(spec.parse().unwrap()),
@@ -690,16 +700,7 @@ async fn a_peer_dying_mid_body_is_a_short_body_and_nothing_is_reported_fetched()
     let node = Node::start_with(faulty("serve:truncate")).await;
     let bytes = pattern(3 * MIB, 4);
     let id = node.serve(&bytes, 0);
-    let result = client()
-        .fetch_chunk(
-            node.addr(),
-            &id,
-            Some(ChunkDigest::of_bytes(&bytes)),
-            destination(bytes.len()),
-            0,
-            bytes.len() as u64,
-        )
-        .await;
+    let result = fetch_whole(&client(), &node, &id, &bytes).await;
     match result.expect_err("a truncated body is never a fetched chunk") {
         Error::PeerShortBody { received, expected, .. } => {
             assert!(received < expected, "{received} of {expected}");
@@ -718,16 +719,7 @@ async fn a_hung_peer_is_given_up_at_the_deadline() {
         retries: 0,
         ..ClientConfig::default()
     };
-    let result = client_with(patient_for_one_second)
-        .fetch_chunk(
-            node.addr(),
-            &id,
-            Some(ChunkDigest::of_bytes(&bytes)),
-            destination(bytes.len()),
-            0,
-            bytes.len() as u64,
-        )
-        .await;
+    let result = fetch_whole(&client_with(patient_for_one_second), &node, &id, &bytes).await;
     match result.expect_err("a stalled body is never a fetched chunk") {
         Error::PeerStalled { peer, .. } => assert_eq!(peer, node.addr()),
         other => panic!("unexpected {other}"),

@@ -30,7 +30,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         }
         Error::DestinationBusy { .. } => DestinationBusyError::new_err(message),
         Error::RangeOutOfBounds { .. } => RangeError::new_err(message),
-        Error::Origin { .. } => OriginError::new_err(message),
+        Error::Origin { .. } | Error::OriginDenied { .. } => OriginError::new_err(message),
         Error::ObjectChanged { .. } => ObjectChangedError::new_err(message),
         Error::StoreConfig { .. } | Error::InvalidP2pConfig { .. } => StoreConfigError::new_err(message),
         Error::Sha256Mismatch { .. } | Error::PeerDigestMismatch { .. } => IntegrityError::new_err(message),
