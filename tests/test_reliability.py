@@ -158,6 +158,7 @@ def test_origin_slowdowns_resets_stalls_and_throttling_are_ridden_out(cluster, s
     plan = manifest.plan()
     origin.reset()
     origin.fail_next(12, status=503)
+    origin.fail_next(4, status=500)
     origin.reset_next(3, after_bytes=100_000)
     origin.stall_next(2, seconds=60, after_bytes=1000)
     origin.throttle(64 * MiB)
@@ -169,7 +170,8 @@ def test_origin_slowdowns_resets_stalls_and_throttling_are_ridden_out(cluster, s
         assert_complete(node.root, expected_files(contents))
     traffic = origin.traffic()
     faults = [r.fault for r in traffic.requests]
-    assert (faults.count("slowdown"), faults.count("reset"), faults.count("stall")) == (12, 3, 2)
+    assert (faults.count("slowdown"), faults.count("reset"), faults.count("stall")) == (16, 3, 2)
+    assert sum(r.status == 500 for r in traffic.requests) == 4
     partial = sum(r.body_bytes for r in traffic.requests if r.fault in ("reset", "stall"))
     # Broken-off bodies are resumed from their last byte: the origin served each byte about once.
     assert plan.unique_bytes <= traffic.get_bytes <= plan.unique_bytes + partial
