@@ -816,3 +816,24 @@ async fn raw_request_lenient(addr: SocketAddr, target: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&response).into_owned();
     (status_of(&text), text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_upload_slot() {
+    let node = Node::start_with(ServerConfig {
+        upload_slots: 1,
+        send_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let big = node.serve(&pattern(32 * MIB, 7), 0);
+    let (stuck, status) = open_without_reading(node.addr(), &big).await;
+    assert_eq!(status, 200);
+    wait_for("the stuck response to give its slot back", || {
+        node.server.stats().active_uploads == 0
+    })
+    .await;
+    let small = pattern(1000, 8);
+    let id = node.serve(&small, 0);
+    fetch_whole(&client(), &node, &id, &small).await.unwrap();
+    drop(stuck);
+}

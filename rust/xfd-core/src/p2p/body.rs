@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -38,13 +39,13 @@ impl ServerBody {
 
 /// The bytes of one chunk range, read by a background task in bounded blocks.
 ///
-/// Holds an upload slot for as long as hyper holds the body, so a slot is freed exactly when the
-/// response finishes or the client goes away (dropping the body is the cancellation).
+/// The task holds the response's upload slot: it is freed when the last block is handed over, when the
+/// client goes away (dropping the body is the cancellation), or when the client stops taking blocks
+/// for `send_timeout` (a client that stops reading must not keep a slot from the others).
 pub(crate) struct ChunkBody {
     blocks: mpsc::Receiver<io::Result<Bytes>>,
     remaining: u64,
     counters: Arc<Counters>,
-    _slot: OwnedSemaphorePermit,
 }
 
 /// Where a streamed range comes from.
@@ -52,6 +53,8 @@ pub(crate) struct FileRange {
     pub(crate) file: Arc<File>,
     pub(crate) offset: u64,
     pub(crate) length: u64,
+    /// Longest wait for the client to take one block before the response is given up.
+    pub(crate) send_timeout: Duration,
     /// Test fault injection (see [`crate::faults`]): how this response misbehaves, if at all.
     pub(crate) fault: Option<Action>,
 }
@@ -67,18 +70,22 @@ impl ChunkBody {
         // One block queued while the next is read: enough to keep the socket busy, and bounded.
         let (sender, blocks) = mpsc::channel(1);
         let remaining = source.length;
-        tokio::spawn(read_blocks(source, limiter, sender));
+        tokio::spawn(read_blocks(source, limiter, sender, slot));
         ChunkBody {
             blocks,
             remaining,
             counters,
-            _slot: slot,
         }
     }
 }
 
 /// Reads `source` block by block into `sender`; stops early when the body is dropped.
-async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sender: mpsc::Sender<io::Result<Bytes>>) {
+async fn read_blocks(
+    source: FileRange,
+    limiter: Option<Arc<EgressLimiter>>,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+    _slot: OwnedSemaphorePermit,
+) {
     let block_size = limiter.as_ref().map_or(READ_BLOCK, |l| l.block_size(READ_BLOCK));
     let mut done = 0u64;
     while done < source.length {
@@ -103,7 +110,8 @@ async fn read_blocks(source: FileRange, limiter: Option<Arc<EgressLimiter>>, sen
             return;
         }
         let failed = block.is_err();
-        if sender.send(block).await.is_err() || failed {
+        let sent = tokio::time::timeout(source.send_timeout, sender.send(block)).await;
+        if !matches!(sent, Ok(Ok(()))) || failed {
             return;
         }
         done += want as u64;

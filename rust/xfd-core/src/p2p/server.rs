@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// than a cluster's peers keep open (a few per node), and with heads capped at 16 KiB a flood of
     /// idle or slow-loris connections holds at most 8 MiB.
     pub max_connections: usize,
+    /// Longest wait for a client to take one block (1 MiB) of a chunk response; then the response is
+    /// given up and its upload slot freed. Default 30 s: a client that slow (35 KB/s) misses its own
+    /// deadline anyway, and one that stopped reading must not hold a slot the other nodes need.
+    pub send_timeout: Duration,
     /// Fault injection for tests of the whole system (`serve:corrupt`, `serve:truncate`,
     /// `serve:stall`: a rotting disk, a dying or a hung peer). Empty outside tests.
     pub faults: Arc<Faults>,
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             egress_bytes_per_sec: None,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 512,
+            send_timeout: Duration::from_secs(30),
             faults: Arc::default(),
         }
     }
@@ -93,6 +98,9 @@ impl ServerConfig {
         }
         if self.egress_bytes_per_sec == Some(0) {
             return invalid("egress_bytes_per_sec", "must be positive, or None for no limit");
+        }
+        if self.send_timeout.is_zero() {
+            return invalid("send_timeout", "must be positive");
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
@@ -183,6 +191,7 @@ struct State {
     limiter: Option<Arc<EgressLimiter>>,
     counters: Arc<Counters>,
     faults: Arc<Faults>,
+    send_timeout: Duration,
 }
 
 /// A running peer server. Dropping it stops the server at once; [`P2pServer::shutdown`] stops it
@@ -212,6 +221,7 @@ impl P2pServer {
                 .map(|rate| Arc::new(EgressLimiter::new(rate))),
             counters: Arc::default(),
             faults: config.faults.clone(),
+            send_timeout: config.send_timeout,
         });
         let (stop, stopped) = watch::channel(None);
         let builder = http1_builder(&config);
@@ -360,6 +370,7 @@ impl State {
             file: Arc::new(file),
             offset: chunk.offset.saturating_add(span.start),
             length: span.end - span.start,
+            send_timeout: self.send_timeout,
             fault: self.faults.at(Point::Serve),
         };
         let body = ChunkBody::spawn(source, self.limiter.clone(), self.counters.clone(), slot);
