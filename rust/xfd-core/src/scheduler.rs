@@ -10,6 +10,42 @@
 //! at, and one call looks at a bounded number of nodes (`scan_budget`), taking turns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Keys here are small dense integers (and transfers made of them) chosen by xfd itself, never by an
+/// adversary: a multiplicative hash is enough, and several times cheaper than the default SipHash on the
+/// scheduler's hottest paths (measured with the scale simulator, `docs/benchmarks.md`).
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.write_u64(b.into()));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(value.into());
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(value.into());
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IndexMap<K, V> = HashMap<K, V, BuildHasherDefault<IndexHasher>>;
+type IndexSet<K> = HashSet<K, BuildHasherDefault<IndexHasher>>;
 
 /// Free nodes considered for each origin fetch: enough to spread origin load evenly, few enough that
 /// choosing costs the same on 10 nodes and on 10,000.
@@ -94,7 +130,7 @@ pub struct NodeStats {
 #[derive(Clone, Debug, Default)]
 struct IndexedSet {
     items: Vec<u32>,
-    positions: HashMap<u32, u32>,
+    positions: IndexMap<u32, u32>,
 }
 
 impl IndexedSet {
@@ -124,16 +160,64 @@ impl IndexedSet {
     }
 
     /// `k` items from a random position on: removals swap items around, so a window is as good as a
-    /// random pick at a fraction of the cost.
-    fn window(&self, k: usize, rng: &mut Rng) -> Vec<u32> {
-        if self.items.len() <= k {
-            return self.items.clone();
-        }
-        let start = rng.below(self.items.len());
-        let mut out: Vec<u32> = self.items[start..(start + k).min(self.items.len())].to_vec();
-        out.extend_from_slice(&self.items[..(start + k).saturating_sub(self.items.len())]);
-        out
+    /// random pick at a fraction of the cost (and copies nothing).
+    fn window<'a>(&'a self, k: usize, rng: &mut Rng) -> impl Iterator<Item = u32> + 'a {
+        let len = self.items.len();
+        let (first, wrapped) = if len <= k {
+            (&self.items[..], &self.items[..0])
+        } else {
+            let start = rng.below(len);
+            (
+                &self.items[start..(start + k).min(len)],
+                &self.items[..(start + k).saturating_sub(len)],
+            )
+        };
+        first.iter().chain(wrapped).copied()
     }
+}
+
+/// The rarest few chunks of a sample, rarest first (fewest holders, then lowest id): a small array kept
+/// sorted by insertion, so ranking a sample is one pass that allocates nothing.
+#[derive(Default)]
+struct Rarest {
+    items: [(usize, u32); RAREST_TRIED],
+    len: usize,
+}
+
+impl Rarest {
+    fn offer(&mut self, holders: usize, chunk: u32) {
+        let item = (holders, chunk);
+        if self.len == RAREST_TRIED && item >= self.items[RAREST_TRIED - 1] {
+            return;
+        }
+        let mut at = if self.len < RAREST_TRIED {
+            self.len += 1;
+            self.len - 1
+        } else {
+            RAREST_TRIED - 1
+        };
+        while at > 0 && self.items[at - 1] > item {
+            self.items[at] = self.items[at - 1];
+            at -= 1;
+        }
+        self.items[at] = item;
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.items[..self.len].iter().map(|&(_, chunk)| chunk)
+    }
+}
+
+/// The rarest few of `sample` among the chunks that have a holder and have not failed for good.
+fn rank(sample: impl Iterator<Item = u32>, holders: &[IndexedSet], failed: &BTreeMap<u32, String>) -> Rarest {
+    let mut rarest = Rarest::default();
+    for chunk in sample {
+        let count = holders[chunk as usize].len();
+        if count > 0 && !failed.contains_key(&chunk) {
+            rarest.offer(count, chunk);
+        }
+    }
+    rarest
 }
 
 /// splitmix64: small, fast, reproducible from the seed.
@@ -170,7 +254,7 @@ pub struct Scheduler {
     chunks: usize,
     nodes: Vec<NodeState>,
     holders: Vec<IndexedSet>,
-    needers: Vec<HashSet<u32>>,
+    needers: Vec<IndexSet<u32>>,
     open: usize,
     free: IndexedSet,
     /// Nodes whose download slot was freed since the last call: looked at first.
@@ -178,12 +262,12 @@ pub struct Scheduler {
     turn: usize,
     unseeded: BTreeSet<u32>,
     origin_busy: u32,
-    origin_inflight: HashSet<u32>,
-    origin_done: HashSet<u32>,
+    origin_inflight: IndexSet<u32>,
+    origin_done: IndexSet<u32>,
     origin_refetches: u64,
     failed: BTreeMap<u32, String>,
     lost: Vec<u32>,
-    active: HashSet<Transfer>,
+    active: IndexSet<Transfer>,
     rng: Rng,
 }
 
@@ -196,19 +280,19 @@ impl Scheduler {
             chunks,
             nodes: Vec::with_capacity(nodes),
             holders: vec![IndexedSet::default(); chunks],
-            needers: vec![HashSet::new(); chunks],
+            needers: vec![IndexSet::default(); chunks],
             open: 0,
             free: IndexedSet::default(),
             dirty: IndexedSet::default(),
             turn: 0,
             unseeded: BTreeSet::new(),
             origin_busy: 0,
-            origin_inflight: HashSet::new(),
-            origin_done: HashSet::new(),
+            origin_inflight: IndexSet::default(),
+            origin_done: IndexSet::default(),
             origin_refetches: 0,
             failed: BTreeMap::new(),
             lost: Vec::new(),
-            active: HashSet::new(),
+            active: IndexSet::default(),
         };
         for node in 0..nodes as u32 {
             let wanted: Vec<u32> = match needs {
@@ -435,7 +519,6 @@ impl Scheduler {
             let node = self
                 .free
                 .window(ORIGIN_CANDIDATES, &mut self.rng)
-                .into_iter()
                 .filter(|&n| self.nodes[n as usize].wanting.contains(chunk))
                 .min_by_key(|&n| {
                     (
@@ -489,10 +572,12 @@ impl Scheduler {
     }
 
     fn choose(&mut self, node: u32) -> Option<Transfer> {
-        let state = &self.nodes[node as usize];
-        if state.wanting.len() > 0 {
-            let sample = state.wanting.window(self.config.sample_size, &mut self.rng);
-            let (chunk, source) = self.rarest_with_source(node, &sample, &HashSet::new())?;
+        if self.nodes[node as usize].wanting.len() > 0 {
+            let sample = self.nodes[node as usize]
+                .wanting
+                .window(self.config.sample_size, &mut self.rng);
+            let rarest = rank(sample, &self.holders, &self.failed);
+            let (chunk, source) = self.first_with_source(node, &rarest, &[])?;
             return Some(Transfer {
                 chunk,
                 node,
@@ -500,6 +585,7 @@ impl Scheduler {
                 duplicate: false,
             });
         }
+        let state = &self.nodes[node as usize];
         if !self.config.endgame || state.inflight.is_empty() {
             return None;
         }
@@ -510,8 +596,9 @@ impl Scheduler {
             .map(|(c, _)| *c)
             .take(self.config.sample_size)
             .collect();
-        let busy: HashSet<u32> = single.iter().filter_map(|c| state.inflight[c][0].source).collect();
-        let (chunk, source) = self.rarest_with_source(node, &single, &busy)?;
+        let busy: Vec<u32> = single.iter().filter_map(|c| state.inflight[c][0].source).collect();
+        let rarest = rank(single.iter().copied(), &self.holders, &self.failed);
+        let (chunk, source) = self.first_with_source(node, &rarest, &busy)?;
         Some(Transfer {
             chunk,
             node,
@@ -520,38 +607,28 @@ impl Scheduler {
         })
     }
 
-    fn rarest_with_source(&mut self, node: u32, sample: &[u32], exclude: &HashSet<u32>) -> Option<(u32, u32)> {
-        let mut ranked: Vec<(usize, u32)> = sample
-            .iter()
-            .filter(|&&c| self.holders[c as usize].len() > 0 && !self.failed.contains_key(&c))
-            .map(|&c| (self.holders[c as usize].len(), c))
-            .collect();
-        // Only the rarest few are tried (one of them almost always has a free holder): select, then sort them.
-        if ranked.len() > RAREST_TRIED {
-            ranked.select_nth_unstable(RAREST_TRIED - 1);
-            ranked.truncate(RAREST_TRIED);
-        }
-        ranked.sort_unstable();
-        for (_, chunk) in ranked {
-            if let Some(source) = self.least_busy_holder(chunk, node, exclude) {
-                return Some((chunk, source));
-            }
-        }
-        None
+    /// The rarest chunk that has a free holder, and that holder. Only the rarest few are tried: one of
+    /// them almost always has a free holder.
+    fn first_with_source(&mut self, node: u32, rarest: &Rarest, exclude: &[u32]) -> Option<(u32, u32)> {
+        rarest.chunks().find_map(|chunk| {
+            self.least_busy_holder(chunk, node, exclude)
+                .map(|source| (chunk, source))
+        })
     }
 
-    fn least_busy_holder(&mut self, chunk: u32, node: u32, exclude: &HashSet<u32>) -> Option<u32> {
-        let pool = self.holders[chunk as usize].window(16, &mut self.rng);
-        pool.into_iter()
+    fn least_busy_holder(&mut self, chunk: u32, node: u32, exclude: &[u32]) -> Option<u32> {
+        let (nodes, config) = (&self.nodes, &self.config);
+        self.holders[chunk as usize]
+            .window(16, &mut self.rng)
             .filter(|&h| {
-                let state = &self.nodes[h as usize];
+                let state = &nodes[h as usize];
                 h != node
                     && !exclude.contains(&h)
                     && state.alive
-                    && state.uploads < self.config.upload_slots
-                    && state.penalties < self.config.max_penalties
+                    && state.uploads < config.upload_slots
+                    && state.penalties < config.max_penalties
             })
-            .min_by_key(|&h| (self.nodes[h as usize].uploads, h))
+            .min_by_key(|&h| (nodes[h as usize].uploads, h))
     }
 
     // --- bookkeeping ---------------------------------------------------------------------------------
