@@ -56,11 +56,11 @@ def expected_files(contents: dict[str, bytes]) -> dict[str, bytes]:
     return files | {f"/data/data/{name}": data for name, data in MEMBERS.items()}
 
 
-def manifest_for(s3, bucket, endpoint, **store_options) -> Manifest:
+def manifest_for(s3, bucket, endpoint, settings=None, **store_options) -> Manifest:
     return (
         Manifest.builder()
         .store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint), **store_options)
-        .settings(chunk_size="1MiB", node_parallelism=4, upload_slots=4)
+        .settings(chunk_size="1MiB", node_parallelism=4, upload_slots=4, **(settings or {}))
         .object("m", "model.bin", to="/models/model.bin")
         .prefix("m", "tok/", to="/tok")
         .object("m", "data.tar.gz", to="/data/data.tar.gz")
@@ -175,6 +175,23 @@ def test_origin_slowdowns_resets_stalls_and_throttling_are_ridden_out(cluster, s
     partial = sum(r.body_bytes for r in traffic.requests if r.fault in ("reset", "stall"))
     # Broken-off bodies are resumed from their last byte: the origin served each byte about once.
     assert plan.unique_bytes <= traffic.get_bytes <= plan.unique_bytes + partial
+
+
+def test_an_origin_that_keeps_failing_ends_the_run_with_its_error(cluster, s3, bucket, contents, origin):
+    clear_roots(cluster)
+    quick_retries = {"origin_attempts": 2, "origin_backoff": 0.01, "origin_max_backoff": 0.05}
+    manifest = manifest_for(s3, bucket, origin.endpoint, settings=quick_retries)
+    plan = manifest.plan()
+    origin.refuse(f"/{bucket}/root/model.bin", 500)  # down for that object, for good
+
+    report = manifest.distribute(plan=plan, progress=None, timeout=240)
+
+    assert not report.ok, report.summary()
+    assert any('origin fetch of "model.bin" failed' in f for f in report.failures), report.summary()
+    assert not any("timed out" in f for f in report.failures), "the run waited for its timeout"
+    for node in cluster.nodes:
+        assert_no_damaged_file(node.root, expected_files(contents))
+        assert not localize("/models/model.bin", node.root).exists()
 
 
 def test_an_object_overwritten_mid_run_is_reported_and_never_mixed(cluster, s3, bucket, contents, origin):

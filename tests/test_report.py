@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from xfd.report import NodeReport, Report, lower_bound
 
 MiB = 1 << 20
@@ -37,3 +39,21 @@ def test_lower_bound_takes_the_tightest_of_the_three_limits():
     assert lower_bound(1000, 4, rates) == max(1000 / 100, 1000 / 1000, 4 * 1000 / (100 + 4 * 50))
     assert lower_bound(0, 4, rates) == 0.0
     assert lower_bound(1000, 1, {}) == 0.0
+
+
+def test_a_run_shorter_than_a_rate_window_is_measured_over_its_own_length():
+    from xfd.progress import ProgressModel
+
+    mb = 1_000_000
+    model = ProgressModel({"c1": mb, "c2": mb}, 2 * mb)
+    model.add_node("n1", "127.0.0.2", ["c1", "c2"])
+    model.add_node("n2", "127.0.0.3", ["c1", "c2"])
+    model.chunk_done("n1", "c1", "origin", 0.1)
+    model.chunk_done("n2", "c1", "peer", 0.1, "n1")
+
+    rates = model.peak_rates()
+
+    # 1 MB in 0.1 s is 10 MB/s, not 1 MB/s (1 MB in a 1 s window): a short run's bound stays honest.
+    assert rates["origin"] == pytest.approx(10 * mb, rel=0.05)
+    assert rates["node_download"] == pytest.approx(10 * mb, rel=0.05)
+    assert rates["node_upload"] == pytest.approx(10 * mb, rel=0.05)

@@ -28,9 +28,11 @@ def check_limits(scheduler: Scheduler) -> None:
 
 
 def run(scheduler: Scheduler, rng: random.Random, *, fail_rate: float = 0.0, lose: str | None = None,
-        bad_peer: str | None = None) -> dict[str, int]:
-    """Completes transfers in random order until done; returns origin fetches per chunk."""
+        bad_peer: str | None = None, origin_failures: dict[str, int] | None = None) -> dict[str, int]:
+    """Completes transfers in random order until done; returns origin fetches per chunk (and counts
+    the origin failures it made per chunk into ``origin_failures``)."""
     origin_fetches: dict[str, int] = {}
+    origin_failures = {} if origin_failures is None else origin_failures
     steps = 0
     while not scheduler.done:
         steps += 1
@@ -48,6 +50,8 @@ def run(scheduler: Scheduler, rng: random.Random, *, fail_rate: float = 0.0, los
         elif bad_peer and transfer.source == bad_peer:
             scheduler.failed(transfer, "integrity")
         elif rng.random() < fail_rate:
+            if transfer.from_origin:
+                origin_failures[transfer.chunk] = origin_failures.get(transfer.chunk, 0) + 1
             scheduler.failed(transfer, "peer" if not transfer.from_origin else "origin")
         else:
             scheduler.finished(transfer)
@@ -70,8 +74,11 @@ def test_every_node_gets_every_chunk_and_the_origin_serves_each_once(chunks, nod
 @given(chunks=st.integers(1, 30), nodes=st.integers(2, 6), seed=st.integers(0, 10_000))
 def test_random_failures_still_deliver_everything(chunks, nodes, seed):
     scheduler = make(chunks, nodes, seed=seed)
-    run(scheduler, random.Random(seed), fail_rate=0.2)
-    assert all(len(h) == nodes for h in scheduler.holders.values())
+    origin_failures: dict[str, int] = {}
+    run(scheduler, random.Random(seed), fail_rate=0.2, origin_failures=origin_failures)
+    for chunk, holders in scheduler.holders.items():
+        # Delivered everywhere, unless the origin failed it three times (then it is given up for good).
+        assert len(holders) == nodes or (chunk in scheduler.failed_chunks and origin_failures[chunk] >= 3)
 
 
 @settings(max_examples=40, deadline=None)
@@ -149,3 +156,15 @@ def test_a_fatal_failure_ends_the_chunk_without_retrying():
     assert scheduler.failed_chunks == {"c000": "object changed"}
     assert all(t.chunk != "c000" for t in scheduler.next_transfers())
     assert ORIGIN == "origin"
+
+
+def test_a_chunk_the_origin_keeps_failing_fails_after_three_rounds_not_forever():
+    scheduler = make(2, 2)
+    for round_ in range(1, 4):
+        origin = next(t for t in scheduler.next_transfers() if t.chunk == "c000" and t.source == ORIGIN)
+        assert "c000" not in scheduler.failed_chunks, f"gave up after {round_ - 1} rounds"
+        scheduler.failed(origin, "origin", "connection refused")
+        for other in [t for t in scheduler.active if t.chunk != "c000"]:
+            scheduler.finished(other)
+    assert scheduler.failed_chunks == {"c000": "connection refused"}
+    assert all(t.chunk != "c000" for t in scheduler.next_transfers())

@@ -6,6 +6,7 @@ in notebooks) only ever read :class:`Snapshot` objects from it, at most a few ti
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -17,6 +18,9 @@ import attrs
 # Peak rates are measured over windows this long: long enough to average out single chunks, short
 # enough to see the rate a link reached.
 RATE_WINDOW_S = 1.0
+# Activity shorter than this is measured as if it lasted this long: a rate over a few milliseconds says
+# more about timer resolution than about a link.
+MIN_RATE_SPAN_S = 0.05
 
 
 @attrs.frozen
@@ -68,11 +72,11 @@ class ProgressModel:
         self._lock = threading.Lock()
         self._nodes: dict[str, dict[str, Any]] = {}
         self._chunk_states: dict[str, dict[str, str]] = {}
-        # Bytes per rate window, kept up to date as transfers finish, so peaks cost O(1) to read.
-        self._origin_windows: dict[int, float] = defaultdict(float)
-        self._download_windows: dict[tuple[str, int], float] = defaultdict(float)
-        self._upload_windows: dict[tuple[str, int], float] = defaultdict(float)
-        self._peaks = {"origin": 0.0, "node_download": 0.0, "node_upload": 0.0}
+        # Bytes per rate window (of the origin, of each node's download and upload), kept up to date as
+        # transfers finish.
+        self._windows: dict[str, dict[Any, _Window]] = {
+            name: defaultdict(_Window) for name in ("origin", "node_download", "node_upload")
+        }
 
     def add_node(self, node_id: str, ip: str, needed: Iterable[str]) -> None:
         with self._lock:
@@ -160,25 +164,41 @@ class ProgressModel:
             return self._rates()
 
     def _rates(self) -> dict[str, float]:
-        return {name: peak / RATE_WINDOW_S for name, peak in self._peaks.items()}
+        return {name: max((w.rate() for w in windows.values()), default=0.0) for name, windows in self._windows.items()}
 
     def _account(self, end: float, seconds: float, size: int, source: str, node: str, source_node: str) -> None:
-        for window, share in _spread(end - max(seconds, 1e-3), end, size):
-            self._bump("node_download", self._download_windows, (node, window), share)
+        for window, share, lo, hi in _spread(end - max(seconds, 1e-3), end, size):
+            self._windows["node_download"][(node, window)].add(share, lo, hi)
             if source == "origin":
-                self._bump("origin", self._origin_windows, window, share)
+                self._windows["origin"][window].add(share, lo, hi)
             elif source_node:
-                self._bump("node_upload", self._upload_windows, (source_node, window), share)
-
-    def _bump(self, name: str, windows: dict[Any, float], key: Any, share: float) -> None:
-        windows[key] += share
-        self._peaks[name] = max(self._peaks[name], windows[key])
+                self._windows["node_upload"][(source_node, window)].add(share, lo, hi)
 
 
-def _spread(start: float, end: float, size: int) -> Iterable[tuple[int, float]]:
-    first, last = int(start / RATE_WINDOW_S), int(end / RATE_WINDOW_S)
+class _Window:
+    """Bytes moved within one rate window, and the part of the window in which they moved: a run (or
+    a burst) shorter than the window is measured over its own length, not the window's."""
+
+    __slots__ = ("bytes", "start", "end")
+
+    def __init__(self) -> None:
+        self.bytes = 0.0
+        self.start = float("inf")
+        self.end = float("-inf")
+
+    def add(self, share: float, start: float, end: float) -> None:
+        self.bytes += share
+        self.start, self.end = min(self.start, start), max(self.end, end)
+
+    def rate(self) -> float:
+        return self.bytes / max(self.end - self.start, MIN_RATE_SPAN_S)
+
+
+def _spread(start: float, end: float, size: int) -> Iterable[tuple[int, float, float, float]]:
+    """``(window, bytes, from, to)``: a transfer's bytes spread evenly over the windows it overlaps."""
+    first, last = math.floor(start / RATE_WINDOW_S), math.floor(end / RATE_WINDOW_S)
     span = end - start
     for window in range(first, last + 1):
-        overlap = min(end, (window + 1) * RATE_WINDOW_S) - max(start, window * RATE_WINDOW_S)
-        if overlap > 0:
-            yield window, size * overlap / span
+        lo, hi = max(start, window * RATE_WINDOW_S), min(end, (window + 1) * RATE_WINDOW_S)
+        if hi > lo:
+            yield window, size * (hi - lo) / span, lo, hi

@@ -4,7 +4,8 @@ Starting a Ray actor costs seconds (a new worker process that imports Ray and xf
 per actor on a 2-core machine. A driver that distributes more than once (a notebook re-running a
 cell, a pipeline with several stages) takes its agents from this pool and gives them back when the run
 ends, so only its first distribution pays. Agents are owned by the driver: they end with it, never
-outlive it. Two distributions running at once never share an agent (a taken agent is not in the pool).
+outlive it. Two distributions running at once never share an agent (a taken agent is not in the pool);
+afterwards the pool keeps one idle agent per node.
 """
 
 from __future__ import annotations
@@ -34,9 +35,16 @@ class AgentPool:
         return new_agent(node_id), False
 
     def give_back(self, node_id: str, agent: Any) -> None:
+        """Keeps ``agent`` for the next run, unless the node already has an idle one: runs at the same
+        time each needed their own, but one warm agent per node is all a later run can use, and each
+        idle agent is a process holding memory."""
         with self._lock:
             self._forget_other_sessions()
-            self._idle[node_id].append(agent)
+            spare = bool(self._idle[node_id])
+            if not spare:
+                self._idle[node_id].append(agent)
+        if spare:
+            ray.kill(agent, no_restart=True)
 
     def prune(self, alive: set[str]) -> None:
         """Forgets the idle agents of nodes that are gone (their actors went with them)."""

@@ -210,7 +210,8 @@ class Coordinator:
                 failure = _FAILURE_KINDS.get(event["error_kind"], "fatal")
                 if transfer is not None:
                     scheduler.failed(transfer, failure, event["error"])
-                fatal = failure == "fatal"
+                # Fatal at once, or given up by the scheduler (the origin failed it round after round).
+                fatal = failure == "fatal" or event["chunk_id"] in scheduler.failed_chunks
                 self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
                 if fatal:
                     self.failures.append(f"{self.ips[node_id]}: {event['error']}")

@@ -77,7 +77,7 @@ pub enum FailureKind {
     Integrity,
     /// A peer could not deliver (gone, busy, refused): try again, elsewhere if possible.
     Peer,
-    /// The origin could not deliver even after retries: try again.
+    /// The origin could not deliver even after retries: try again, up to `max_origin_failures` times.
     Origin,
     /// Retrying cannot help (the object changed, a destination is refused).
     Fatal,
@@ -96,6 +96,11 @@ pub struct SchedulerConfig {
     pub scan_budget: usize,
     /// Integrity failures after which a node is never a source again.
     pub max_penalties: u32,
+    /// Origin failures of one chunk after which it fails for good. Each is already a whole round of
+    /// the engine's retries (`origin_attempts` within `origin_timeout`), so a few rounds tell an origin
+    /// that is down, or that this cluster's nodes cannot reach, from a passing fault: the run then
+    /// ends with the origin's error instead of retrying until its timeout.
+    pub max_origin_failures: u32,
     pub endgame: bool,
     pub seed: u64,
 }
@@ -109,6 +114,7 @@ impl Default for SchedulerConfig {
             sample_size: 64,
             scan_budget: 16,
             max_penalties: 2,
+            max_origin_failures: 3,
             endgame: true,
             seed: 0,
         }
@@ -265,6 +271,7 @@ pub struct Scheduler {
     origin_inflight: IndexSet<u32>,
     origin_done: IndexSet<u32>,
     origin_refetches: u64,
+    origin_failures: IndexMap<u32, u32>,
     failed: BTreeMap<u32, String>,
     lost: Vec<u32>,
     active: IndexSet<Transfer>,
@@ -290,6 +297,7 @@ impl Scheduler {
             origin_inflight: IndexSet::default(),
             origin_done: IndexSet::default(),
             origin_refetches: 0,
+            origin_failures: IndexMap::default(),
             failed: BTreeMap::new(),
             lost: Vec::new(),
             active: IndexSet::default(),
@@ -383,6 +391,14 @@ impl Scheduler {
             && let Some(source) = transfer.source
         {
             self.penalize(source);
+        }
+        if kind == FailureKind::Origin && transfer.from_origin() {
+            let failures = self.origin_failures.entry(transfer.chunk).or_default();
+            *failures += 1;
+            if *failures >= self.config.max_origin_failures {
+                self.fail_chunk(transfer.chunk, reason);
+                return;
+            }
         }
         if kind == FailureKind::Fatal {
             self.fail_chunk(transfer.chunk, reason);

@@ -77,6 +77,7 @@ impl PyScheduler {
             max_penalties,
             endgame,
             seed,
+            ..SchedulerConfig::default()
         };
         Ok(PyScheduler {
             inner: Scheduler::new(chunks, nodes, needs.as_deref(), config),
