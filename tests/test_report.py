@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xfd.report import NodeReport, Report, lower_bound
 
@@ -57,3 +59,14 @@ def test_a_run_shorter_than_a_rate_window_is_measured_over_its_own_length():
     assert rates["origin"] == pytest.approx(10 * mb, rel=0.05)
     assert rates["node_download"] == pytest.approx(10 * mb, rel=0.05)
     assert rates["node_upload"] == pytest.approx(10 * mb, rel=0.05)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 1e6), st.floats(0, 1), st.floats(0, 1)), max_size=60))
+def test_a_kept_peak_is_always_the_highest_window_rate(additions):
+    from xfd.progress import _PeakRate
+
+    peak = _PeakRate()
+    for key, share, a, b in additions:
+        peak.add(key, share, min(a, b), max(a, b))
+        assert peak.peak == max((w.rate() for w in peak.windows.values()), default=0.0)

@@ -53,7 +53,7 @@ class DestinationBusyError(EngineError):
 
 
 class StorageError(EngineError, OSError):
-    """The node's disk refused a write: full, read-only, over quota or not permitted. ``errno`` and
+    """The node's disk refused a write: full, read-only or over quota. ``errno`` and
     ``filename`` are set; the part file xfd was writing is removed when the run ends, so the space comes
     back, and the destination is untouched."""
 

@@ -72,11 +72,9 @@ class ProgressModel:
         self._lock = threading.Lock()
         self._nodes: dict[str, dict[str, Any]] = {}
         self._chunk_states: dict[str, dict[str, str]] = {}
-        # Bytes per rate window (of the origin, of each node's download and upload), kept up to date as
-        # transfers finish.
-        self._windows: dict[str, dict[Any, _Window]] = {
-            name: defaultdict(_Window) for name in ("origin", "node_download", "node_upload")
-        }
+        # Rate windows of the origin, of each node's download and upload, and their peaks, kept up to date
+        # as transfers finish, so reading a peak costs O(1).
+        self._peaks = {name: _PeakRate() for name in ("origin", "node_download", "node_upload")}
 
     def add_node(self, node_id: str, ip: str, needed: Iterable[str]) -> None:
         with self._lock:
@@ -164,15 +162,35 @@ class ProgressModel:
             return self._rates()
 
     def _rates(self) -> dict[str, float]:
-        return {name: max((w.rate() for w in windows.values()), default=0.0) for name, windows in self._windows.items()}
+        return {name: peak.peak for name, peak in self._peaks.items()}
 
     def _account(self, end: float, seconds: float, size: int, source: str, node: str, source_node: str) -> None:
         for window, share, lo, hi in _spread(end - max(seconds, 1e-3), end, size):
-            self._windows["node_download"][(node, window)].add(share, lo, hi)
+            self._peaks["node_download"].add((node, window), share, lo, hi)
             if source == "origin":
-                self._windows["origin"][window].add(share, lo, hi)
+                self._peaks["origin"].add(window, share, lo, hi)
             elif source_node:
-                self._windows["node_upload"][(source_node, window)].add(share, lo, hi)
+                self._peaks["node_upload"].add((source_node, window), share, lo, hi)
+
+
+class _PeakRate:
+    """The windows of one kind of rate and the highest of their rates. A window's rate can fall as bytes
+    arrive (its span grows faster): the peak is then looked for again, which is rare, because the peak
+    window is seldom the one still filling."""
+
+    def __init__(self) -> None:
+        self.windows: dict[Any, _Window] = defaultdict(_Window)
+        self.rates: dict[Any, float] = {}
+        self.peak = 0.0
+
+    def add(self, key: Any, share: float, start: float, end: float) -> None:
+        window = self.windows[key]
+        window.add(share, start, end)
+        before, self.rates[key] = self.rates.get(key, 0.0), window.rate()
+        if self.rates[key] >= self.peak:
+            self.peak = self.rates[key]
+        elif before == self.peak:
+            self.peak = max(self.rates.values())
 
 
 class _Window:

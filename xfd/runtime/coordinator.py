@@ -121,15 +121,14 @@ class Coordinator:
             origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
             download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
         )
-        for node_id, reason in failed.items():
-            # Listed in the report as lost, with the reason; the run goes on with the others.
+        for node_id in failed | refused:
             self.ips[node_id] = _node_ip(node_id)
             self.progress.add_node(node_id, self.ips[node_id], [])
+        for node_id, reason in failed.items():
+            # Listed in the report as lost, with the reason; the run goes on with the others.
             self._lose(scheduler, node_id, reason)
         for node_id, reason in refused.items():
             # Not lost (the node is fine) but failed: the report is not ok and says why.
-            self.ips[node_id] = _node_ip(node_id)
-            self.progress.add_node(node_id, self.ips[node_id], [])
             scheduler.node_lost(node_id)
             self.progress.set_state(node_id, "failed", reason)
             self.failures.append(f"{self.ips[node_id]}: {reason}")

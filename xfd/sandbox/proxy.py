@@ -147,13 +147,14 @@ class CountingProxy:
     def fail_next(self, count: int, status: int = 503, path_prefix: str = "/") -> None:
         """Answers the next ``count`` GETs under ``path_prefix`` with ``status`` and an S3 error body,
         without forwarding them: S3's bursts of ``503 SlowDown`` (or ``500 InternalError``)."""
-        self._add_fault(_Fault("slowdown", path_prefix, _checked_count(count), status=status))
+        self._add_fault(_Fault("slowdown", path_prefix, _non_negative("count", count), status=status))
 
     def reset_next(self, count: int, after_bytes: int = 0, path_prefix: str = "/") -> None:
         """Forwards the next ``count`` GETs under ``path_prefix`` but resets the connection after the
         headers (with the full Content-Length) and at most ``after_bytes`` body bytes: S3 dropping a
         connection mid-download, which the client sees as ``ECONNRESET``."""
-        fault = _Fault("reset", path_prefix, _checked_count(count), after_bytes=_checked_bytes(after_bytes))
+        after_bytes = _non_negative("after_bytes", after_bytes)
+        fault = _Fault("reset", path_prefix, _non_negative("count", count), after_bytes=after_bytes)
         self._add_fault(fault)
 
     def stall_next(self, count: int, seconds: float, after_bytes: int = 0, path_prefix: str = "/") -> None:
@@ -163,8 +164,8 @@ class CountingProxy:
         stall ends early on :meth:`reset` or :meth:`stop`."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
-        after_bytes = _checked_bytes(after_bytes)
-        fault = _Fault("stall", path_prefix, _checked_count(count), after_bytes=after_bytes, seconds=seconds)
+        after_bytes = _non_negative("after_bytes", after_bytes)
+        fault = _Fault("stall", path_prefix, _non_negative("count", count), after_bytes=after_bytes, seconds=seconds)
         self._add_fault(fault)
 
     def throttle(self, bytes_per_second: float | None) -> None:
@@ -243,16 +244,10 @@ class _Fault:
     seconds: float = 0.0
 
 
-def _checked_count(count: int) -> int:
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    return count
-
-
-def _checked_bytes(after_bytes: int) -> int:
-    if after_bytes < 0:
-        raise ValueError(f"after_bytes must be >= 0, got {after_bytes}")
-    return after_bytes
+def _non_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 class _TokenBucket:

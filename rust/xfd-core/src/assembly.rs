@@ -165,17 +165,30 @@ pub fn discard_part(destination: &Path) {
 
 /// Name prefix of the scratch files an endgame duplicate of one of the destination's chunks uses.
 pub fn duplicate_prefix(destination: &Path) -> String {
-    let name = destination.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    format!(".{name}.xfd-duplicate-")
+    hidden_name(destination, ".xfd-duplicate-")
 }
 
 /// Removes duplicate scratch files a crashed run left beside the destination; call with its lock held.
 pub fn remove_duplicate_scratch(destination: &Path) {
-    let prefix = duplicate_prefix(destination);
     let parent = destination.parent().unwrap_or(Path::new("/"));
-    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = fs::remove_file(entry.path());
+    remove_entries_named(parent, &[duplicate_prefix(destination).as_ref()]);
+}
+
+/// Removes every file or tree in `dir` whose name starts with one of `prefixes`: for the leftovers of
+/// a crashed run, named after the destination they belong to (errors ignored: it is tidying only).
+pub(crate) fn remove_entries_named(dir: &Path, prefixes: &[&std::ffi::OsStr]) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        if prefixes
+            .iter()
+            .any(|p| name.as_encoded_bytes().starts_with(p.as_encoded_bytes()))
+        {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }
@@ -189,8 +202,13 @@ fn state_path(destination: &Path) -> PathBuf {
 }
 
 fn hidden_beside(destination: &Path, suffix: &str) -> PathBuf {
+    destination.with_file_name(hidden_name(destination, suffix))
+}
+
+/// `.<destination's name><suffix>`: the name of everything xfd keeps beside a destination.
+fn hidden_name(destination: &Path, suffix: &str) -> String {
     let name = destination.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    destination.with_file_name(format!(".{name}{suffix}"))
+    format!(".{name}{suffix}")
 }
 
 /// Compares the destination with `identity` by size and sidecar; cheap (no hashing).

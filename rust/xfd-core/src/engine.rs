@@ -905,7 +905,7 @@ fn copy_region(scratch: &std::fs::File, part: &std::fs::File, length: u64, offse
             .read_exact_at(&mut buffer[..want], done)
             .map_err(|e| Error::io("read", "<scratch>", e))?;
         part.write_all_at(&buffer[..want], offset + done)
-            .map_err(|e| Error::io("write", "<part file>", e))?;
+            .map_err(|e| Error::io("write", crate::error::WRITTEN_FILE, e))?;
         done += want as u64;
     }
     Ok(())

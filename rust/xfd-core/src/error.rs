@@ -23,8 +23,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The node's disk refused a write: full, read-only, over quota or not permitted. Retrying on this
-    /// node cannot help; `advice` says what the user can do.
+    /// The node's disk refused a write: full, read-only or over quota. Retrying on this node cannot
+    /// help; `advice` says what the user can do. (A permission denied stays [`Error::Io`]: it can come
+    /// from a read as well, and Python raises its own `PermissionError` for it.)
     #[error("{op} {path}: {source}; {advice}")]
     Storage {
         op: &'static str,
@@ -243,17 +244,19 @@ impl Error {
     }
 
     /// This error, naming `file` when it is a refused write that could not name its file itself (a
-    /// write through an open handle knows no path).
+    /// write through an open handle knows no path: it says [`WRITTEN_FILE`]).
     pub(crate) fn naming(self, file: &std::path::Path) -> Self {
         match self {
-            Error::Storage { op, source, .. } | Error::Io { op, source, .. } if storage_advice(&source).is_some() => {
-                Error::io(op, file, source)
-            }
+            Error::Storage { op, path, source, .. } if path.as_os_str() == WRITTEN_FILE => Error::io(op, file, source),
             Error::ChunkWrite { source, .. } if storage_advice(&source).is_some() => Error::io("write", file, source),
             other => other,
         }
     }
 }
+
+/// The path an I/O error gives when the write went through an open handle whose path the writer does
+/// not know; [`Error::naming`] replaces it with the file's name.
+pub(crate) const WRITTEN_FILE: &str = "<the file being written>";
 
 fn storage_advice(source: &std::io::Error) -> Option<&'static str> {
     use std::io::ErrorKind::*;
@@ -261,8 +264,8 @@ fn storage_advice(source: &std::io::Error) -> Option<&'static str> {
         StorageFull | QuotaExceeded => {
             Some("free space on that file system, or choose another node root (XFD_NODE_ROOT), then run again")
         }
-        ReadOnlyFilesystem | PermissionDenied => {
-            Some("make that directory writable, or choose another node root (XFD_NODE_ROOT), then run again")
+        ReadOnlyFilesystem => {
+            Some("make that file system writable, or choose another node root (XFD_NODE_ROOT), then run again")
         }
         _ => None,
     }

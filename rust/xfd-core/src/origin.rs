@@ -329,6 +329,6 @@ impl RangeSink {
         tokio::task::spawn_blocking(move || file.write_block_at(&block, position))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(|e| Error::io("write", "<destination>", e))
+            .map_err(|e| Error::io("write", crate::error::WRITTEN_FILE, e))
     }
 }

@@ -174,21 +174,7 @@ impl Destination {
     pub(super) fn remove_leftovers(&self) {
         let staging = self.hidden_name(STAGING_INFIX);
         let sidecar_temp = self.hidden_name(&format!("{SIDECAR_SUFFIX}."));
-        let Ok(entries) = fs::read_dir(&self.parent) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let bytes = name.as_encoded_bytes();
-            if bytes.starts_with(staging.as_encoded_bytes()) || bytes.starts_with(sidecar_temp.as_encoded_bytes()) {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-            }
-        }
+        crate::assembly::remove_entries_named(&self.parent, &[&staging, &sidecar_temp]);
     }
 
     fn read_sidecar(&self) -> Option<Sidecar> {
