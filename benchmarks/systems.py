@@ -52,10 +52,11 @@ class Workload:
         return sum(item.size for item in self.items)
 
 
-def run_xfd(workload: Workload, store_url: str, options: dict[str, Any], node_ids: list[str]) -> Any:
+def run_xfd(workload: Workload, store_url: str, options: dict[str, Any], node_ids: list[str],
+            chunk_size: int = PIECE) -> Any:
     from xfd import Manifest
 
-    builder = Manifest.builder().store("origin", store_url, **options).settings(chunk_size=PIECE)
+    builder = Manifest.builder().store("origin", store_url, **options).settings(chunk_size=chunk_size)
     for artifact in workload.manifest_artifacts:
         arguments = {k: v for k, v in artifact.items() if k not in ("kind", "unpack")}
         if artifact["kind"] == "prefix":

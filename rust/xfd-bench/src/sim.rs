@@ -8,11 +8,16 @@
 //! one side of a flow is the bottleneck, so simulated times err on the slow side.
 //!
 //! The scheduler sees exactly what the runtime gives it: `finished` per delivered chunk, `node_lost`
-//! when a node dies, and a call to `next_transfers` after every event (the coordinator's step) and
+//! when a node dies, and a call to `next_transfers` after every report (the coordinator's step) and
 //! every 100 ms of simulated time (its long-poll returning empty). Its own CPU time is measured.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
+/// Fixed hash keys: iteration order, hence the whole simulation, is the same from run to run.
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<DefaultHasher>>;
 use std::time::Instant;
 
 use xfd_core::scheduler::{Scheduler, SchedulerConfig, Transfer};
@@ -159,11 +164,11 @@ pub fn run(config: &SimConfig) -> SimResult {
     let down: Vec<f64> = (0..config.nodes).map(|_| config.node_down_bps * factor()).collect();
     let mut world = World {
         config: config.clone(),
-        flows: HashMap::new(),
-        ids: HashMap::new(),
-        outgoing: vec![HashSet::new(); config.nodes],
-        incoming: vec![HashSet::new(); config.nodes],
-        origin: HashSet::new(),
+        flows: HashMap::default(),
+        ids: HashMap::default(),
+        outgoing: vec![HashSet::default(); config.nodes],
+        incoming: vec![HashSet::default(); config.nodes],
+        origin: HashSet::default(),
         events: BinaryHeap::new(),
         next_id: 0,
         now: 0.0,
@@ -190,7 +195,11 @@ pub fn run(config: &SimConfig) -> SimResult {
         let Some(event) = world.events.pop() else { break };
         world.now = event.at;
         match event.kind {
-            EventKind::Start(id, version) => world.start(id, version),
+            EventKind::Start(id, version) => {
+                // Bytes begin to move: no news for the coordinator, which steps on reports and ticks.
+                world.start(id, version);
+                continue;
+            }
             EventKind::Finish(id, version) => {
                 let Some(transfer) = world.finish(id, version) else {
                     continue;
@@ -367,6 +376,9 @@ impl World {
             self.advance(id);
             let rate = self.share(self.flows[&id].transfer);
             let flow = self.flows.get_mut(&id).expect("affected flow exists");
+            if flow.flowing && flow.rate == rate && flow.transfer != transfer {
+                continue; // its pending finish event still holds
+            }
             flow.rate = rate;
             flow.version += 1;
             let at = self.now + flow.left.max(0.0) / rate;

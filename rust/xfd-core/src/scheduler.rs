@@ -133,32 +133,55 @@ pub struct NodeStats {
 }
 
 /// A set of dense indices with O(1) add, remove, membership and window sampling.
+///
+/// Positions are a dense array indexed by item (grown to the largest item added): membership is one
+/// array read, not a hash lookup. Items are chunk or node indices, so a set costs 4 bytes per possible
+/// item, less than a hash map's entry once a node needs most chunks (the common case), and the
+/// scheduler's hot paths stay within a few cache lines (measured in `docs/benchmarks.md`).
 #[derive(Clone, Debug, Default)]
 struct IndexedSet {
     items: Vec<u32>,
-    positions: IndexMap<u32, u32>,
+    positions: Vec<u32>,
 }
+
+const ABSENT: u32 = u32::MAX;
 
 impl IndexedSet {
     fn add(&mut self, item: u32) {
-        if !self.positions.contains_key(&item) {
-            self.positions.insert(item, self.items.len() as u32);
+        let at = item as usize;
+        if at >= self.positions.len() {
+            self.positions.resize(at + 1, ABSENT);
+        }
+        if self.positions[at] == ABSENT {
+            self.positions[at] = self.items.len() as u32;
             self.items.push(item);
         }
     }
 
-    fn remove(&mut self, item: u32) {
-        if let Some(position) = self.positions.remove(&item) {
-            let last = self.items.pop().expect("non-empty");
-            if (position as usize) < self.items.len() {
-                self.items[position as usize] = last;
-                self.positions.insert(last, position);
-            }
+    /// Whether `item` was there.
+    fn remove(&mut self, item: u32) -> bool {
+        if !self.contains(item) {
+            return false;
         }
+        let position = std::mem::replace(&mut self.positions[item as usize], ABSENT);
+        let last = self.items.pop().expect("non-empty");
+        if (position as usize) < self.items.len() {
+            self.items[position as usize] = last;
+            self.positions[last as usize] = position;
+        }
+        true
     }
 
     fn contains(&self, item: u32) -> bool {
-        self.positions.contains_key(&item)
+        self.positions.get(item as usize).is_some_and(|&p| p != ABSENT)
+    }
+
+    /// Empties the set, returning its items (keeps the positions' allocation).
+    fn take(&mut self) -> Vec<u32> {
+        for &item in &self.items {
+            self.positions[item as usize] = ABSENT;
+        }
+        std::mem::take(&mut self.items)
     }
 
     fn len(&self) -> usize {
@@ -215,12 +238,13 @@ impl Rarest {
 }
 
 /// The rarest few of `sample` among the chunks that have a holder and have not failed for good.
-fn rank(sample: impl Iterator<Item = u32>, holders: &[IndexedSet], failed: &BTreeMap<u32, String>) -> Rarest {
+/// `counts[chunk]`: its holders, 0 when it cannot be ranked (no holder, or failed for good).
+fn rank(sample: impl Iterator<Item = u32>, counts: &[u32]) -> Rarest {
     let mut rarest = Rarest::default();
     for chunk in sample {
-        let count = holders[chunk as usize].len();
-        if count > 0 && !failed.contains_key(&chunk) {
-            rarest.offer(count, chunk);
+        let count = counts[chunk as usize];
+        if count > 0 {
+            rarest.offer(count as usize, chunk);
         }
     }
     rarest
@@ -253,6 +277,8 @@ struct NodeState {
     uploads: u32,
     origin_fetches: u32,
     penalties: u32,
+    /// Chunks this node holds.
+    holding: IndexedSet,
 }
 
 pub struct Scheduler {
@@ -260,11 +286,21 @@ pub struct Scheduler {
     chunks: usize,
     nodes: Vec<NodeState>,
     holders: Vec<IndexedSet>,
-    needers: Vec<IndexSet<u32>>,
+    /// Holders per chunk, 0 for a chunk failed for good, in one dense array: ranking a sample reads
+    /// one cache line per few chunks instead of one holder set per chunk.
+    rank_counts: Vec<u32>,
+    needers: Vec<IndexedSet>,
     open: usize,
     free: IndexedSet,
     /// Nodes whose download slot was freed since the last call: looked at first.
     dirty: IndexedSet,
+    /// Free upload slots of the nodes that can serve (alive, not penalized out, holding a chunk). When
+    /// it is 0 no peer transfer can start, so looking at nodes would only find busy holders: most calls
+    /// of a large, upload-bound run end at once instead (measured in `docs/benchmarks.md`).
+    spare_uploads: u64,
+    /// Nodes that gained a free upload slot or a chunk since the last call: each offers its rarest
+    /// chunks to free nodes that need them.
+    suppliers: IndexedSet,
     turn: usize,
     unseeded: BTreeSet<u32>,
     origin_busy: u32,
@@ -287,10 +323,13 @@ impl Scheduler {
             chunks,
             nodes: Vec::with_capacity(nodes),
             holders: vec![IndexedSet::default(); chunks],
-            needers: vec![IndexSet::default(); chunks],
+            rank_counts: vec![0; chunks],
+            needers: vec![IndexedSet::default(); chunks],
             open: 0,
             free: IndexedSet::default(),
             dirty: IndexedSet::default(),
+            spare_uploads: 0,
+            suppliers: IndexedSet::default(),
             turn: 0,
             unseeded: BTreeSet::new(),
             origin_busy: 0,
@@ -314,7 +353,7 @@ impl Scheduler {
             for &chunk in &wanted {
                 if !state.wanting.contains(chunk) {
                     state.wanting.add(chunk);
-                    scheduler.needers[chunk as usize].insert(node);
+                    scheduler.needers[chunk as usize].add(node);
                     scheduler.open += 1;
                 }
             }
@@ -323,7 +362,7 @@ impl Scheduler {
             scheduler.dirty.add(node);
         }
         scheduler.unseeded = (0..chunks as u32)
-            .filter(|&c| !scheduler.needers[c as usize].is_empty())
+            .filter(|&c| scheduler.needers[c as usize].len() > 0)
             .collect();
         scheduler
     }
@@ -336,11 +375,17 @@ impl Scheduler {
             return;
         }
         for &chunk in chunks {
-            self.holders[chunk as usize].add(node);
+            if !self.holders[chunk as usize].contains(node) {
+                self.holders[chunk as usize].add(node);
+                if !self.failed.contains_key(&chunk) {
+                    self.rank_counts[chunk as usize] += 1;
+                }
+                self.gain_holding(node, chunk);
+            }
             let state = &mut self.nodes[node as usize];
             state.wanting.remove(chunk);
             let usable = state.penalties < self.config.max_penalties;
-            if self.needers[chunk as usize].remove(&node) && !self.failed.contains_key(&chunk) {
+            if self.needers[chunk as usize].remove(node) && !self.failed.contains_key(&chunk) {
                 self.open -= 1;
             }
             if usable {
@@ -420,6 +465,7 @@ impl Scheduler {
         }
         self.lost.push(node);
         self.free.remove(node);
+        self.spare_uploads -= self.spare_of(node);
         let state = std::mem::take(&mut self.nodes[node as usize]);
         let mut dropped: Vec<Transfer> = state.inflight.into_values().flatten().collect();
         for transfer in dropped.clone() {
@@ -447,11 +493,12 @@ impl Scheduler {
             }
         }
         for chunk in 0..self.chunks as u32 {
-            if self.needers[chunk as usize].remove(&node) && !self.failed.contains_key(&chunk) {
+            if self.needers[chunk as usize].remove(node) && !self.failed.contains_key(&chunk) {
                 self.open -= 1;
             }
-            if self.holders[chunk as usize].contains(node) {
-                self.holders[chunk as usize].remove(node);
+            if self.holders[chunk as usize].remove(node) {
+                let count = &mut self.rank_counts[chunk as usize];
+                *count = count.saturating_sub(1);
                 self.reseed_if_orphaned(chunk);
             }
         }
@@ -525,6 +572,9 @@ impl Scheduler {
 
     fn origin_transfers(&mut self) -> Vec<Transfer> {
         let mut started = Vec::new();
+        if self.origin_busy >= self.config.origin_parallelism || self.unseeded.is_empty() {
+            return started; // the common case on a busy origin: no copying of candidates
+        }
         let candidates_budget = 4 * self.config.origin_parallelism as usize;
         let chunks: Vec<u32> = self.unseeded.iter().copied().take(candidates_budget).collect();
         for chunk in chunks {
@@ -557,10 +607,34 @@ impl Scheduler {
         started
     }
 
+    /// Looks only where something changed, since a look elsewhere finds the same busy holders as last
+    /// time: suppliers (a freed upload slot, a first chunk) offer their rarest chunks to free nodes that
+    /// need them, and nodes whose download slot was freed take the rarest chunk they can get. Nodes in
+    /// turn (`scan_budget`) are looked at only on calls that bring no news (the coordinator's periodic
+    /// step), and every free node when nothing at all is running, so a sampling miss never stalls a run.
     fn peer_transfers(&mut self) -> Vec<Transfer> {
         let mut started = Vec::new();
-        for node in self.nodes_to_scan() {
-            while self.nodes[node as usize].downloads < self.config.download_slots {
+        if self.spare_uploads == 0 {
+            return started; // every holder is busy: news waits for the next call
+        }
+        let suppliers = self.suppliers.take();
+        let mut pullers = self.dirty.take();
+        let news = !suppliers.is_empty() || !pullers.is_empty();
+        for source in suppliers {
+            while self.spare_of(source) > 0 {
+                let Some(transfer) = self.offer(source) else { break };
+                started.push(self.start(transfer));
+            }
+        }
+        if self.active.is_empty() {
+            self.take_turns(self.free.len(), &mut pullers);
+        } else if !news {
+            self.take_turns(self.config.scan_budget, &mut pullers);
+        }
+        pullers.retain(|&n| self.free.contains(n));
+        pullers.sort_by_key(|&n| (self.nodes[n as usize].downloads, n));
+        for node in pullers {
+            while self.spare_uploads > 0 && self.nodes[node as usize].downloads < self.config.download_slots {
                 let Some(transfer) = self.choose(node) else { break };
                 started.push(self.start(transfer));
             }
@@ -568,23 +642,21 @@ impl Scheduler {
         started
     }
 
-    fn nodes_to_scan(&mut self) -> Vec<u32> {
-        let mut scan: Vec<u32> = std::mem::take(&mut self.dirty).items;
-        scan.retain(|&n| self.free.contains(n));
+    /// Adds the next `budget` free nodes in turn to `scan`.
+    fn take_turns(&mut self, budget: usize, scan: &mut Vec<u32>) {
         let free = &self.free.items;
-        if !free.is_empty() {
-            let take = self.config.scan_budget.min(free.len());
-            self.turn %= free.len();
-            for step in 0..take {
-                let node = free[(self.turn + step) % free.len()];
-                if !scan.contains(&node) {
-                    scan.push(node);
-                }
-            }
-            self.turn = (self.turn + take) % free.len();
+        if free.is_empty() {
+            return;
         }
-        scan.sort_by_key(|&n| (self.nodes[n as usize].downloads, n));
-        scan
+        let take = budget.min(free.len());
+        self.turn %= free.len();
+        for step in 0..take {
+            let node = free[(self.turn + step) % free.len()];
+            if !scan.contains(&node) {
+                scan.push(node);
+            }
+        }
+        self.turn = (self.turn + take) % free.len();
     }
 
     fn choose(&mut self, node: u32) -> Option<Transfer> {
@@ -592,7 +664,7 @@ impl Scheduler {
             let sample = self.nodes[node as usize]
                 .wanting
                 .window(self.config.sample_size, &mut self.rng);
-            let rarest = rank(sample, &self.holders, &self.failed);
+            let rarest = rank(sample, &self.rank_counts);
             let (chunk, source) = self.first_with_source(node, &rarest, &[])?;
             return Some(Transfer {
                 chunk,
@@ -613,13 +685,35 @@ impl Scheduler {
             .take(self.config.sample_size)
             .collect();
         let busy: Vec<u32> = single.iter().filter_map(|c| state.inflight[c][0].source).collect();
-        let rarest = rank(single.iter().copied(), &self.holders, &self.failed);
+        let rarest = rank(single.iter().copied(), &self.rank_counts);
         let (chunk, source) = self.first_with_source(node, &rarest, &busy)?;
         Some(Transfer {
             chunk,
             node,
             source: Some(source),
             duplicate: true,
+        })
+    }
+
+    /// Push: the rarest of `source`'s chunks (in a sample) that a free node needs, to the least busy
+    /// such node.
+    fn offer(&mut self, source: u32) -> Option<Transfer> {
+        let sample = self.nodes[source as usize]
+            .holding
+            .window(self.config.sample_size, &mut self.rng);
+        let rarest = rank(sample, &self.rank_counts);
+        rarest.chunks().find_map(|chunk| {
+            let (nodes, free) = (&self.nodes, &self.free);
+            self.needers[chunk as usize]
+                .window(16, &mut self.rng)
+                .filter(|&n| n != source && free.contains(n) && nodes[n as usize].wanting.contains(chunk))
+                .min_by_key(|&n| (nodes[n as usize].downloads, n))
+                .map(|node| Transfer {
+                    chunk,
+                    node,
+                    source: Some(source),
+                    duplicate: false,
+                })
         })
     }
 
@@ -657,7 +751,7 @@ impl Scheduler {
     }
 
     fn reseed_if_orphaned(&mut self, chunk: u32) {
-        if !self.needers[chunk as usize].is_empty()
+        if self.needers[chunk as usize].len() > 0
             && !self.failed.contains_key(&chunk)
             && !self.origin_inflight.contains(&chunk)
             && !self.usable(chunk)
@@ -670,7 +764,9 @@ impl Scheduler {
         if !self.alive(node) {
             return;
         }
+        let spare = self.spare_of(node);
         self.nodes[node as usize].penalties += 1;
+        self.spare_uploads -= spare - self.spare_of(node);
         if self.nodes[node as usize].penalties == self.config.max_penalties {
             for chunk in 0..self.chunks as u32 {
                 if self.holders[chunk as usize].contains(node) {
@@ -685,6 +781,7 @@ impl Scheduler {
             return;
         }
         self.failed.insert(chunk, reason.to_owned());
+        self.rank_counts[chunk as usize] = 0;
         self.open -= self.needers[chunk as usize].len();
         self.unseeded.remove(&chunk);
     }
@@ -705,7 +802,11 @@ impl Scheduler {
                 self.origin_inflight.insert(transfer.chunk);
                 self.unseeded.remove(&transfer.chunk);
             }
-            Some(source) => self.nodes[source as usize].uploads += 1,
+            Some(source) => {
+                self.spare_uploads -= self.spare_of(source);
+                self.nodes[source as usize].uploads += 1;
+                self.spare_uploads += self.spare_of(source);
+            }
         }
         transfer
     }
@@ -728,8 +829,98 @@ impl Scheduler {
             }
             Some(source) => {
                 if self.alive(source) {
+                    self.spare_uploads -= self.spare_of(source);
                     self.nodes[source as usize].uploads -= 1;
+                    self.spare_uploads += self.spare_of(source);
+                    self.suppliers.add(source);
                 }
+            }
+        }
+    }
+
+    fn gain_holding(&mut self, node: u32, chunk: u32) {
+        self.spare_uploads -= self.spare_of(node);
+        self.nodes[node as usize].holding.add(chunk);
+        self.spare_uploads += self.spare_of(node);
+        if self.nodes[node as usize].holding.len() == 1 {
+            self.suppliers.add(node);
+        }
+    }
+
+    /// The upload slots `node` could give right now (0 if it cannot serve at all).
+    fn spare_of(&self, node: u32) -> u64 {
+        let state = &self.nodes[node as usize];
+        let serves = state.alive && state.holding.len() > 0 && state.penalties < self.config.max_penalties;
+        if serves {
+            u64::from(self.config.upload_slots.saturating_sub(state.uploads))
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recomputed_spare(scheduler: &Scheduler) -> u64 {
+        (0..scheduler.nodes.len() as u32).map(|n| scheduler.spare_of(n)).sum()
+    }
+
+    #[test]
+    fn indexed_set_adds_removes_and_takes() {
+        let mut set = IndexedSet::default();
+        for item in [5, 1, 9, 1, 5] {
+            set.add(item);
+        }
+        assert_eq!(set.len(), 3);
+        assert!(set.remove(1));
+        assert!(!set.remove(1));
+        assert!(!set.contains(1) && set.contains(5) && set.contains(9) && !set.contains(1000));
+        let mut taken = set.take();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![5, 9]);
+        assert_eq!(set.len(), 0);
+        assert!(!set.contains(5));
+        set.add(9);
+        assert!(set.contains(9) && set.len() == 1);
+    }
+
+    /// The spare upload count is kept incrementally through every kind of fact; a drift would make
+    /// the scheduler skip looks it should make (or make looks that cannot succeed).
+    #[test]
+    fn spare_uploads_match_a_recount_through_random_runs() {
+        for seed in 0..40u64 {
+            let mut rng = Rng(seed | 1);
+            let config = SchedulerConfig {
+                download_slots: 2,
+                upload_slots: 2,
+                origin_parallelism: 3,
+                seed,
+                ..SchedulerConfig::default()
+            };
+            let mut scheduler = Scheduler::new(12, 6, None, config);
+            scheduler.held(0, &[0, 1]);
+            let mut steps = 0;
+            while !scheduler.done() {
+                steps += 1;
+                assert!(steps < 10_000, "seed {seed}: no progress");
+                scheduler.next_transfers();
+                assert_eq!(scheduler.spare_uploads, recomputed_spare(&scheduler), "seed {seed}");
+                let active = scheduler.active();
+                assert!(!active.is_empty(), "seed {seed}: stalled");
+                let transfer = active[rng.below(active.len())];
+                match rng.below(10) {
+                    0 => scheduler.failed(transfer, FailureKind::Peer, "busy"),
+                    1 if transfer.source.is_some() => scheduler.failed(transfer, FailureKind::Integrity, "bad"),
+                    2 if steps == 5 && transfer.node != 0 => {
+                        scheduler.node_lost(transfer.node);
+                    }
+                    _ => {
+                        scheduler.finished(transfer);
+                    }
+                }
+                assert_eq!(scheduler.spare_uploads, recomputed_spare(&scheduler), "seed {seed}");
             }
         }
     }
