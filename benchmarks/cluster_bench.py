@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cap-mbps", type=float, nargs="+", default=[100.0, 0.0],
                         help="origin caps to run, MB/s (0: uncapped)")
-    parser.add_argument("--chunk-mib", type=int, default=PIECE // MiB, help="xfd's chunk size (default 64)")
+    parser.add_argument("--chunk-mib", type=int, default=None, help="xfd's chunk size (default: xfd's automatic size)")
     parser.add_argument("--base-dir", default=None, help="where node roots live (default: a temporary directory)")
     parser.add_argument("--out", default="build/bench/cluster.jsonl")
     parser.add_argument("--table", metavar="JSONL", help="only print the table of an earlier results file")
@@ -315,7 +315,7 @@ def main() -> None:
                         for workload in workloads.values():
                             systems = {
                                 "xfd": lambda w=workload: run_xfd(w, f"s3://{BUCKET}", options, node_ids,
-                                                                 args.chunk_mib * MiB),
+                                                                 args.chunk_mib * MiB if args.chunk_mib else "auto"),
                                 "naive": lambda w=workload: run_naive(w, store, node_ids),
                                 "ray": lambda w=workload: run_ray_broadcast(w, store, node_ids),
                             }
@@ -324,7 +324,7 @@ def main() -> None:
                                 for system in order[repeat % len(order):] + order[:repeat % len(order)]:
                                     clear_destinations(cluster)
                                     record = one_run(system, workload, systems[system], proxy, n, cap, u_origin, d_box)
-                                    record.update(repeat=repeat, disk_mbps=d_box / 1e6, chunk_mib=args.chunk_mib,
+                                    record.update(repeat=repeat, disk_mbps=d_box / 1e6, chunk_mib=args.chunk_mib or "auto",
                                                   origin_uncapped_mbps=origin_uncapped / 1e6)
                                     records.append(record)
                                     with out.open("a") as sink:

@@ -53,7 +53,7 @@ class Workload:
 
 
 def run_xfd(workload: Workload, store_url: str, options: dict[str, Any], node_ids: list[str],
-            chunk_size: int = PIECE) -> Any:
+            chunk_size: int | str = "auto") -> Any:
     from xfd import Manifest
 
     builder = Manifest.builder().store("origin", store_url, **options).settings(chunk_size=chunk_size)

@@ -70,6 +70,17 @@ def test_origin_bytes_equal_unique_plan_bytes_exactly(s3, bucket, objects, origi
     assert kinds.count("file_published") == 3 and kinds.count("unpacked") == 1
 
 
+def test_the_default_automatic_chunk_size_reaches_the_engine(s3, bucket, objects, origin, tmp_path):
+    store = s3.manifest_options(origin.endpoint)
+    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **store).object("m", "model.bin", to="/m.bin").build()
+    assert manifest.settings.chunk_size == "auto"
+    plan = manifest.plan()
+    engine = node_engine(plan, manifest.stores, tmp_path)
+    fetch_everything(engine, plan)
+    assert engine.is_complete()
+    assert (tmp_path / "m.bin").read_bytes() == objects["root/model.bin"]
+
+
 def test_a_second_run_reads_nothing_from_the_origin(s3, bucket, objects, origin, tmp_path):
     manifest = manifest_through(s3, bucket, origin.endpoint).object("m", "model.bin", to="/m.bin").build()
     plan = manifest.plan()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import unicodedata
 
+import attrs
 import obstore
 import pytest
 from hypothesis import given, settings
@@ -51,6 +52,28 @@ def test_the_same_inputs_give_the_same_plan_bytes(sizes):
     again = _assemble(*local_manifest(sizes, MiB)).to_json()
     assert first == again
     assert Plan.from_json(first).to_json() == first
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(0, 1 << 44))
+def test_automatic_chunks_are_a_power_of_two_from_16_to_64_mib_giving_about_32_per_file(size):
+    chunk = Settings().chunk_size_for(size)
+    assert Settings().chunk_size == "auto"
+    assert chunk in (16 * MiB, 32 * MiB, 64 * MiB)
+    assert chunk == 64 * MiB or size <= 32 * chunk  # never more than 32 chunks below the largest size
+    assert chunk == 16 * MiB or size > 16 * chunk  # never fewer than 16 above the smallest size
+    assert Settings().chunk_size_for(size + MiB) >= chunk
+    assert Settings(chunk_size=3 * MiB).chunk_size_for(size) == 3 * MiB
+
+
+def test_automatic_chunk_sizes_follow_each_file_and_survive_json():
+    manifest, listings = local_manifest([5, 1 << 30, (1 << 30) + 1, 3 << 30], MiB)
+    manifest = attrs.evolve(manifest, settings=Settings())
+    plan = _assemble(manifest, listings)
+    chunking = {o.key: (len(o.chunks), max(c.length for c in o.chunks)) for o in plan.objects}
+    assert chunking == {"k0": (1, 5), "k1": (32, 32 * MiB), "k2": (17, 64 * MiB), "k3": (48, 64 * MiB)}
+    assert Plan.from_json(plan.to_json()) == plan
+    assert "98 chunks of up to 64.0 MiB" in plan.summary()
 
 
 def test_a_changed_etag_changes_every_id():

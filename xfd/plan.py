@@ -21,7 +21,7 @@ import cattrs
 
 from xfd.errors import ConfigError, PlanError
 from xfd.manifest.globs import selected
-from xfd.manifest.model import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
+from xfd.manifest.model import ChunkSize, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.manifest.stores import build_obstore, public_options
 from xfd.manifest.units import human_size
 
@@ -139,7 +139,7 @@ class Plan:
         lines = [
             f"plan: {len(artifacts)} artifacts, {len(self.files)} files, {len(self.objects)} unique objects, "
             f"{human_size(self.unique_bytes)} unique, {self.chunk_count} chunks of up to "
-            f"{human_size(self.settings.chunk_size)}"
+            f"{human_size(max((c.length for o in self.objects for c in o.chunks), default=0))}"
         ]
         for name in artifacts:
             files = [f for f in self.files if f.artifact == name]
@@ -164,6 +164,8 @@ class Plan:
 
 
 _CONVERTER = cattrs.Converter(forbid_extra_keys=True)
+# A plan is written by xfd from a validated manifest: its chunk size ("auto" or bytes) is taken as it is.
+_CONVERTER.register_structure_hook_func(lambda t: t == ChunkSize, lambda value, _: value)
 
 
 def compile_plan(manifest: Manifest, *, locked: bool = False, lock_path: str | None = None) -> Plan:
@@ -325,7 +327,7 @@ def _plan_object(manifest: Manifest, store_name: str, item: _Found, objects: dic
         return objects[(location, item.key)]
     identity = "\0".join([location, item.key, item.etag or "", item.version or "", str(item.size)])
     object_id = _digest(identity)
-    chunk_size = manifest.settings.chunk_size
+    chunk_size = manifest.settings.chunk_size_for(item.size)
     chunks = tuple(
         Chunk(id=_digest(f"{identity}\0{chunk_size}\0{i}"), index=i, offset=offset,
               length=min(chunk_size, item.size - offset))

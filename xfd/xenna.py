@@ -24,7 +24,7 @@ import attrs
 
 from xfd.engine import resolved_options
 from xfd.errors import DistributionError, ManifestError, XfdError
-from xfd.manifest.model import Manifest, ObjectArtifact, PrefixArtifact, Settings
+from xfd.manifest.model import AUTO_CHUNK_MAX, Manifest, ObjectArtifact, PrefixArtifact, Settings
 
 if TYPE_CHECKING:
     from xfd.report import Report
@@ -352,7 +352,8 @@ def to_xenna(manifest: Manifest, environ: Mapping[str, str] | None = None) -> Xe
     settings = manifest.settings
     config = pipelines.DistributedDownloadConfig(
         object_store_config=fd.ObjectStoreConfigByProfile(profiles=profiles),
-        chunk_size_bytes=settings.chunk_size,
+        # Xenna has one chunk size for every file: "auto" gives it the size xfd uses for large files.
+        chunk_size_bytes=AUTO_CHUNK_MAX if settings.chunk_size == "auto" else settings.chunk_size,
         node_parallelism=settings.node_parallelism,
         object_store_parallelism=settings.origin_parallelism,
     )

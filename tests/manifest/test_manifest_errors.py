@@ -126,12 +126,13 @@ CASES = [
     ),
     pytest.param(
         '[settings]\nchunk_size = "64 parsecs"\n',
-        ["settings.chunk_size: must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got '64 parsecs')"],
+        ['settings.chunk_size: must be "auto" or a size such as 64MiB, 1GiB, 500MB or a number of bytes '
+         "(got '64 parsecs')"],
         id="chunk-size-unit",
     ),
     pytest.param(
         '[settings]\nchunk_size = "1KiB"\n',
-        ["settings.chunk_size: must be between 1MiB and 4GiB (got 1024 bytes)"],
+        ['settings.chunk_size: must be between 1MiB and 4GiB, or "auto" (got 1024 bytes)'],
         id="chunk-size-range",
     ),
     pytest.param(
@@ -179,7 +180,8 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path):
         Manifest.load(path)
     assert str(info.value) == (
         f"{path} has 5 problems:\n"
-        "  settings.chunk_size: must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got 'huge')\n"
+        '  settings.chunk_size: must be "auto" or a size such as 64MiB, 1GiB, 500MB or a number of bytes '
+        "(got 'huge')\n"
         "  stores.models.regoin: unknown option; did you mean 'region'?\n"
         "  artifacts[0].store: no store named 'nope' (stores: models)\n"
         "  artifacts[0].to: must be an absolute path such as /data/file (got 'rel')\n"

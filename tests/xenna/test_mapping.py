@@ -141,6 +141,12 @@ def test_xenna_requests_survive_a_round_trip_through_a_manifest():
         8 * 2**20, 4, 64)
 
 
+def test_automatic_chunk_size_maps_to_xennas_single_size_and_back():
+    manifest = from_xenna([obj("a", "/a")], S3)
+    assert manifest.settings.chunk_size == "auto"
+    assert manifest.to_xenna().config.chunk_size_bytes == 64 * 2**20
+
+
 def test_a_manifest_survives_a_round_trip_through_xenna(monkeypatch):
     monkeypatch.setenv("XENNA_TEST_SECRET", "s3cr3t")
     manifest = xfd.Manifest.loads('''

@@ -43,7 +43,7 @@ class ManifestBuilder:
     def settings(
         self,
         *,
-        chunk_size: int | str | None = None,
+        chunk_size: int | str | None = None,  # a size, or "auto"
         node_parallelism: int | None = None,
         upload_slots: int | None = None,
         origin_parallelism: int | None = None,

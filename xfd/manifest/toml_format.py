@@ -54,7 +54,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(lambda t: t == UnpackFormat, _unpack_format)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
     converter.register_structure_hook_func(lambda t: t == Mapping[str, str], _label_table)
-    size_hook = override(struct_hook=lambda v, _: parse_size(v))
+    size_hook = override(struct_hook=lambda v, _: _chunk_size(v))
     for cls, overrides in ((Settings, {"chunk_size": size_hook}), (Unpack, {}), (ObjectArtifact, {}),
                            (PrefixArtifact, {})):
         converter.register_structure_hook(cls, _tables_only(make_dict_structure_fn(cls, converter, **overrides)))
@@ -66,6 +66,15 @@ def _make_converter() -> cattrs.Converter:
             cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True)
         )
     return converter
+
+
+def _chunk_size(value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise ValueError(f'must be "auto" or {str(error).removeprefix("must be ")}') from None
 
 
 def _tables_only(structure: Any) -> Any:
@@ -223,7 +232,7 @@ def _flatten(error: BaseException, path: str) -> Iterator[Problem]:
 def to_document(manifest: Manifest) -> dict[str, Any]:
     document: dict[str, Any] = {}
     settings = CONVERTER.unstructure(manifest.settings)
-    if "chunk_size" in settings:
+    if isinstance(settings.get("chunk_size"), int):
         settings["chunk_size"] = format_size(settings["chunk_size"])
     if settings:
         document["settings"] = settings

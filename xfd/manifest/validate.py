@@ -58,8 +58,8 @@ def validate_parts(
 
 
 def settings_problems(settings: Settings) -> Iterator[Problem]:
-    if not 1 * MiB <= settings.chunk_size <= 4 * GiB:
-        yield "settings.chunk_size", f"must be between 1MiB and 4GiB (got {settings.chunk_size} bytes)"
+    if settings.chunk_size != "auto" and not 1 * MiB <= settings.chunk_size <= 4 * GiB:
+        yield "settings.chunk_size", f'must be between 1MiB and 4GiB, or "auto" (got {settings.chunk_size} bytes)'
     for field, upper in (("node_parallelism", 1024), ("upload_slots", 1024), ("origin_parallelism", 100_000)):
         value = getattr(settings, field)
         if not 1 <= value <= upper:

@@ -22,10 +22,25 @@ pub struct Plan {
     pub unpacks: Vec<PlanUnpack>,
 }
 
+/// The manifest's chunk size: bytes, or `"auto"` (a size per file). Informative only: every chunk's
+/// offset and length are in the plan, and the engine goes by those.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChunkSize {
+    Bytes(u64),
+    Automatic(Auto),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auto {
+    #[serde(rename = "auto")]
+    Auto,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    pub chunk_size: u64,
+    pub chunk_size: ChunkSize,
     pub node_parallelism: u32,
     pub upload_slots: u32,
     pub origin_parallelism: u32,
@@ -152,5 +167,28 @@ impl Plan {
 
     pub fn object(&self, id: &str) -> Option<&PlanObject> {
         self.objects.iter().find(|o| o.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with_chunk_size(chunk_size: &str) -> Result<Plan, String> {
+        let text = format!(
+            r#"{{"format": "xfd.plan/1", "settings": {{"chunk_size": {chunk_size}, "node_parallelism": 8,
+            "upload_slots": 8, "origin_parallelism": 32, "overwrite": false}}, "stores": {{}}, "objects": [],
+            "files": []}}"#
+        );
+        Plan::from_json(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_chunk_size_is_bytes_or_auto() {
+        let bytes = plan_with_chunk_size("33554432").unwrap();
+        assert_eq!(bytes.settings.chunk_size, ChunkSize::Bytes(32 << 20));
+        let auto = plan_with_chunk_size(r#""auto""#).unwrap();
+        assert_eq!(auto.settings.chunk_size, ChunkSize::Automatic(Auto::Auto));
+        assert!(plan_with_chunk_size(r#""big""#).is_err());
     }
 }
