@@ -3,11 +3,12 @@
 //! Chunks and nodes are dense indices (`0..chunks`, `0..nodes`); the Python side maps names to them.
 //! Inputs are facts (a node holds chunks, a transfer finished or failed, a node was lost); the output
 //! of [`Scheduler::next_transfers`] is the transfers to start now. Policy (see `docs/runtime.md`):
-//! origin once and spread out; rarest first from the least busy holder; endgame duplicates; penalties
-//! for peers that serve bad bytes; lost nodes' transfers requeued and orphaned chunks back to the origin.
+//! origin once and spread out; rarest first from the least busy holder, pulled by nodes whose download
+//! slot freed and pushed by holders whose upload slot freed; endgame duplicates; penalties for peers that
+//! serve bad bytes; lost nodes' transfers requeued and orphaned chunks back to the origin.
 //!
 //! Every structure is kept up to date incrementally: a decision costs O(sample size) per node looked
-//! at, and one call looks at a bounded number of nodes (`scan_budget`), taking turns.
+//! at, and a call looks only at nodes whose slots changed since the last one (see `peer_transfers`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -90,9 +91,10 @@ pub struct SchedulerConfig {
     pub upload_slots: u32,
     /// Chunks looked at per decision (rarest-first among a random window of this many).
     pub sample_size: usize,
-    /// Nodes with free slots looked at per call of [`Scheduler::next_transfers`] besides the ones whose
-    /// own transfer just ended (those are always looked at): others take turns, so a node waiting for a
-    /// source is looked at again within a few calls, and a call costs the same whatever the cluster size.
+    /// Nodes with free slots looked at in turn on a call of [`Scheduler::next_transfers`] that brings no
+    /// news (no slot freed, no chunk held since the last call: the coordinator's periodic step), so a
+    /// node that a sampled look missed is looked at again; a call costs the same whatever the cluster
+    /// size.
     pub scan_budget: usize,
     /// Integrity failures after which a node is never a source again.
     pub max_penalties: u32,
