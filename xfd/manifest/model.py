@@ -60,15 +60,6 @@ class Settings:
     default). Few chunks, each arriving fast, let peers start sharing while the origin is still busy;
     many chunks sharing the origin would all arrive together at the end."""
 
-    def chunk_size_for(self, size: int) -> int:
-        """The chunk size of a file of ``size`` bytes."""
-        if self.chunk_size != "auto":
-            return self.chunk_size
-        chunk = AUTO_CHUNK_MIN
-        while chunk * AUTO_CHUNKS_PER_FILE < size and chunk < AUTO_CHUNK_MAX:
-            chunk *= 2
-        return chunk
-
     overwrite: bool = False
     """Replace files at destinations that xfd did not write. Off: such a file stops the run with an
     error and is left as it is."""
@@ -87,6 +78,15 @@ class Settings:
     origin_timeout: float = 600.0
     """Seconds within which all tries of one chunk must be done; bounds how long a dead origin can stall
     a node. 10 minutes is ample for a 64 MiB chunk on any working link."""
+
+    def chunk_size_for(self, size: int) -> int:
+        """The chunk size of a file of ``size`` bytes."""
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        chunk = AUTO_CHUNK_MIN
+        while chunk * AUTO_CHUNKS_PER_FILE < size and chunk < AUTO_CHUNK_MAX:
+            chunk *= 2
+        return chunk
 
 
 @attrs.frozen

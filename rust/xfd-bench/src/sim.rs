@@ -14,13 +14,13 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::time::Instant;
+
+use xfd_core::scheduler::{Scheduler, SchedulerConfig, Transfer};
 
 /// Fixed hash keys: iteration order, hence the whole simulation, is the same from run to run.
 type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<DefaultHasher>>;
-use std::time::Instant;
-
-use xfd_core::scheduler::{Scheduler, SchedulerConfig, Transfer};
 
 const TICK_S: f64 = 0.1;
 

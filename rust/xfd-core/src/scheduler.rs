@@ -52,6 +52,10 @@ type IndexSet<K> = HashSet<K, BuildHasherDefault<IndexHasher>>;
 /// choosing costs the same on 10 nodes and on 10,000.
 const ORIGIN_CANDIDATES: usize = 32;
 
+/// Holders (for a pull) or needers (for a push) of one chunk looked at to pick the other end of a
+/// transfer: a window at a random position, so a look costs the same however many there are.
+const CANDIDATES_PER_CHUNK: usize = 16;
+
 /// Chunks of a sample tried, rarest first, before a node gives up until its next turn.
 const RAREST_TRIED: usize = 8;
 
@@ -294,14 +298,14 @@ pub struct Scheduler {
     needers: Vec<IndexedSet>,
     open: usize,
     free: IndexedSet,
-    /// Nodes whose download slot was freed since the last call: looked at first.
+    /// Nodes whose download slot was freed since the last call: each pulls its rarest chunk.
     dirty: IndexedSet,
     /// Free upload slots of the nodes that can serve (alive, not penalized out, holding a chunk). When
     /// it is 0 no peer transfer can start, so looking at nodes would only find busy holders: most calls
     /// of a large, upload-bound run end at once instead (measured in `docs/benchmarks.md`).
     spare_uploads: u64,
-    /// Nodes that gained a free upload slot or a chunk since the last call: each offers its rarest
-    /// chunks to free nodes that need them.
+    /// Nodes that gained a free upload slot or their first chunk since the last call: each offers its
+    /// rarest chunks to free nodes that need them.
     suppliers: IndexedSet,
     turn: usize,
     unseeded: BTreeSet<u32>,
@@ -707,7 +711,7 @@ impl Scheduler {
         rarest.chunks().find_map(|chunk| {
             let (nodes, free) = (&self.nodes, &self.free);
             self.needers[chunk as usize]
-                .window(16, &mut self.rng)
+                .window(CANDIDATES_PER_CHUNK, &mut self.rng)
                 .filter(|&n| n != source && free.contains(n) && nodes[n as usize].wanting.contains(chunk))
                 .min_by_key(|&n| (nodes[n as usize].downloads, n))
                 .map(|node| Transfer {
@@ -731,7 +735,7 @@ impl Scheduler {
     fn least_busy_holder(&mut self, chunk: u32, node: u32, exclude: &[u32]) -> Option<u32> {
         let (nodes, config) = (&self.nodes, &self.config);
         self.holders[chunk as usize]
-            .window(16, &mut self.rng)
+            .window(CANDIDATES_PER_CHUNK, &mut self.rng)
             .filter(|&h| {
                 let state = &nodes[h as usize];
                 h != node
@@ -766,9 +770,7 @@ impl Scheduler {
         if !self.alive(node) {
             return;
         }
-        let spare = self.spare_of(node);
-        self.nodes[node as usize].penalties += 1;
-        self.spare_uploads -= spare - self.spare_of(node);
+        self.change_serving(node, |state| state.penalties += 1);
         if self.nodes[node as usize].penalties == self.config.max_penalties {
             for chunk in 0..self.chunks as u32 {
                 if self.holders[chunk as usize].contains(node) {
@@ -804,11 +806,7 @@ impl Scheduler {
                 self.origin_inflight.insert(transfer.chunk);
                 self.unseeded.remove(&transfer.chunk);
             }
-            Some(source) => {
-                self.spare_uploads -= self.spare_of(source);
-                self.nodes[source as usize].uploads += 1;
-                self.spare_uploads += self.spare_of(source);
-            }
+            Some(source) => self.change_serving(source, |state| state.uploads += 1),
         }
         transfer
     }
@@ -831,9 +829,7 @@ impl Scheduler {
             }
             Some(source) => {
                 if self.alive(source) {
-                    self.spare_uploads -= self.spare_of(source);
-                    self.nodes[source as usize].uploads -= 1;
-                    self.spare_uploads += self.spare_of(source);
+                    self.change_serving(source, |state| state.uploads -= 1);
                     self.suppliers.add(source);
                 }
             }
@@ -841,12 +837,17 @@ impl Scheduler {
     }
 
     fn gain_holding(&mut self, node: u32, chunk: u32) {
-        self.spare_uploads -= self.spare_of(node);
-        self.nodes[node as usize].holding.add(chunk);
-        self.spare_uploads += self.spare_of(node);
+        self.change_serving(node, |state| state.holding.add(chunk));
         if self.nodes[node as usize].holding.len() == 1 {
             self.suppliers.add(node);
         }
+    }
+
+    /// Applies `change` to `node`'s state, keeping `spare_uploads` in step with what it can serve.
+    fn change_serving(&mut self, node: u32, change: impl FnOnce(&mut NodeState)) {
+        self.spare_uploads -= self.spare_of(node);
+        change(&mut self.nodes[node as usize]);
+        self.spare_uploads += self.spare_of(node);
     }
 
     /// The upload slots `node` could give right now (0 if it cannot serve at all).
