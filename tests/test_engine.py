@@ -221,17 +221,25 @@ def test_a_cancelled_engine_stops_writing_and_lets_go_of_its_destinations(s3, bu
     engine = node_engine(plan, manifest.stores, tmp_path)
     engine.scan()
     origin.throttle(64 * 1024)  # every transfer is still running when the run is called off
-    engine.submit_origin([chunk.id for chunk in plan.objects[0].chunks])
-    wait_for(lambda: origin.traffic().get_requests >= 1)
+    chunks = [chunk.id for chunk in plan.objects[0].chunks]
+    engine.submit_origin(chunks)
+    # Every chunk's GET has reached the origin (one each): a GET counted later was started after cancel.
+    wait_for(lambda: origin.traffic().get_requests == len(chunks))
     engine.cancel()
-    origin.throttle(None)
+    requests = origin.traffic().get_requests
+    # Still throttled: a transfer that went on reading would hold its response open for a minute (5 MiB
+    # at 64 KiB/s). Every response ends only once the engine has closed its connection.
+    wait_for(lambda: origin.responses_in_flight() == 0, timeout=15.0)
     served = origin.traffic().get_bytes
+    origin.throttle(None)
     del engine
 
     again = node_engine(plan, manifest.stores, tmp_path)  # would be refused if the old one still held it
     again.scan()
     assert not (tmp_path / "m.bin").exists()
-    assert origin.traffic().get_bytes == served, "a cancelled transfer went on fetching"
+    traffic = origin.traffic()
+    assert traffic.get_requests == requests, "a request was started after cancel() returned"
+    assert traffic.get_bytes == served, "a cancelled transfer went on fetching"
 
 
 def wait_for(condition, timeout: float = 30.0) -> None:

@@ -15,6 +15,7 @@ forwarded as they are.
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import struct
 import threading
@@ -120,6 +121,11 @@ class CountingProxy:
             raise RuntimeError("the proxy is not started")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def responses_in_flight(self) -> int:
+        """Responses the proxy is still sending (or waiting to send, throttled or stalled)."""
+        with self._lock:
+            return sum(1 for entry in self._records if entry.method == "GET" and not entry.finished)
 
     def traffic(self) -> OriginTraffic:
         with self._lock:
@@ -227,6 +233,7 @@ class _Entry:
     status: int = 0
     body_bytes: int = 0
     fault: FaultKind | None = None
+    finished: bool = False
 
     def freeze(self) -> RequestRecord:
         return RequestRecord(self.method, self.path, self.range, self.status, self.body_bytes, self.fault)
@@ -298,26 +305,33 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         self._wake = self.proxy._wake_event()
         body = self._read_request_body()
         path = urlsplit(self.path).path
+        fault = None if self.proxy._refusal(path) is not None else self.proxy._claim_fault(self.command, path)
+        # Recorded as it arrives, before the upstream answers: the upstream may take long (moto serves
+        # ranged GETs of one object one at a time), and a request counts from when the client sent it.
+        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"), fault and fault.kind)
+        try:
+            self._answer(entry, body, path, fault)
+        finally:
+            entry.finished = True
+
+    def _answer(self, entry: _Entry, body: bytes | None, path: str, fault: _Fault | None) -> None:
         if (status := self.proxy._refusal(path)) is not None:
-            self._refuse(status)
+            self._refuse(entry, status)
             return
-        fault = self.proxy._claim_fault(self.command, path)
         if fault is not None and fault.kind == "slowdown":
-            self._refuse(fault.status, fault="slowdown")
+            self._refuse(entry, fault.status)
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body is not None:
             headers["Content-Length"] = str(len(body))
         response = self._send_upstream(body, headers)
         if response is None:
+            entry.status = 502
             self.send_error(502, "upstream unreachable")
             return
-        kind = None if fault is None else fault.kind
-        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"), kind)
         self._relay(response, entry, fault)
 
-    def _refuse(self, status: int, fault: FaultKind | None = None) -> None:
-        entry = self.proxy._begin(self.command, self.path, self.headers.get("Range"), fault)
+    def _refuse(self, entry: _Entry, status: int) -> None:
         entry.status = status
         code = {403: "AccessDenied", 404: "NoSuchKey", 503: "SlowDown"}.get(status, "InternalError")
         body = b"" if self.command == "HEAD" else (
@@ -382,7 +396,7 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
                 block = block[: limit - entry.body_bytes]
                 if not block:
                     return False
-            if not self._wait_for_tokens(len(block)):
+            if not self._wait_for_tokens(len(block)) or self._client_gone():
                 return False
             entry.body_bytes += len(block)
             try:
@@ -392,6 +406,16 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
                 entry.body_bytes -= len(block)
                 return False
         return True
+
+    def _client_gone(self) -> bool:
+        """True once the client has closed its side. A write into a connection the client closed still
+        succeeds locally (the kernel buffers it until the peer's RST comes back), so without this check a
+        throttled response would be counted as served after its client had let go."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _wait_for_tokens(self, size: int) -> bool:
         bucket = self.proxy._throttle_bucket()
