@@ -113,9 +113,17 @@ pub enum Error {
         reason: String,
     },
 
-    /// An archive that expands to more bytes than allowed (counted as written, not as declared).
-    #[error("refusing archive {archive}: it expands to more than {max_total_bytes} bytes (max_total_bytes)")]
-    ArchiveTooLarge { archive: PathBuf, max_total_bytes: u64 },
+    /// An archive refused by a limit on what unpacking it may cost: `limit` is `max_size` (bytes in
+    /// total), `max_ratio` (bytes per byte of archive) or `disk_reserve` (free space that must remain).
+    /// Bytes are counted as read, not as declared; nothing was published and the staging tree is gone.
+    /// `advice` names the setting that raises the limit.
+    #[error("refusing archive {archive}: {reason}; {advice}")]
+    ArchiveLimit {
+        archive: PathBuf,
+        limit: &'static str,
+        reason: String,
+        advice: String,
+    },
 
     /// An archive with more entries than allowed.
     #[error("refusing archive {archive}: it has more than {max_entries} entries (max_entries)")]

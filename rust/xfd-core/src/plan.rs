@@ -57,6 +57,10 @@ pub struct Settings {
     /// Ranged GETs one chunk is fetched with from the origin, in parallel.
     #[serde(default = "defaults::origin_chunk_streams")]
     pub origin_chunk_streams: u32,
+    /// Bytes of free space an unpack must leave on the file system of its destination (manifest
+    /// `settings.disk_reserve`).
+    #[serde(default = "defaults::disk_reserve")]
+    pub disk_reserve: u64,
 }
 
 /// Defaults of the settings added after the first plans (older plans lack them); the origin retry
@@ -76,6 +80,10 @@ pub(crate) mod defaults {
     }
     pub fn origin_chunk_streams() -> u32 {
         8
+    }
+    /// Room for logs, caches and the next job's scratch files once an archive is unpacked.
+    pub fn disk_reserve() -> u64 {
+        1 << 30
     }
 }
 
@@ -129,7 +137,7 @@ impl PlanFile {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanUnpack {
     pub object_id: String,
@@ -137,6 +145,13 @@ pub struct PlanUnpack {
     pub format: String,
     pub to: String,
     pub artifact: String,
+    /// Most bytes the archive may unpack to (manifest `unpack.max_size`); `None`: the engine's default.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// Most unpacked bytes per byte of archive (manifest `unpack.max_ratio`); `None`: the engine's
+    /// default.
+    #[serde(default)]
+    pub max_ratio: Option<f64>,
 }
 
 impl Plan {
@@ -160,6 +175,16 @@ impl Plan {
             return Err(Error::InvalidPlan(format!(
                 "unpack {} names unknown object {}",
                 unpack.to, unpack.object_id
+            )));
+        }
+        if let Some(unpack) = plan
+            .unpacks
+            .iter()
+            .find(|u| u.max_ratio.is_some_and(|r| r.is_nan() || r <= 0.0))
+        {
+            return Err(Error::InvalidPlan(format!(
+                "unpack {} has max_ratio {:?}, expected a positive number",
+                unpack.to, unpack.max_ratio
             )));
         }
         Ok(plan)
@@ -190,5 +215,30 @@ mod tests {
         let auto = plan_with_chunk_size(r#""auto""#).unwrap();
         assert_eq!(auto.settings.chunk_size, ChunkSize::Automatic(Auto::Auto));
         assert!(plan_with_chunk_size(r#""big""#).is_err());
+    }
+
+    #[test]
+    fn unpack_limits_and_the_disk_reserve_default_when_absent() {
+        let plan = |settings: &str, unpack: &str| {
+            let text = format!(
+                r#"{{"format": "xfd.plan/1", "settings": {{"chunk_size": "auto", "node_parallelism": 8,
+                "upload_slots": 8, "origin_parallelism": 32, "overwrite": false{settings}}}, "stores": {{}},
+                "objects": [{{"id": "o", "store": "s", "key": "k", "size": 1, "etag": null, "version": null,
+                "last_modified": null, "chunks": []}}], "files": [], "unpacks": [{{"object_id": "o",
+                "archive": "a.zip", "format": "zip", "to": "a", "artifact": "x"{unpack}}}]}}"#
+            );
+            Plan::from_json(&text).map_err(|e| e.to_string())
+        };
+        let old = plan("", "").unwrap();
+        assert_eq!((old.unpacks[0].max_size, old.unpacks[0].max_ratio), (None, None));
+        assert_eq!(old.settings.disk_reserve, 1 << 30);
+        let new = plan(r#", "disk_reserve": 0"#, r#", "max_size": 10, "max_ratio": 2.5"#).unwrap();
+        assert_eq!(
+            (new.unpacks[0].max_size, new.unpacks[0].max_ratio),
+            (Some(10), Some(2.5))
+        );
+        assert_eq!(new.settings.disk_reserve, 0);
+        let err = plan("", r#", "max_ratio": 0"#).unwrap_err();
+        assert!(err.contains("max_ratio") && err.contains("positive"), "{err}");
     }
 }

@@ -538,32 +538,207 @@ fn devices_fifos_and_sockets_are_refused() {
 // ---------------------------------------------------------------------------------------------------
 // Limits: bytes are counted as read, never taken from headers.
 
+/// A 1 MiB `max_size`, with the ratio out of the way.
 fn small_limit() -> UnpackOptions {
     UnpackOptions {
         max_total_bytes: 1 << 20,
+        max_ratio: f64::INFINITY,
         ..UnpackOptions::default()
     }
 }
 
-#[test]
-fn a_gzip_bomb_is_stopped_at_max_total_bytes() {
-    let scene = Scene::new();
+/// No byte limit but `max_size`: for archives that expand far on purpose.
+fn no_ratio() -> UnpackOptions {
+    UnpackOptions {
+        max_ratio: f64::INFINITY,
+        ..UnpackOptions::default()
+    }
+}
+
+/// The limit an error says was hit, and its message.
+fn limit_hit(err: &Error) -> (&'static str, String) {
+    match err {
+        Error::ArchiveLimit { limit, .. } => (limit, err.to_string()),
+        other => panic!("expected a limit to be hit, got {other}"),
+    }
+}
+
+/// 8 MiB of zeros in a tar.gz or zip of a few kilobytes: a thousand times its size.
+fn gzip_bomb() -> Vec<u8> {
     let bomb = gzip(&RawTar::default().file("zeros.bin", &vec![0; 8 << 20]).finish());
     assert!(
-        bomb.len() < 64 * 1024,
+        bomb.len() < 40 * 1024,
         "the test archive is a bomb: {} bytes",
         bomb.len()
     );
-    let err = scene.refuse_with(&scene.archive("bomb.tar.gz", &bomb), &small_limit());
+    bomb
+}
+
+fn zip_bomb() -> Vec<u8> {
+    let bomb = zip_of(|zip| zip_file(zip, "zeros.bin", 0o644, &vec![0; 8 << 20]));
     assert!(
-        matches!(
-            err,
-            Error::ArchiveTooLarge {
-                max_total_bytes: 1_048_576,
-                ..
-            }
-        ),
-        "{err}"
+        bomb.len() < 40 * 1024,
+        "the test archive is a bomb: {} bytes",
+        bomb.len()
+    );
+    bomb
+}
+
+#[test]
+fn a_gzip_bomb_is_stopped_at_max_size() {
+    let scene = Scene::new();
+    let archive = scene.archive("bomb.tar.gz", &gzip_bomb());
+    let options = UnpackOptions {
+        artifact: Some("models".into()),
+        ..small_limit()
+    };
+    let (limit, message) = limit_hit(&scene.refuse_with(&archive, &options));
+    assert_eq!(limit, "max_size", "{message}");
+    assert!(message.contains(&archive.display().to_string()), "{message}");
+    assert!(message.contains("more than 1 MiB"), "{message}");
+    assert!(
+        message.contains(r#"raise unpack.max_size of artifact "models""#),
+        "{message}"
+    );
+}
+
+#[test]
+fn archive_bombs_are_refused_by_the_default_ratio() {
+    let scene = Scene::new();
+    let archives = [
+        scene.archive("bomb.tar.gz", &gzip_bomb()),
+        scene.archive("bomb.zip", &zip_bomb()),
+    ];
+    for archive in archives {
+        let options = UnpackOptions {
+            artifact: Some("models".into()),
+            ..UnpackOptions::default()
+        };
+        // The scene is unchanged: no staging tree, nothing at the destination, no sidecar.
+        let (limit, message) = limit_hit(&scene.refuse_with(&archive, &options));
+        assert_eq!(limit, "max_ratio", "{message}");
+        assert!(message.contains(&archive.display().to_string()), "{message}");
+        assert!(message.contains("more than 200 times"), "{message}");
+        assert!(
+            message.contains(r#"raise unpack.max_ratio of artifact "models""#),
+            "{message}"
+        );
+        assert!(scene.site_names().is_empty(), "{:?}", scene.site_names());
+    }
+}
+
+#[test]
+fn a_raised_max_ratio_lets_a_trusted_archive_through() {
+    let scene = Scene::new();
+    let trusted = UnpackOptions {
+        max_ratio: 5000.0,
+        overwrite: true,
+        ..UnpackOptions::default()
+    };
+    for archive in [
+        scene.archive("bomb.tar.gz", &gzip_bomb()),
+        scene.archive("bomb.zip", &zip_bomb()),
+    ] {
+        let identity = archive.display().to_string();
+        let report = unpack(&archive, &scene.dest(), &identity, &trusted).unwrap();
+        assert_eq!(report.bytes_written, 8 << 20);
+        assert_eq!(fs::metadata(scene.dest().join("zeros.bin")).unwrap().len(), 8 << 20);
+    }
+}
+
+#[test]
+fn real_archives_stay_far_below_the_default_ratio() {
+    let scene = Scene::new();
+    // Words picked at random (a fixed LCG): text, which gzip shrinks a few times, never hundreds.
+    let words = [
+        "the ", "weights ", "of ", "layer ", "0.125 ", "-3.5e-2 ", "bias\n", "model ",
+    ];
+    let mut state: u64 = 1;
+    let mut text = Vec::new();
+    while text.len() < 4 << 20 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.extend_from_slice(words[(state >> 61) as usize].as_bytes());
+    }
+    let archive = scene.archive(
+        "text.tar.gz",
+        &gzip(&RawTar::default().file("notes.txt", &text).finish()),
+    );
+    let ratio = text.len() as f64 / archive.metadata().unwrap().len() as f64;
+    assert!(ratio > 2.0 && ratio < 20.0, "ratio {ratio}");
+    assert_eq!(scene.unpack(&archive, "v1").unwrap().bytes_written, text.len() as u64);
+}
+
+#[test]
+fn a_disk_reserve_larger_than_the_free_space_is_refused_before_extraction() {
+    let scene = Scene::new();
+    let archive = scene.archive("model.tar", &sample_tar());
+    for artifact in [None, Some("models".to_owned())] {
+        let options = UnpackOptions {
+            disk_reserve: u64::MAX / 2,
+            artifact: artifact.clone(),
+            ..UnpackOptions::default()
+        };
+        let (limit, message) = limit_hit(&scene.refuse_with(&archive, &options));
+        assert_eq!(limit, "disk_reserve", "{message}");
+        assert!(message.contains(&archive.display().to_string()), "{message}");
+        assert!(message.contains(&scene.site().display().to_string()), "{message}");
+        let key = if artifact.is_some() {
+            "settings.disk_reserve in the manifest"
+        } else {
+            "disk_reserve"
+        };
+        assert!(message.contains(&format!("lower {key}")), "{message}");
+    }
+    // A reserve of 0 turns the check off; the default reserve fits this disk.
+    let off = UnpackOptions {
+        disk_reserve: 0,
+        ..UnpackOptions::default()
+    };
+    unpack(&archive, &scene.dest(), "v1", &off).unwrap();
+}
+
+#[test]
+fn plan_limits_reach_the_unpack_options() {
+    let plan = |settings_extra: &str, unpack_extra: &str| {
+        let text = format!(
+            r#"{{"format": "xfd.plan/1", "settings": {{"chunk_size": "auto", "node_parallelism": 8,
+            "upload_slots": 8, "origin_parallelism": 32, "overwrite": false{settings_extra}}}, "stores": {{}},
+            "objects": [{{"id": "o1", "store": "s", "key": "k", "size": 10, "etag": null, "version": null,
+            "last_modified": null, "chunks": []}}], "files": [], "unpacks": [{{"object_id": "o1",
+            "archive": "m.tar.gz", "format": "auto", "to": "m", "artifact": "models"{unpack_extra}}}]}}"#
+        );
+        xfd_core::plan::Plan::from_json(&text)
+    };
+    let defaults = UnpackOptions::default();
+    // Older plans (and null fields) keep the engine's defaults.
+    for (settings, unpack_extra) in [("", ""), ("", r#", "max_size": null, "max_ratio": null"#)] {
+        let plan = plan(settings, unpack_extra).unwrap();
+        let options = defaults.for_plan(&plan.unpacks[0], &plan.settings);
+        assert_eq!(options.max_total_bytes, 64 << 30);
+        assert_eq!(options.max_ratio, 200.0);
+        assert_eq!(options.disk_reserve, 1 << 30);
+        assert_eq!(options.artifact.as_deref(), Some("models"));
+    }
+    let set = plan(r#", "disk_reserve": 5"#, r#", "max_size": 1024, "max_ratio": 1000.5"#).unwrap();
+    let options = defaults.for_plan(&set.unpacks[0], &set.settings);
+    assert_eq!(
+        (options.max_total_bytes, options.max_ratio, options.disk_reserve),
+        (1024, 1000.5, 5)
+    );
+    for bad in [
+        r#", "max_ratio": 0"#,
+        r#", "max_ratio": -1"#,
+        r#", "max_size": -1"#,
+        r#", "max_ratio": "big""#,
+    ] {
+        let err = plan("", bad).expect_err(bad);
+        assert!(matches!(err, Error::InvalidPlan(_)), "{err}");
+    }
+    assert!(
+        plan(r#", "disk_reserve": "1 GiB""#, "").is_err(),
+        "disk_reserve is bytes in a plan"
     );
 }
 
@@ -593,9 +768,11 @@ fn an_entry_larger_than_its_header_size_is_still_counted() {
     let scene = Scene::new();
     let archive = scene.archive("sparse.tar", &sparse_tar(16 << 20));
     let err = scene.refuse_with(&archive, &small_limit());
-    assert!(matches!(err, Error::ArchiveTooLarge { .. }), "{err}");
-    // Within the limit the same entry expands to its real size.
-    let report = scene.unpack(&archive, "v1").unwrap();
+    assert_eq!(limit_hit(&err).0, "max_size", "{err}");
+    // The default ratio stops it too: 16 MiB out of 2 KiB.
+    assert_eq!(limit_hit(&scene.refuse(&archive)).0, "max_ratio");
+    // Within the limits the same entry expands to its real size.
+    let report = unpack(&archive, &scene.dest(), "v1", &no_ratio()).unwrap();
     let data = fs::read(scene.dest().join("sparse.bin")).unwrap();
     assert_eq!((data.len(), report.bytes_written), (16 << 20, 16 << 20));
     assert!(data[..(16 << 20) - 512].iter().all(|&b| b == 0) && data.ends_with(&[7; 512]));
@@ -610,7 +787,7 @@ fn a_zip_understating_its_sizes_is_refused() {
     patch_u32_after(&mut zip, b"PK\x01\x02", 24, 100);
     let err = scene.refuse_with(&scene.archive("lying.zip", &zip), &small_limit());
     assert!(
-        matches!(err, Error::ArchiveTooLarge { .. } | Error::ArchiveUnreadable { .. }),
+        matches!(err, Error::ArchiveLimit { .. } | Error::ArchiveUnreadable { .. }),
         "{err}"
     );
 }

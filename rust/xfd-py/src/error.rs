@@ -38,7 +38,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         Error::InvalidArchiveFormat { .. } | Error::UnknownArchiveFormat { .. } | Error::ArchiveUnreadable { .. } => {
             ArchiveError::new_err(message)
         }
-        Error::UnsafeArchiveEntry { .. } | Error::ArchiveTooLarge { .. } | Error::TooManyArchiveEntries { .. } => {
+        Error::UnsafeArchiveEntry { .. } | Error::ArchiveLimit { .. } | Error::TooManyArchiveEntries { .. } => {
             UnsafeArchiveError::new_err(message)
         }
         Error::PeerUnreachable { .. }

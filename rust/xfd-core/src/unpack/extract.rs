@@ -16,6 +16,7 @@ use flate2::bufread::MultiGzDecoder;
 
 use super::entry_path::{check_symlink_chain, check_symlink_target, entry_path};
 use super::format::{ArchiveFormat, detect};
+use super::limits::Limits;
 use super::{UnpackOptions, from_tar, from_zip};
 use crate::error::{Error, Result};
 use crate::faults::{Faults, Point};
@@ -50,7 +51,7 @@ pub(super) struct Counts {
     pub symlinks: u64,
     /// Bytes of file content written.
     pub bytes_written: u64,
-    /// Bytes of entry data read, written or not: what `max_total_bytes` caps.
+    /// Bytes of entry data read, written or not: what `max_total_bytes` and `max_ratio` cap.
     pub bytes_read: u64,
 }
 
@@ -61,10 +62,13 @@ pub(super) fn extract(
     root: &Path,
     options: &UnpackOptions,
 ) -> Result<(ArchiveFormat, Counts)> {
+    if format == ArchiveFormat::Auto {
+        return extract(archive, detect(archive)?, root, options);
+    }
     let open = || File::open(archive).map_err(|e| Error::io("open", archive, e));
-    let mut extractor = Extractor::new(archive, root, options);
+    let mut extractor = Extractor::new(archive, root, options)?;
     match format {
-        ArchiveFormat::Auto => return extract(archive, detect(archive)?, root, options),
+        ArchiveFormat::Auto => unreachable!("detected above"),
         ArchiveFormat::Tar => from_tar::extract(BufReader::new(open()?), false, &mut extractor)?,
         ArchiveFormat::TarGz => {
             let gunzip = MultiGzDecoder::new(BufReader::new(open()?));
@@ -79,7 +83,7 @@ pub(super) fn extract(
 pub(super) struct Extractor<'a> {
     archive: &'a Path,
     root: &'a Path,
-    max_total_bytes: u64,
+    limits: Limits<'a>,
     max_entries: u64,
     counts: Counts,
     /// Regular files written so far: the only valid hard-link targets.
@@ -93,11 +97,12 @@ pub(super) struct Extractor<'a> {
 }
 
 impl<'a> Extractor<'a> {
-    fn new(archive: &'a Path, root: &'a Path, options: &UnpackOptions) -> Self {
-        Extractor {
+    /// Refuses before the first entry when the free-space reserve is not there.
+    fn new(archive: &'a Path, root: &'a Path, options: &'a UnpackOptions) -> Result<Self> {
+        Ok(Extractor {
             archive,
             root,
-            max_total_bytes: options.max_total_bytes,
+            limits: Limits::new(archive, root, options)?,
             max_entries: options.max_entries,
             counts: Counts::default(),
             regular_files: HashSet::new(),
@@ -105,7 +110,7 @@ impl<'a> Extractor<'a> {
             symlinks: BTreeSet::new(),
             buffer: vec![0; COPY_BUFFER].into_boxed_slice(),
             faults: options.faults.clone(),
-        }
+        })
     }
 
     /// Refuses early when the archive declares more entries than allowed (zip knows its count upfront).
@@ -116,13 +121,10 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// Refuses early when an entry declares more bytes than the budget has left. Only an early exit:
-    /// the bytes actually read are what count (see [`Self::copy_counted`]).
-    pub(super) fn expect_bytes(&self, declared: u64) -> Result<()> {
-        if declared > self.max_total_bytes.saturating_sub(self.counts.bytes_read) {
-            return Err(self.too_large());
-        }
-        Ok(())
+    /// Refuses early when an entry declares more bytes than the limits or the free space leave. Only
+    /// an early exit: the bytes actually read are what count (see [`Self::copy_counted`]).
+    pub(super) fn expect_bytes(&mut self, declared: u64) -> Result<()> {
+        self.limits.check_declared(self.counts.bytes_read, declared)
     }
 
     /// Writes one entry. `data` is read to its end whatever the kind, and counted.
@@ -306,7 +308,8 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// Streams `data` into `out`, counting every byte against the budget before writing it.
+    /// Streams `data` into `out`, counting every byte against the limits before writing it and
+    /// against the free space after.
     fn copy_counted(&mut self, name: &[u8], data: &mut dyn Read, out: &mut File, path: &Path) -> Result<()> {
         loop {
             let read = self.read_counted(name, data)?;
@@ -316,6 +319,7 @@ impl<'a> Extractor<'a> {
             out.write_all(&self.buffer[..read])
                 .map_err(|e| Error::io("write", path, e))?;
             self.counts.bytes_written += read as u64;
+            self.limits.wrote(read as u64)?;
         }
     }
 
@@ -334,9 +338,7 @@ impl<'a> Extractor<'a> {
             }
         };
         self.counts.bytes_read += read as u64;
-        if self.counts.bytes_read > self.max_total_bytes {
-            return Err(self.too_large());
-        }
+        self.limits.check_read(self.counts.bytes_read)?;
         Ok(read)
     }
 
@@ -358,13 +360,6 @@ impl<'a> Extractor<'a> {
             path: self.archive.to_owned(),
             entry: (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned()),
             source: source.into(),
-        }
-    }
-
-    fn too_large(&self) -> Error {
-        Error::ArchiveTooLarge {
-            archive: self.archive.to_owned(),
-            max_total_bytes: self.max_total_bytes,
         }
     }
 
@@ -397,6 +392,28 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A scratch directory holding an "archive" of `archive_size` bytes and the staging root.
+    struct Scratch {
+        dir: tempfile::TempDir,
+    }
+
+    impl Scratch {
+        fn new(archive_size: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("a.tar"), vec![0; archive_size]).unwrap();
+            fs::create_dir(dir.path().join("root")).unwrap();
+            Scratch { dir }
+        }
+
+        fn archive(&self) -> PathBuf {
+            self.dir.path().join("a.tar")
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+    }
+
     fn options(max_total_bytes: u64) -> UnpackOptions {
         UnpackOptions {
             max_total_bytes,
@@ -404,30 +421,76 @@ mod tests {
         }
     }
 
+    fn limit_of(err: &Error) -> &'static str {
+        match err {
+            Error::ArchiveLimit { limit, .. } => limit,
+            other => panic!("expected a limit to be hit, got {other}"),
+        }
+    }
+
     #[test]
     fn bytes_are_counted_as_read_whatever_the_header_declared() {
-        let root = tempfile::tempdir().unwrap();
+        let scratch = Scratch::new(1 << 20);
+        let (archive, root) = (scratch.archive(), scratch.root());
         let options = options(1 << 20);
-        let mut extractor = Extractor::new(Path::new("a.tar"), root.path(), &options);
+        let mut extractor = Extractor::new(&archive, &root, &options).unwrap();
         // No expect_bytes call: only the counting stands between the entry and the disk.
         let mut endless = std::io::repeat(0).take(4 << 20);
         let err = extractor
             .entry(b"big", EntryKind::File, None, None, &mut endless)
             .unwrap_err();
-        assert!(matches!(err, Error::ArchiveTooLarge { .. }), "{err}");
-        let written = fs::metadata(root.path().join("big")).unwrap().len();
+        assert_eq!(limit_of(&err), "max_size", "{err}");
+        let written = fs::metadata(root.join("big")).unwrap().len();
         assert!(written <= 1 << 20, "{written} bytes written past the limit");
     }
 
     #[test]
     fn dropped_bytes_count_too() {
-        let root = tempfile::tempdir().unwrap();
+        let scratch = Scratch::new(1 << 20);
+        let (archive, root) = (scratch.archive(), scratch.root());
         let options = options(1000);
-        let mut extractor = Extractor::new(Path::new("a.tar"), root.path(), &options);
+        let mut extractor = Extractor::new(&archive, &root, &options).unwrap();
         let mut payload = std::io::repeat(0).take(1001);
         let err = extractor
             .entry(b"d/", EntryKind::Dir, None, None, &mut payload)
             .unwrap_err();
-        assert!(matches!(err, Error::ArchiveTooLarge { .. }), "{err}");
+        assert_eq!(limit_of(&err), "max_size", "{err}");
+    }
+
+    #[test]
+    fn the_ratio_is_counted_as_read_against_the_archive_size() {
+        let scratch = Scratch::new(10_000);
+        let (archive, root) = (scratch.archive(), scratch.root());
+        let options = UnpackOptions::default();
+        let mut extractor = Extractor::new(&archive, &root, &options).unwrap();
+        let mut bomb = std::io::repeat(0).take(4 << 20);
+        let err = extractor
+            .entry(b"big", EntryKind::File, None, None, &mut bomb)
+            .unwrap_err();
+        assert_eq!(limit_of(&err), "max_ratio", "{err}");
+        let written = fs::metadata(root.join("big")).unwrap().len();
+        assert!(written <= 200 * 10_000, "{written} bytes written past the ratio");
+    }
+
+    #[test]
+    fn a_tiny_archive_may_expand_to_the_ratio_floor() {
+        let scratch = Scratch::new(100);
+        let (archive, root) = (scratch.archive(), scratch.root());
+        let options = UnpackOptions::default();
+        let mut extractor = Extractor::new(&archive, &root, &options).unwrap();
+        let mut text = std::io::repeat(b'x').take(super::super::RATIO_FLOOR);
+        extractor
+            .entry(b"notes.txt", EntryKind::File, None, None, &mut text)
+            .unwrap();
+        let err = extractor
+            .entry(
+                b"more.txt",
+                EntryKind::File,
+                None,
+                None,
+                &mut std::io::repeat(b'x').take(1),
+            )
+            .unwrap_err();
+        assert_eq!(limit_of(&err), "max_ratio", "{err}");
     }
 }

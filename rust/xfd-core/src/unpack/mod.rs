@@ -1,8 +1,9 @@
 //! Unpacking tar, tar.gz and zip archives into a destination directory, safely and atomically.
 //!
 //! An archive comes from outside and is treated as hostile: every entry must land inside the
-//! destination, no symlink may point out of it, nothing special (devices, fifos) is created, and both
-//! the bytes written and the number of entries are capped. A refused archive leaves nothing behind.
+//! destination, no symlink may point out of it, nothing special (devices, fifos) is created, the bytes
+//! written are capped (in total, per byte of archive, and by the free space that must remain) and so is
+//! the number of entries. A refused archive leaves nothing behind.
 //!
 //! The tree is built in a staging directory beside the destination and renamed into place whole; a
 //! sidecar file beside it (`.<name>.xfd-unpack.json`) records which archive identity is there, so a
@@ -13,6 +14,7 @@ mod extract;
 mod format;
 mod from_tar;
 mod from_zip;
+mod limits;
 mod publish;
 
 use std::path::{Path, PathBuf};
@@ -24,17 +26,27 @@ pub use format::{ArchiveFormat, detect};
 
 use crate::error::{Error, Result};
 use crate::faults::Faults;
+use crate::plan::{PlanUnpack, Settings};
 use publish::Destination;
 
 /// How to unpack. Every limit applies to the archive as it is read, not as it claims to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UnpackOptions {
     /// The archive's format; `Auto` (the default) detects it from the content, never from the name.
     pub format: ArchiveFormat,
-    /// Most bytes the archive may expand to, counted as they are written. Default 64 GiB: larger than
-    /// the model checkpoints and datasets xfd ships as one archive today, yet small enough that a
-    /// decompression bomb is stopped before it fills a node's disk.
+    /// Most bytes the archive may expand to, counted as they are read (manifest `unpack.max_size`).
+    /// Default 64 GiB: larger than the model checkpoints and datasets xfd ships as one archive today,
+    /// yet small enough that a decompression bomb is stopped before it fills a node's disk.
     pub max_total_bytes: u64,
+    /// Most bytes the archive may expand to per byte of its size on disk (manifest `unpack.max_ratio`),
+    /// enforced once more than [`RATIO_FLOOR`] bytes were read. Default 200: gzip of real data
+    /// (weights, text, code) stays far below it, while a bomb that turns megabytes into gigabytes
+    /// is refused long before `max_total_bytes`, whatever the disk.
+    pub max_ratio: f64,
+    /// Bytes of free space that must remain on the file system of the destination (manifest
+    /// `settings.disk_reserve`), checked before the first entry and while writing; 0 turns the check
+    /// off. Default 1 GiB: a node whose disk an unpack fills breaks the jobs that run on it next.
+    pub disk_reserve: u64,
     /// Most entries (files, directories, links) the archive may hold. Default 1,000,000: ten times a
     /// large Python environment or dataset shard, while bounding the inodes and the time an archive of
     /// empty entries can cost.
@@ -42,18 +54,42 @@ pub struct UnpackOptions {
     /// Replace a destination that xfd did not write. Default `false`: unpacking must never delete a
     /// user's data by surprise; a destination written by xfd is always replaced.
     pub overwrite: bool,
+    /// The manifest artifact the archive belongs to, so that a refusal names the setting to raise;
+    /// `None` outside a plan.
+    pub artifact: Option<String>,
     /// Fault injection for the system tests (`unpack-entry:abort@n`); empty otherwise.
     pub faults: Arc<Faults>,
 }
+
+/// Bytes an archive may expand to whatever its ratio, so that a tiny archive of small files (a few
+/// hundred bytes of gzip holding some kilobytes of text) is never refused as a bomb.
+pub const RATIO_FLOOR: u64 = 1 << 20;
 
 impl Default for UnpackOptions {
     fn default() -> Self {
         UnpackOptions {
             format: ArchiveFormat::Auto,
             max_total_bytes: 64 << 30,
+            max_ratio: 200.0,
+            disk_reserve: crate::plan::defaults::disk_reserve(),
             max_entries: 1_000_000,
             overwrite: false,
+            artifact: None,
             faults: Arc::default(),
+        }
+    }
+}
+
+impl UnpackOptions {
+    /// These options with the limits a plan sets for one unpack: its own `max_size` and `max_ratio`
+    /// where given, the run's `disk_reserve`, and its artifact's name for the error messages.
+    pub fn for_plan(&self, step: &PlanUnpack, settings: &Settings) -> UnpackOptions {
+        UnpackOptions {
+            max_total_bytes: step.max_size.unwrap_or(self.max_total_bytes),
+            max_ratio: step.max_ratio.unwrap_or(self.max_ratio),
+            disk_reserve: settings.disk_reserve,
+            artifact: Some(step.artifact.clone()),
+            ..self.clone()
         }
     }
 }
