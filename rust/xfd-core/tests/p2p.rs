@@ -666,6 +666,30 @@ async fn invalid_settings_are_refused() {
         let err = P2pServer::start(config, MemoryRegistry::new()).await.err().unwrap();
         assert!(matches!(err, Error::InvalidP2pConfig { .. }), "{err}");
     }
+    let with = |edit: fn(&mut ServerConfig)| {
+        let mut config = ServerConfig {
+            token: TOKEN.into(),
+            ..ServerConfig::default()
+        };
+        edit(&mut config);
+        config
+    };
+    let zero_budgets = [
+        ("auth_timeout", with(|c| c.auth_timeout = Duration::ZERO)),
+        ("max_pending_connections", with(|c| c.max_pending_connections = 0)),
+        ("max_pending_per_address", with(|c| c.max_pending_per_address = 0)),
+        (
+            "max_authenticated_connections",
+            with(|c| c.max_authenticated_connections = 0),
+        ),
+    ];
+    for (name, config) in zero_budgets {
+        let err = P2pServer::start(config, MemoryRegistry::new()).await.err().unwrap();
+        assert!(
+            matches!(err, Error::InvalidP2pConfig { field, .. } if field == name),
+            "{err}"
+        );
+    }
     let err = P2pClient::new(ClientConfig::default()).unwrap_err();
     assert!(matches!(err, Error::InvalidP2pConfig { field: "token", .. }), "{err}");
 }
@@ -768,27 +792,38 @@ async fn slow_loris_connections_are_closed_and_real_requests_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_are_closed_at_once() {
+async fn authenticated_connections_beyond_their_budget_are_turned_away() {
     let node = Node::start_with(ServerConfig {
-        max_connections: 3,
+        max_authenticated_connections: 3,
         ..ServerConfig::default()
     })
     .await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(node.addr()).await.unwrap();
+        assert_eq!(health_on(&mut stream).await, 200);
+        peers.push(stream);
+    }
+    // Connections without the token have a budget of their own: they do not count.
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(node.addr()).await.unwrap());
     }
     let mut extra = TcpStream::connect(node.addr()).await.unwrap();
-    let _ = extra
-        .write_all(format!("GET /v1/health HTTP/1.1\r\nHost: peer\r\n{}\r\n\r\n", bearer()).as_bytes())
-        .await;
-    let answer = read_until_closed(&mut extra).await;
-    assert!(answer.is_empty(), "the connection over the cap got an answer");
-    assert_eq!(node.server.stats().refused.connections, 1);
-    drop(idle);
+    assert_eq!(health_on(&mut extra).await, 503);
+    assert!(
+        read_until_closed(&mut extra).await.is_empty(),
+        "the turned-away connection stays open"
+    );
+    let stats = node.server.stats();
+    assert_eq!((stats.refused.connections, stats.authenticated_connections), (1, 3));
+    for stream in &mut peers {
+        assert_eq!(health_on(stream).await, 200, "admitted peers keep their place");
+    }
+    drop(peers);
     let mut served = false;
     for _ in 0..100 {
-        // Closed sockets leave the server's set as it notices them: retry until one gets in.
+        // Closed sockets leave the server's budget as it notices them: retry until one gets in.
         let (status, _) = raw_request_lenient(node.addr(), "/v1/health").await;
         if status == 200 {
             served = true;
@@ -796,7 +831,7 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(served, "the server accepts connections again once others closed");
+    assert!(served, "the server admits peers again once others closed");
 }
 
 /// Like `raw_request`, but a connection closed without an answer is status 0, not a panic.
@@ -836,4 +871,196 @@ async fn a_client_that_stops_reading_loses_its_upload_slot() {
     let id = node.serve(&small, 0);
     fetch_whole(&client(), &node, &id, &small).await.unwrap();
     drop(stuck);
+}
+
+/// Raises this process's soft limit on open files to at least `wanted`: each connection held by a
+/// test costs two descriptors here (the client's end and the server's).
+fn raise_open_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted && limit.rlim_max >= wanted {
+            limit.rlim_cur = wanted;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= wanted,
+        "this test holds {wanted} descriptors but the hard limit on open files is {}: raise it (ulimit -Hn)",
+        limit.rlim_max
+    );
+}
+
+/// Sends a health request with the token on an open keep-alive connection and reads the whole
+/// response; its status.
+async fn health_on(stream: &mut TcpStream) -> u16 {
+    let head = format!("GET /v1/health HTTP/1.1\r\nHost: peer\r\n{}\r\n\r\n", bearer());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut buffer = [0u8; 1024];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "connection closed before the response head");
+        received.extend_from_slice(&buffer[..n]);
+    };
+    let text = String::from_utf8_lossy(&received[..end]).to_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; (end + length).saturating_sub(received.len())];
+    stream.read_exact(&mut body).await.unwrap();
+    status_of(&text)
+}
+
+/// Connects to `server` from the local address `from` (any 127.x.y.z works on loopback).
+async fn connect_from(from: Ipv4Addr, server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_without_the_token_does_not_delay_a_real_fetch() {
+    const FLOOD: usize = 1000;
+    raise_open_file_limit(4 * FLOOD as u64);
+    let node = Node::start().await;
+    let bytes = pattern(100_000, 13);
+    let id = node.serve(&bytes, 0);
+    // Connections that never send a byte, from the same address as the real client.
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(node.addr()).await.unwrap());
+    }
+
+    let client = client();
+    let fetch = fetch_whole(&client, &node, &id, &bytes);
+    let fetched = tokio::time::timeout(Duration::from_secs(10), fetch).await;
+
+    assert!(
+        matches!(fetched, Ok(Ok(()))),
+        "the flood held off a real peer: {fetched:?}"
+    );
+    let limit = ServerConfig::default().max_pending_per_address;
+    assert!(node.server.stats().pending_connections <= limit);
+    for stream in &mut flood {
+        assert!(
+            read_until_closed(stream).await.is_empty(),
+            "a client without the token got an answer"
+        );
+    }
+    let stats = node.server.stats();
+    let closed = stats.refused.unauthenticated_evicted + stats.refused.unauthenticated_timed_out;
+    assert!(closed >= FLOOD as u64, "{stats:?}");
+    assert_eq!(stats.bytes_served, bytes.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_the_token_is_closed_at_the_auth_deadline() {
+    let node = Node::start_with(ServerConfig {
+        auth_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut peer = TcpStream::connect(node.addr()).await.unwrap();
+    assert_eq!(health_on(&mut peer).await, 200);
+    let mut silent = TcpStream::connect(node.addr()).await.unwrap();
+    let mut unfinished = TcpStream::connect(node.addr()).await.unwrap();
+    unfinished.write_all(b"GET /v1/health HTTP/1.1\r\n").await.unwrap();
+
+    // Well before `header_read_timeout` (10 s), which would close them otherwise.
+    assert!(read_until_closed(&mut silent).await.is_empty());
+    assert!(read_until_closed(&mut unfinished).await.is_empty());
+
+    let stats = node.server.stats();
+    assert_eq!(stats.refused.unauthenticated_timed_out, 2, "{stats:?}");
+    assert_eq!(
+        health_on(&mut peer).await,
+        200,
+        "the deadline does not apply once a connection showed the token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_wrong_token_is_answered_401_and_closed() {
+    // Deadlines far away: only the 401 itself may close these connections.
+    let node = Node::start_with(ServerConfig {
+        auth_timeout: Duration::from_secs(600),
+        header_read_timeout: Duration::from_secs(600),
+        max_authenticated_connections: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let bytes = pattern(1000, 14);
+    let id = node.serve(&bytes, 0);
+    let mut wrong = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(node.addr()).await.unwrap();
+        let head = format!("GET /v1/chunks/{id} HTTP/1.1\r\nHost: peer\r\nAuthorization: Bearer {TOKEN}x\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        wrong.push(stream);
+    }
+
+    for stream in &mut wrong {
+        let answer = String::from_utf8_lossy(&read_until_closed(stream).await).into_owned();
+        assert_eq!(status_of(&answer), 401, "{answer}");
+    }
+    wait_for("the refused connections to leave the budgets", || {
+        let stats = node.server.stats();
+        (stats.pending_connections, stats.authenticated_connections) == (0, 0)
+    })
+    .await;
+
+    // The single authenticated place is still free for a real peer.
+    fetch_whole(&client(), &node, &id, &bytes).await.unwrap();
+    let stats = node.server.stats();
+    assert_eq!(
+        (stats.refused.unauthorized, stats.bytes_served),
+        (20, bytes.len() as u64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_closes_only_its_own_connections_without_the_token() {
+    // No deadline during the test: only the budgets may close a connection.
+    let node = Node::start_with(ServerConfig {
+        auth_timeout: Duration::from_secs(600),
+        max_pending_connections: 16,
+        max_pending_per_address: 4,
+        ..ServerConfig::default()
+    })
+    .await;
+    let flooder = Ipv4Addr::new(127, 0, 0, 1);
+    let mut peer = connect_from(flooder, node.addr()).await;
+    assert_eq!(health_on(&mut peer).await, 200);
+    let mut slow_peer = connect_from(Ipv4Addr::new(127, 0, 0, 2), node.addr()).await;
+    wait_for("the slow peer to be admitted", || {
+        node.server.stats().pending_connections == 1
+    })
+    .await;
+
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        flood.push(connect_from(flooder, node.addr()).await);
+    }
+    wait_for("the flood to be admitted", || {
+        node.server.stats().refused.unauthenticated_evicted == 50 - 4
+    })
+    .await;
+
+    assert_eq!(health_on(&mut peer).await, 200, "an authenticated peer was closed");
+    assert_eq!(
+        health_on(&mut slow_peer).await,
+        200,
+        "a peer on another address was closed"
+    );
+    assert_eq!(node.server.stats().pending_connections, 4);
 }

@@ -2,13 +2,15 @@
 //! lacks from other nodes instead of from object storage.
 //!
 //! - [`P2pServer`] answers `GET /v1/chunks/{id}` for chunks a [`ChunkRegistry`] reports as verified,
-//!   streaming them from disk in bounded blocks.
+//!   streaming them from disk in bounded blocks. Connections that have not shown the run's token have
+//!   budgets and a deadline of their own, so they never take a place a peer needs (`admission.rs`).
 //! - [`P2pClient`] fetches a chunk from a peer straight into its place in a destination file, hashing
 //!   while it streams, and classifies failures so the scheduler knows whether to retry, switch peers, or
 //!   penalize one.
 //!
 //! The protocol, the security model and the limits are described in `docs/p2p.md`.
 
+mod admission;
 mod body;
 mod chunk_id;
 mod client;

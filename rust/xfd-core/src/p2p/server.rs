@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::admission::{Admission, Budgets, Ticket};
 use super::body::{ChunkBody, FileRange, ServerBody};
 use super::limiter::EgressLimiter;
 use super::range::parse_range;
@@ -52,13 +53,32 @@ pub struct ServerConfig {
     /// Total upload rate of this server in bytes per second, shared by all responses. Default `None`
     /// (unlimited): transfers are meant to use the network; set it when training traffic shares the link.
     pub egress_bytes_per_sec: Option<u64>,
-    /// Time a client has to send a complete request head. Default 10 s: a real client sends it in well
-    /// under a millisecond, and a slow-loris client holds a socket for at most this long.
+    /// Time a client has to send a complete request head; hyper starts the same timer when a keep-alive
+    /// connection goes idle, so it is also the longest a connection waits between requests. Default
+    /// 10 s: a real client sends its head in well under a millisecond, and a peer that fetched once
+    /// asks again within seconds or not at all.
     pub header_read_timeout: Duration,
-    /// Connections open at once; more are closed as soon as they are accepted. Default 512: far more
-    /// than a cluster's peers keep open (a few per node), and with heads capped at 16 KiB a flood of
-    /// idle or slow-loris connections holds at most 8 MiB.
-    pub max_connections: usize,
+    /// Time a new connection has to send a request with the valid token; then it is closed. Default
+    /// 3 s: a peer sends its request head right after connecting (well under a millisecond on a
+    /// cluster network) and 3 s still covers two retransmissions of a lost packet, while a client
+    /// without the token holds its socket no longer than this.
+    pub auth_timeout: Duration,
+    /// Connections that have not yet shown the token (pending), for the whole server. A new connection
+    /// is always admitted: when this many are pending, the oldest pending one is closed to make room.
+    /// Default 512: a peer is pending for well under a millisecond, so even a burst of a thousand nodes
+    /// rarely has this many at once, and a flood without the token holds at most 512 sockets (8 MiB of
+    /// request heads) whatever its size.
+    pub max_pending_connections: usize,
+    /// Pending connections from one client address; past it, that address's oldest pending connection
+    /// is closed to make room, so a flood from one address never closes another address's connections.
+    /// Default 128: a node opens at most a handful of streams to one server at once, and simulated nodes
+    /// sharing one loopback address (8 nodes x 8 streams) still fit twice.
+    pub max_pending_per_address: usize,
+    /// Connections that have shown the token, open at once. They are never closed to make room; past
+    /// this, a new connection's request is answered 503 and the connection closed. Default 8192: a
+    /// thousand nodes with 8 streams each to this server at once; an idle one holds about 12 KiB, so
+    /// 100 MiB if all are open. The open-file limit (`ulimit -n`) must allow as many sockets.
+    pub max_authenticated_connections: usize,
     /// Longest wait for a client to take one block (1 MiB) of a chunk response; then the response is
     /// given up and its upload slot freed. Default 30 s: a client that slow (35 KB/s) misses its own
     /// deadline anyway, and one that stopped reading must not hold a slot the other nodes need.
@@ -77,7 +97,10 @@ impl Default for ServerConfig {
             upload_slots: 8,
             egress_bytes_per_sec: None,
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 512,
+            auth_timeout: Duration::from_secs(3),
+            max_pending_connections: 512,
+            max_pending_per_address: 128,
+            max_authenticated_connections: 8192,
             send_timeout: Duration::from_secs(30),
             faults: Arc::default(),
         }
@@ -102,11 +125,20 @@ impl ServerConfig {
         if self.send_timeout.is_zero() {
             return invalid("send_timeout", "must be positive");
         }
-        if self.max_connections == 0 {
-            return invalid("max_connections", "must be at least 1");
+        if self.max_pending_connections == 0 {
+            return invalid("max_pending_connections", "must be at least 1");
+        }
+        if self.max_pending_per_address == 0 {
+            return invalid("max_pending_per_address", "must be at least 1");
+        }
+        if self.max_authenticated_connections == 0 {
+            return invalid("max_authenticated_connections", "must be at least 1");
         }
         if self.header_read_timeout.is_zero() {
             return invalid("header_read_timeout", "must be positive");
+        }
+        if self.auth_timeout.is_zero() {
+            return invalid("auth_timeout", "must be positive");
         }
         Ok(())
     }
@@ -127,8 +159,13 @@ pub struct RefusedCounts {
     pub method_not_allowed: u64,
     /// 503: all upload slots taken.
     pub busy: u64,
-    /// Connections closed unanswered because `max_connections` were open.
+    /// 503 and closed: a connection showed the token while `max_authenticated_connections` were open.
     pub connections: u64,
+    /// Connections closed unanswered because they showed no valid token within `auth_timeout`.
+    pub unauthenticated_timed_out: u64,
+    /// Connections without the token closed unanswered to make room for newer ones
+    /// (`max_pending_per_address` or `max_pending_connections` were pending).
+    pub unauthenticated_evicted: u64,
 }
 
 impl RefusedCounts {
@@ -140,6 +177,8 @@ impl RefusedCounts {
             + self.method_not_allowed
             + self.busy
             + self.connections
+            + self.unauthenticated_timed_out
+            + self.unauthenticated_evicted
     }
 }
 
@@ -154,6 +193,10 @@ pub struct ServerStats {
     pub read_failures: u64,
     /// Chunk responses streaming right now (upload slots in use).
     pub active_uploads: usize,
+    /// Connections open now that have not yet shown the token.
+    pub pending_connections: usize,
+    /// Connections open now that have shown the token.
+    pub authenticated_connections: usize,
     pub refused: RefusedCounts,
 }
 
@@ -169,9 +212,11 @@ pub(crate) struct Counters {
     method_not_allowed: AtomicU64,
     busy: AtomicU64,
     connections: AtomicU64,
+    pub(crate) unauthenticated_timed_out: AtomicU64,
+    pub(crate) unauthenticated_evicted: AtomicU64,
 }
 
-/// Why a request gets no chunk.
+/// Why a request gets no chunk (`TooManyConnections`: `max_authenticated_connections` are open).
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
     Unauthorized,
@@ -180,6 +225,7 @@ enum Refusal {
     RangeNotSatisfiable { chunk_length: u64 },
     MethodNotAllowed,
     Busy,
+    TooManyConnections,
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -190,6 +236,7 @@ struct State {
     slot_count: usize,
     limiter: Option<Arc<EgressLimiter>>,
     counters: Arc<Counters>,
+    admission: Arc<Admission>,
     faults: Arc<Faults>,
     send_timeout: Duration,
 }
@@ -211,6 +258,7 @@ impl P2pServer {
         let bind_error = |source| Error::P2pBind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let counters = Arc::<Counters>::default();
         let state = Arc::new(State {
             registry: Box::new(registry),
             token_digest: blake3::hash(config.token.as_bytes()),
@@ -219,19 +267,14 @@ impl P2pServer {
             limiter: config
                 .egress_bytes_per_sec
                 .map(|rate| Arc::new(EgressLimiter::new(rate))),
-            counters: Arc::default(),
+            admission: Admission::new(budgets(&config), counters.clone()),
+            counters,
             faults: config.faults.clone(),
             send_timeout: config.send_timeout,
         });
         let (stop, stopped) = watch::channel(None);
         let builder = http1_builder(&config);
-        let accept_loop = tokio::spawn(accept_loop(
-            listener,
-            builder,
-            config.max_connections,
-            state.clone(),
-            stopped,
-        ));
+        let accept_loop = tokio::spawn(accept_loop(listener, builder, state.clone(), stopped));
         Ok(P2pServer {
             local_addr,
             state,
@@ -249,11 +292,14 @@ impl P2pServer {
     pub fn stats(&self) -> ServerStats {
         let counters = &self.state.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (pending_connections, authenticated_connections) = self.state.admission.open();
         ServerStats {
             bytes_served: load(&counters.bytes_served),
             chunk_responses: load(&counters.chunk_responses),
             read_failures: load(&counters.read_failures),
             active_uploads: self.state.slot_count - self.state.slots.available_permits(),
+            pending_connections,
+            authenticated_connections,
             refused: RefusedCounts {
                 unauthorized: load(&counters.unauthorized),
                 bad_request: load(&counters.bad_request),
@@ -262,6 +308,8 @@ impl P2pServer {
                 method_not_allowed: load(&counters.method_not_allowed),
                 busy: load(&counters.busy),
                 connections: load(&counters.connections),
+                unauthenticated_timed_out: load(&counters.unauthenticated_timed_out),
+                unauthenticated_evicted: load(&counters.unauthenticated_evicted),
             },
         }
     }
@@ -272,6 +320,15 @@ impl P2pServer {
         // The loop may already be gone (it only ends on a stop signal), so a failed send is fine.
         let _ = self.stop.send(Some(grace));
         let _ = self.accept_loop.await;
+    }
+}
+
+fn budgets(config: &ServerConfig) -> Budgets {
+    Budgets {
+        pending: config.max_pending_connections,
+        pending_per_address: config.max_pending_per_address,
+        authenticated: config.max_authenticated_connections,
+        auth_timeout: config.auth_timeout,
     }
 }
 
@@ -290,7 +347,6 @@ fn http1_builder(config: &ServerConfig) -> http1::Builder {
 async fn accept_loop(
     listener: TcpListener,
     builder: http1::Builder,
-    max_connections: usize,
     state: Arc<State>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
@@ -299,15 +355,19 @@ async fn accept_loop(
     let grace = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if connections.len() >= max_connections => {
-                    state.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    drop(stream);
-                }
-                Ok((stream, _)) => {
-                    let state = state.clone();
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    connections.spawn(graceful.watch(connection));
+                Ok((stream, client)) => {
+                    let ticket = state.admission.admit(client.ip());
+                    let (state, handler_ticket) = (state.clone(), ticket.clone());
+                    let service =
+                        service_fn(move |request| handle(state.clone(), handler_ticket.clone(), request));
+                    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    // Dropping the connection closes it: evicted, or no token in time.
+                    connections.spawn(async move {
+                        tokio::select! {
+                            _ = connection => {}
+                            () = ticket.must_close() => {}
+                        }
+                    });
                 }
                 // Out of file descriptors and the like: back off instead of spinning on accept.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -322,18 +382,25 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<ServerBody>, Infallible> {
-    let response = match route(&state, &request).await {
+async fn handle(
+    state: Arc<State>,
+    ticket: Arc<Ticket>,
+    request: Request<Incoming>,
+) -> Result<Response<ServerBody>, Infallible> {
+    let response = match route(&state, &ticket, &request).await {
         Ok(response) => response,
         Err(refusal) => state.refuse(refusal),
     };
     Ok(response)
 }
 
-async fn route(state: &State, request: &Request<Incoming>) -> Result<Response<ServerBody>, Refusal> {
+async fn route(state: &State, ticket: &Ticket, request: &Request<Incoming>) -> Result<Response<ServerBody>, Refusal> {
     // The token is checked first: a client without it learns nothing, not even which paths exist.
     if !state.is_authorized(request.headers()) {
         return Err(Refusal::Unauthorized);
+    }
+    if !ticket.authenticate() {
+        return Err(Refusal::TooManyConnections);
     }
     if request.method() != Method::GET {
         return Err(Refusal::MethodNotAllowed);
@@ -394,11 +461,14 @@ impl State {
             Refusal::RangeNotSatisfiable { .. } => &counters.range_not_satisfiable,
             Refusal::MethodNotAllowed => &counters.method_not_allowed,
             Refusal::Busy => &counters.busy,
+            Refusal::TooManyConnections => &counters.connections,
         }
     }
 }
 
-/// An empty-bodied refusal: the status, and only the headers the standard asks for.
+/// An empty-bodied refusal: the status, and only the headers the standard asks for. A client without
+/// the token, and a connection with no room among the authenticated ones, is also closed, so that it
+/// keeps no socket.
 fn refusal_response(refusal: Refusal) -> Response<ServerBody> {
     let (status, extra) = match refusal {
         Refusal::Unauthorized => (
@@ -415,7 +485,7 @@ fn refusal_response(refusal: Refusal) -> Response<ServerBody> {
             StatusCode::METHOD_NOT_ALLOWED,
             Some((header::ALLOW, HeaderValue::from_static("GET"))),
         ),
-        Refusal::Busy => (
+        Refusal::Busy | Refusal::TooManyConnections => (
             StatusCode::SERVICE_UNAVAILABLE,
             Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
         ),
@@ -426,6 +496,9 @@ fn refusal_response(refusal: Refusal) -> Response<ServerBody> {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
     if let Some((name, value)) = extra {
         headers.insert(name, value);
+    }
+    if matches!(refusal, Refusal::Unauthorized | Refusal::TooManyConnections) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
