@@ -81,7 +81,7 @@ def test_every_node_gets_byte_identical_files_with_one_origin_copy(cluster, s3, 
     assert report.origin_bytes == plan.unique_bytes and report.origin_ratio == 1.0
     assert sum(n.peer_bytes for n in report.nodes) == (len(cluster.nodes) - 1) * plan.unique_bytes
     assert report.unpacked == len(cluster.nodes)
-    assert 0 < report.efficiency <= 1.5, (report.rates, report.summary())
+    assert report.efficiency is None or 0 < report.efficiency <= 1.0, (report.rates, report.summary())
 
     # A second run: every file is a cache hit, the origin serves nothing.
     origin.reset()
@@ -169,7 +169,7 @@ def test_the_cli_distributes_a_toml_manifest(cluster, s3, bucket, artifacts, ori
                     + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n')
     assert main(["distribute", "--no-progress", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "plan: 1 artifacts, 2 files" in out and out.count("done") == len(cluster.nodes)
+    assert "plan: 1 artifact, 2 files" in out and out.count("done") == len(cluster.nodes)
     for node in cluster.nodes:
         assert localize("/cli/tok/a.json", node.root).read_bytes() == b'{"a": 1}'
 

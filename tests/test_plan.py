@@ -260,6 +260,31 @@ def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, b
         builder_for(s3, bucket).prefix("m", "tok", to="/tok").object("m", "model.bin", to="/tok").build().plan()
 
 
+def test_a_plain_http_endpoint_without_allow_http_says_what_to_set(s3, bucket, filled):
+    options = {k: v for k, v in s3.manifest_options().items() if k != "allow_http"}
+    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options).object("m", "model.bin", to="/x").build()
+    with pytest.raises(PlanError) as info:
+        manifest.plan()  # it used to say "HTTP error: builder error"
+    assert str(info.value) == (
+        f"artifacts[0] (model.bin): cannot read s3://{bucket}/root/model.bin: {s3.endpoint} is plain HTTP, which the "
+        "store refuses unless allowed; set allow_http = true in [stores.m] (or use https://)")
+    plain = Manifest.builder().store("web", "http://127.0.0.1:9/files").object("web", "a.bin", to="/a").build()
+    with pytest.raises(PlanError, match=r"127.0.0.1:9 is plain HTTP, .* set allow_http = true in \[stores.web\]"):
+        plain.plan()
+
+
+def test_plans_objects_and_the_manifest_have_one_line_reprs(s3, bucket, filled):
+    manifest = builder_for(s3, bucket).object("m", "model.bin", to="/m").prefix("m", "tok", to="/t").build()
+    plan = manifest.plan()
+    assert repr(manifest) == "<Manifest 1 store, 2 artifacts: model.bin, tok>"
+    assert repr(plan) == "<Plan 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks>"
+    model = next(o for o in plan.objects if o.key == "model.bin")
+    assert repr(model) == "<PlanObject m:model.bin, 3.0 MiB in 4 chunks>"
+    assert "\n" not in repr(plan) and "Chunk(" not in repr(plan)
+    assert plan.summary().startswith("plan: 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks of up to")
+    assert [len(o["chunks"]) for o in attrs.asdict(plan)["objects"] if o["key"] == "model.bin"] == [4]
+
+
 def test_secrets_stay_out_of_plans(s3, bucket, filled):
     canary = "CANARY-SECRET-91ab"
     options = {**s3.manifest_options(), "session_token": canary}
@@ -286,7 +311,7 @@ def test_lock_file_accepts_the_same_store_and_refuses_a_changed_one(s3, bucket, 
     assert main(["lock", str(path)]) == 0
     assert (tmp_path / "artifacts.lock.json").exists()
     assert main(["plan", "--locked", str(path)]) == 0
-    assert "plan: 1 artifacts, 4 files" in capsys.readouterr().out
+    assert "plan: 1 artifact, 4 files" in capsys.readouterr().out
 
     obstore.put(s3.store(bucket), "root/tok/a.json", b'{"a": "changed"}')
     obstore.put(s3.store(bucket), "root/tok/new.json", b"{}")
@@ -300,7 +325,7 @@ def test_cli_check_and_plan_json(s3, bucket, filled, tmp_path, capsys):
     path = tmp_path / "a.toml"
     path.write_text('[stores.m]\nurl = "s3://b"\n[[artifacts]]\nstore = "m"\nkey = "k"\nto = "/k"\n')
     assert main(["check", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == f"{path}: ok (1 stores, 1 artifacts)"
+    assert capsys.readouterr().out.strip() == f"{path}: ok (1 store, 1 artifact)"
     path.write_text('[stores.m]\nurl = "s3://b"\n[[artifacts]]\nstore = "m"\nkey = "k"\nto = "k"\n')
     assert main(["check", str(path)]) == 2
     assert "artifacts[0].to: must be an absolute path" in capsys.readouterr().err

@@ -21,7 +21,8 @@ def test_traits_follow_the_snapshots():
     widget.update(snapshot(40, {"n0": {"a": "origin", "b": "missing"}, "n1": {"a": "peer", "b": "inflight"}}))
     assert (widget.overall.value, widget.overall.max) == (80.0, 200.0)
     assert len(widget.nodes.children) == 2
-    assert "origin 40 B for 100 B unique" in widget.header.value and "T_min from the rates so far" in widget.header.value
+    assert "origin 40 B for 100 B unique" in widget.header.value
+    assert "ideal 0.00 s at the peak rates so far" in widget.header.value
     assert STATE_COLOURS["inflight"] in widget.chunk_map.value
     widget.update(snapshot(100, {"n0": {"a": "origin", "b": "peer"}, "n1": {"a": "peer", "b": "cache"}},
                            failures=["peer 127.0.0.9:1 sent bad bytes"]))

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
 from xfd import __version__
-from xfd.errors import XfdError
+from xfd.errors import ConfigError, XfdError
+
+# Ray's label syntax (Kubernetes'): a name or value of 1-63 letters, digits, '-', '_' and '.', starting and
+# ending with a letter or digit; a key may start with a DNS prefix and '/' ("example.com/gpu").
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_LABEL_PREFIX = re.compile(rf"({_LABEL_NAME.pattern})(\.({_LABEL_NAME.pattern}))*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,9 +80,11 @@ def _run_hash(args: argparse.Namespace) -> int:
 
 def _run_check(args: argparse.Namespace) -> int:
     from xfd.manifest import Manifest
+    from xfd.report import counted
 
     manifest = Manifest.load(args.manifest)
-    print(f"{args.manifest}: ok ({len(manifest.stores)} stores, {len(manifest.artifacts)} artifacts)")
+    stores, artifacts = counted(len(manifest.stores), "store"), counted(len(manifest.artifacts), "artifact")
+    print(f"{args.manifest}: ok ({stores}, {artifacts})")
     return 0
 
 
@@ -91,25 +99,23 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _run_lock(args: argparse.Namespace) -> int:
     from xfd.lockfile import default_lock_path
     from xfd.manifest import Manifest
+    from xfd.report import counted
 
     manifest = Manifest.load(args.manifest)
     plan = manifest.plan()
     path = args.lock_file or default_lock_path(manifest)
     plan.write_lock(path)
-    print(f"locked {len(plan.objects)} objects in {path}")
+    print(f"locked {counted(len(plan.objects), 'object')} in {path}")
     return 0
 
 
 def _run_distribute(args: argparse.Namespace) -> int:
-    from xfd.errors import ConfigError
     from xfd.manifest import Manifest
 
-    labels = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--label takes KEY=VALUE, got {item!r}")
-        labels[key] = value
+    # Everything that can be refused without a store or Ray is refused before planning, which can take a while.
+    labels = _labels(args.label)
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout must be a number of seconds above 0, got {args.timeout}")
     manifest = Manifest.load(args.manifest)
     plan = manifest.plan(locked=args.locked)
     print(plan.summary())
@@ -118,6 +124,34 @@ def _run_distribute(args: argparse.Namespace) -> int:
                                  timeout=args.timeout)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _labels(items: Sequence[str]) -> dict[str, str]:
+    """The ``--label KEY=VALUE`` options as a dict; a label no Ray node could carry is refused."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--label takes KEY=VALUE, as in --label gpu=a100; got {item!r}")
+        if problem := _label_problem(key, value):
+            raise ConfigError(f"--label {item!r}: {problem}")
+        if labels.get(key, value) != value:
+            raise ConfigError(f"--label {key}: given twice, as {labels[key]!r} and {value!r}; a node has one value "
+                              "per label, so no node would match")
+        labels[key] = value
+    return labels
+
+
+def _label_problem(key: str, value: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    rule = "1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+    if not _LABEL_NAME.fullmatch(name):
+        return f"the label name {name!r} must be {rule}"
+    if slash and (len(prefix) > 253 or not _LABEL_PREFIX.fullmatch(prefix)):
+        return f"the key prefix {prefix!r} must be a DNS name (names of {rule}, joined by dots; 253 at most)"
+    if not _LABEL_NAME.fullmatch(value):
+        return f"the value {value!r} must be {rule}"
+    return None
 
 
 def _run_demo(args: argparse.Namespace) -> int:

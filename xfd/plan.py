@@ -8,13 +8,13 @@ same store contents gives the same plan, byte for byte, on every machine.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
-from collections.abc import Coroutine, Mapping
+import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import cattrs
@@ -24,6 +24,7 @@ from xfd.manifest.globs import selected
 from xfd.manifest.model import ChunkSize, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.manifest.stores import build_obstore, public_options
 from xfd.manifest.units import human_size
+from xfd.report import counted
 
 PLAN_FORMAT = "xfd.plan/1"
 # HEAD and LIST requests in flight at once while compiling: enough to resolve thousands of objects in
@@ -32,7 +33,6 @@ RESOLVE_CONCURRENCY = 64
 # The longest file name, in bytes, that Linux file systems (ext4, XFS, btrfs, ...) accept: a longer key segment
 # would only fail at write time, on every node.
 NAME_MAX = 255
-T = TypeVar("T")
 
 
 @attrs.frozen
@@ -57,6 +57,9 @@ class PlanObject:
     version: str | None
     last_modified: str | None
     chunks: tuple[Chunk, ...]
+
+    def __repr__(self) -> str:
+        return f"<PlanObject {self.store}:{self.key}, {human_size(self.size)} in {counted(len(self.chunks), 'chunk')}>"
 
 
 @attrs.frozen
@@ -137,19 +140,27 @@ class Plan:
         """A few lines for a terminal: artifacts, files, bytes, chunks."""
         artifacts = sorted({f.artifact for f in self.files})
         lines = [
-            f"plan: {len(artifacts)} artifacts, {len(self.files)} files, {len(self.objects)} unique objects, "
-            f"{human_size(self.unique_bytes)} unique, {self.chunk_count} chunks of up to "
+            f"plan: {self._counts(len(artifacts))} of up to "
             f"{human_size(max((c.length for o in self.objects for c in o.chunks), default=0))}"
         ]
         for name in artifacts:
             files = [f for f in self.files if f.artifact == name]
             size = sum(self.object(f.object_id).size for f in files)
-            lines.append(f"  {name}: {len(files)} file{'s' if len(files) != 1 else ''}, {human_size(size)}")
+            lines.append(f"  {name}: {counted(len(files), 'file')}, {human_size(size)}")
         lines += [f"  unpack {u.archive} -> {u.to} ({u.format})" for u in self.unpacks]
         return "\n".join(lines)
 
+    def _counts(self, artifacts: int) -> str:
+        return (f"{counted(artifacts, 'artifact')}, {counted(len(self.files), 'file')}, "
+                f"{counted(len(self.objects), 'unique object')}, {human_size(self.unique_bytes)} unique, "
+                f"{counted(self.chunk_count, 'chunk')}")
+
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        """One line; :meth:`summary` has a line per artifact, :meth:`to_json` everything."""
+        return f"<Plan {self._counts(len({f.artifact for f in self.files}))}>"
 
     def _repr_html_(self) -> str:
         from xfd.notebook.reprs import plan_html
@@ -171,7 +182,7 @@ _CONVERTER.register_structure_hook_func(lambda t: t == ChunkSize, lambda value, 
 def compile_plan(manifest: Manifest, *, locked: bool = False, lock_path: str | None = None) -> Plan:
     """Resolves every artifact of ``manifest`` against its store and compiles the plan."""
     stores = {name: _open_store(name, store) for name, store in manifest.stores.items()}
-    listings = run_sync(_resolve_all(manifest, stores))
+    listings = _resolve_all(manifest, stores)
     plan = _assemble(manifest, listings)
     if locked:
         from xfd.lockfile import check_lock, default_lock_path
@@ -201,10 +212,24 @@ class _Found:
     last_modified: str | None
 
 
-async def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[list[_Found]]:
-    gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
-    tasks = [_resolve(index, a, manifest, stores[a.store], gate) for index, a in enumerate(manifest.artifacts)]
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[list[_Found]]:
+    """Resolves every artifact, up to RESOLVE_CONCURRENCY at once, on threads joined before returning.
+
+    Blocking obstore calls on threads of our own, not obstore's async API: an async call completes by having a
+    tokio thread call the event loop's ``call_soon_threadsafe``, which can still be writing to the loop's wake-up
+    socket after the loop has run the callback, finished and closed. If the interpreter is finalizing by then,
+    that thread is killed inside Rust code and the process aborts (SIGABRT after printing a correct plan, about
+    one `xfd plan` in ten). A blocking call touches Python only on the thread that made it. Being plain threads,
+    this also works from a notebook cell, whose event loop is already running.
+    """
+    artifacts = manifest.artifacts
+    pool = ThreadPoolExecutor(max_workers=max(1, min(RESOLVE_CONCURRENCY, len(artifacts))),
+                              thread_name_prefix="xfd-plan")
+    try:
+        futures = [pool.submit(_resolve, index, a, manifest, stores[a.store]) for index, a in enumerate(artifacts)]
+        results = [future.exception() or future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     problems = [str(r) for r in results if isinstance(r, PlanError)]
     if unexpected := [r for r in results if isinstance(r, BaseException) and not isinstance(r, PlanError)]:
         raise unexpected[0]
@@ -214,19 +239,18 @@ async def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[li
     return results  # type: ignore[return-value]
 
 
-async def _resolve(index: int, artifact: Any, manifest: Manifest, store: Any, gate: asyncio.Semaphore) -> list[_Found]:
+def _resolve(index: int, artifact: Any, manifest: Manifest, store: Any) -> list[_Found]:
     import obstore
 
     where = f"artifacts[{index}] ({artifact.display_name})"
     location = manifest.stores[artifact.store].url.rstrip("/")
-    async with gate:
-        try:
-            if isinstance(artifact, ObjectArtifact):
-                return [_found(await obstore.head_async(store, artifact.key))]
-            prefix = artifact.prefix.strip("/")
-            listed = await obstore.list(store, prefix=prefix or None).collect_async()
-        except Exception as error:  # noqa: BLE001 - mapped to a message below
-            raise PlanError(_store_error_message(where, location, artifact, error)) from None
+    try:
+        if isinstance(artifact, ObjectArtifact):
+            return [_found(obstore.head(store, artifact.key))]
+        prefix = artifact.prefix.strip("/")
+        listed = obstore.list(store, prefix=prefix or None).collect()
+    except Exception as error:  # noqa: BLE001 - mapped to a message below
+        raise PlanError(_store_error_message(where, location, artifact, error)) from None
     found = _without_directory_markers([_found(meta) for meta in listed if not meta["path"].endswith("/")], prefix)
     chosen = [f for f in found if selected(_relative(f.key, prefix), artifact.include, artifact.exclude)]
     if not chosen:
@@ -270,6 +294,13 @@ def _store_error_message(where: str, location: str, artifact: Any, error: Except
     if isinstance(error, (errors.PermissionDeniedError, errors.UnauthenticatedError, PermissionError)):
         return f"{where}: access to {target} was denied; check the credentials of store {artifact.store!r}"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "BadScheme" in str(error):
+        # object_store speaks only HTTPS unless allowed; the HTTP client then refuses an http:// URL with a bare
+        # "builder error" (its debug source names BadScheme). The endpoint may come from the environment.
+        endpoint = re.search(r"http://[^\s/]+", first_line)
+        return (f"{where}: cannot read {target}: {endpoint[0] if endpoint else 'the endpoint'} is plain HTTP, which "
+                f"the store refuses unless allowed; set allow_http = true in [stores.{artifact.store}] "
+                "(or use https://)")
     if "invalid path" in first_line:
         # object_store refuses keys with '..', '.' or empty segments, or control characters: they could not land
         # safely anyway. The key may hold a line break: the message shows it escaped, and whole.
@@ -379,28 +410,3 @@ def _check_nesting(files: Mapping[str, PlanFile]) -> None:
             if str(parent) in paths:
                 raise PlanError(f"{parent} is a file of artifact {files[str(parent)].artifact!r} and also a "
                                 f"directory holding {path} (artifact {files[path].artifact!r})")
-
-
-# --- running coroutines from sync code, notebooks included -------------------------------------------
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Runs ``coroutine`` to completion, even when called from a running event loop (a notebook cell)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            result["error"] = error
-
-    thread = threading.Thread(target=target, name="xfd-plan")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -50,8 +50,11 @@ class Snapshot:
     """node id -> chunk id -> missing | inflight | origin | peer | cache | failed."""
     rates: Mapping[str, float] = attrs.field(factory=dict)
     """Peak rates so far (bytes/s): ``origin``, ``node_download``, ``node_upload``."""
-    lower_bound_s: float = 0.0
-    """T_min from the peak rates so far (see :func:`xfd.report.lower_bound`)."""
+    ideal_s: float = 0.0
+    """The ideal time at the peak rates so far (see :func:`xfd.report.ideal_seconds`): an estimate."""
+    transfer_s: float = 0.0
+    """Seconds since the first transfer started: the part of ``elapsed_s`` in which bytes could move
+    (before it, agents were starting)."""
 
     @property
     def total_bytes(self) -> int:
@@ -61,9 +64,16 @@ class Snapshot:
     def done_bytes(self) -> int:
         return sum(n.done_bytes for n in self.nodes if n.state != "lost")
 
+    @property
+    def rate(self) -> float:
+        """Bytes moved per second since the first transfer started (agent start-up and cached bytes, which
+        move nothing, are not counted)."""
+        moved = sum(n.origin_bytes + n.peer_bytes for n in self.nodes)
+        return moved / self.transfer_s if self.transfer_s > 0 else 0.0
+
 
 class ProgressModel:
-    """Turns engine events into snapshots and measures the rates the report's bound needs."""
+    """Turns engine events into snapshots and measures the rates and bytes the report's ideal time needs."""
 
     def __init__(self, chunk_sizes: Mapping[str, int], unique_bytes: int) -> None:
         self.chunk_sizes = dict(chunk_sizes)
@@ -75,6 +85,12 @@ class ProgressModel:
         # Rate windows of the origin, of each node's download and upload, and their peaks, kept up to date
         # as transfers finish, so reading a peak costs O(1).
         self._peaks = {name: _PeakRate() for name in ("origin", "node_download", "node_upload")}
+        self._first_transfer: float | None = None
+        # What the origin must serve, kept up to date: bytes of the chunks some surviving node needs and no
+        # node had in its cache.
+        self._wanted: Counter[str] = Counter()
+        self._cached: set[str] = set()
+        self._origin_needed = 0
 
     def add_node(self, node_id: str, ip: str, needed: Iterable[str]) -> None:
         with self._lock:
@@ -84,9 +100,13 @@ class ProgressModel:
                 "cache": 0, "served": 0, "inflight": 0, "failures": [], "state": "running", "finished_at": None,
             }
             self._chunk_states[node_id] = dict.fromkeys(needed, "missing")
+            for chunk in needed:
+                self._want(chunk, +1)
 
     def started_transfer(self, node_id: str, chunk: str) -> None:
         with self._lock:
+            if self._first_transfer is None:
+                self._first_transfer = time.monotonic()
             if node_id in self._nodes:
                 self._nodes[node_id]["inflight"] += 1
                 self._chunk_states[node_id][chunk] = "inflight"
@@ -113,7 +133,9 @@ class ProgressModel:
             self._chunk_states[node_id][chunk] = source
             if source_node in self._nodes:
                 self._nodes[source_node]["served"] += size
-            if source != "cache":
+            if source == "cache":
+                self._cache_seeds(chunk)
+            else:
                 self._account(time.monotonic() - self.started, seconds, size, source, node_id, source_node)
 
     def chunk_failed(self, node_id: str, chunk: str, reason: str, fatal: bool) -> None:
@@ -129,6 +151,9 @@ class ProgressModel:
     def set_state(self, node_id: str, state: str, reason: str = "") -> None:
         with self._lock:
             if node_id in self._nodes:
+                if state == "lost" and self._nodes[node_id]["state"] != "lost":
+                    for chunk in self._chunk_states[node_id]:
+                        self._want(chunk, -1)
                 self._nodes[node_id]["state"] = state
                 if reason:
                     self._nodes[node_id]["failures"].append(reason)
@@ -149,11 +174,15 @@ class ProgressModel:
             origin = sum(n.origin_bytes for n in nodes)
             chunks = {k: dict(v) for k, v in self._chunk_states.items()} if with_chunks else {}
             rates = self._rates()
-        from xfd.report import lower_bound
+            origin_needed = self._origin_needed
+            now = time.monotonic()
+            transfer = now - self._first_transfer if self._first_transfer is not None else 0.0
+        from xfd.report import ideal_seconds
 
-        survivors = sum(1 for n in nodes if n.state != "lost")
-        return Snapshot(time.monotonic() - self.started, self.unique_bytes, origin, nodes, chunks, rates,
-                        lower_bound(self.unique_bytes, survivors, rates))
+        # What each surviving node had to receive: all it needs, less what its cache held.
+        received = [n.total_bytes - n.cache_bytes for n in nodes if n.state != "lost"]
+        return Snapshot(now - self.started, self.unique_bytes, origin, nodes, chunks, rates,
+                        ideal_seconds(origin_needed, received, rates), transfer)
 
     def peak_rates(self) -> dict[str, float]:
         """Highest rates reached over any window: origin egress, one node's download, one node's upload
@@ -163,6 +192,20 @@ class ProgressModel:
 
     def _rates(self) -> dict[str, float]:
         return {name: peak.peak for name, peak in self._peaks.items()}
+
+    def _want(self, chunk: str, change: int) -> None:
+        """One more (+1) or one fewer (-1) surviving node needs ``chunk``."""
+        before = self._wanted[chunk]
+        self._wanted[chunk] += change
+        if chunk not in self._cached and (before > 0) != (self._wanted[chunk] > 0):
+            self._origin_needed += change * self.chunk_sizes[chunk]
+
+    def _cache_seeds(self, chunk: str) -> None:
+        """A node's cache holds ``chunk``: peers can get it there, the origin need not serve it."""
+        if chunk not in self._cached:
+            self._cached.add(chunk)
+            if self._wanted[chunk] > 0:
+                self._origin_needed -= self.chunk_sizes[chunk]
 
     def _account(self, end: float, seconds: float, size: int, source: str, node: str, source_node: str) -> None:
         for window, share, lo, hi in _spread(end - max(seconds, 1e-3), end, size):

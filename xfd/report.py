@@ -1,10 +1,20 @@
-"""The result of a distribution: per node and in total, and how close it came to the lower bound."""
+"""The result of a distribution, per node and in total, and how close its transfers came to the ideal
+time at the rates the run itself reached (an estimate, not a bound: see :func:`ideal_seconds`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import attrs
 
 from xfd.manifest.units import human_size
+
+# Efficiency is reported only for runs whose transfers took at least this long. Shorter ones are made of
+# a few bursts, each measured over its own length, and of per-run overhead (dispatch, publish, stopping
+# agents): their ratio says nothing about how well the links were used.
+MIN_MEASURED_S = 1.0
+# Failures listed in the summary; the rest are counted.
+SHOWN_FAILURES = 10
 
 
 @attrs.frozen
@@ -12,6 +22,7 @@ class NodeReport:
     node_id: str
     ip: str
     origin_bytes: int
+    """Bytes of the chunks this node received from the origin."""
     peer_bytes: int
     cache_bytes: int
     served_bytes: int
@@ -22,19 +33,27 @@ class NodeReport:
     failures: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Report:
-    """What a distribution did. ``ok`` is true when every surviving node holds every file."""
+    """What a distribution did. ``ok`` is true when every surviving node holds every file.
+
+    ``repr`` is one line; ``str(report)`` (or :meth:`summary`) has a line per node, ``attrs.asdict(report)``
+    every field.
+    """
 
     nodes: tuple[NodeReport, ...]
     unique_bytes: int
     origin_bytes: int
+    """Bytes the origin served, as fetched: retries, refetches and chunks that never completed included."""
     origin_refetches: int
     wall_seconds: float
-    t_min_seconds: float
+    ideal_seconds: float
+    """The time the transfers would take if the origin and every node moved bytes all the time at the best
+    rate each showed during the run (see :func:`ideal_seconds`): an estimate, not a bound."""
     rates: dict[str, float]
     lost_nodes: tuple[str, ...] = ()
-    failures: tuple[str, ...] = ()
+    failures: tuple[str, ...] = attrs.field(default=(), converter=lambda reasons: tuple(dict.fromkeys(reasons)))
+    """Why the run failed, each reason once (a reason can be reported by several paths)."""
     unpacked: int = 0
     startup_seconds: float = 0.0
     """Part of ``wall_seconds`` spent before the first transfer could start: starting one agent per node
@@ -51,16 +70,22 @@ class Report:
         return self.origin_bytes / self.unique_bytes if self.unique_bytes else 0.0
 
     @property
-    def efficiency(self) -> float:
-        """T_min / wall time (see :func:`lower_bound`)."""
-        return self.t_min_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+    def transfer_seconds(self) -> float:
+        """Wall time after the agents started: transfers, publishing and unpacking."""
+        return max(0.0, self.wall_seconds - self.startup_seconds)
+
+    @property
+    def efficiency(self) -> float | None:
+        """``ideal_seconds / transfer_seconds``, at most 1.0; ``None`` when it measures nothing: the run
+        failed, had nothing to transfer, or its transfers took less than ``MIN_MEASURED_S``."""
+        if not self.ok or self.ideal_seconds <= 0 or self.transfer_seconds < MIN_MEASURED_S:
+            return None
+        # The ideal cannot exceed the transfer time (each of its terms is bytes that were moved, over rates
+        # that were reached); rate windows can put it a hair above.
+        return min(1.0, self.ideal_seconds / self.transfer_seconds)
 
     def summary(self) -> str:
-        lines = [
-            f"{'ok' if self.ok else 'FAILED'}: {len(self.nodes)} nodes, {human_size(self.unique_bytes)} unique, "
-            f"origin served {human_size(self.origin_bytes)} ({self.origin_ratio:.2f}x), "
-            f"{self.wall_seconds:.2f} s (lower bound {self.t_min_seconds:.2f} s, efficiency {self.efficiency:.2f})",
-        ]
+        lines = [f"{self._headline()}, {self.timing}"]
         for node in sorted(self.nodes, key=lambda n: n.ip):
             seconds = f"{node.seconds:.2f} s" if node.seconds is not None else "-"
             lines.append(
@@ -69,12 +94,35 @@ class Report:
                 f"served {human_size(node.served_bytes):>10}  {seconds}"
             )
         if self.lost_nodes:
-            lines.append(f"  lost nodes: {', '.join(self.lost_nodes)}")
+            lines.append(f"  lost {counted(len(self.lost_nodes), 'node')}: {', '.join(self.lost_nodes)}")
         if self.origin_refetches:
-            lines.append(f"  {self.origin_refetches} chunks fetched from the origin again (their holders were lost"
-                         " or served bad bytes)")
-        lines += [f"  failure: {f}" for f in self.failures[:10]]
+            lines.append(f"  {counted(self.origin_refetches, 'chunk')} fetched from the origin again (their "
+                         "holders were lost or served bad bytes)")
+        lines += [f"  failure: {f}" for f in self.failures[:SHOWN_FAILURES]]
+        if len(self.failures) > SHOWN_FAILURES:
+            lines.append(f"  ... and {counted(len(self.failures) - SHOWN_FAILURES, 'more failure')}")
         return "\n".join(lines)
+
+    def _headline(self) -> str:
+        ratio = f"{self.origin_ratio:.2f}x" if self.unique_bytes else "-"
+        return (f"{'ok' if self.ok else 'FAILED'}: {counted(len(self.nodes), 'node')}, "
+                f"{human_size(self.unique_bytes)} unique, origin served {human_size(self.origin_bytes)} ({ratio})")
+
+    @property
+    def timing(self) -> str:
+        """Wall time, the part spent starting agents, and the efficiency when there is one to measure."""
+        timing = f"{self.wall_seconds:.2f} s"
+        if self.startup_seconds > 0:
+            timing += f" ({self.startup_seconds:.2f} s starting agents)"
+        if self.efficiency is not None:
+            return (f"{timing}; efficiency {self.efficiency:.2f} against an ideal {self.ideal_seconds:.2f} s at "
+                    "the run's own peak rates")
+        if self.ok and self.ideal_seconds > 0:
+            return f"{timing}; too short to measure efficiency"
+        return timing
+
+    def __repr__(self) -> str:
+        return f"<Report {self._headline()}, {self.timing}>"
 
     def __str__(self) -> str:
         return self.summary()
@@ -85,22 +133,29 @@ class Report:
         return report_html(self)
 
 
-def lower_bound(unique_bytes: int, nodes: int, rates: dict[str, float]) -> float:
-    """T_min = max(F/u_origin, F/d_node, N*F/(u_origin + N*u_node)) with the peak rates measured in the run.
+def ideal_seconds(origin_bytes: int, received: Sequence[int], rates: Mapping[str, float]) -> float:
+    """max(O / u_origin, max R_i / d_node, sum R_i / (u_origin + N * u_node)), from the run's own rates.
 
-    F: unique bytes every node needs; N: nodes; u_origin: origin egress; d_node / u_node: a node's
-    download / upload rate. No schedule can beat it: the origin must send F once, every node must
-    receive F, and all N*F bytes received must be sent by the origin or a node.
+    O: bytes the origin had to serve (needed by some node, cached by none); R_i: bytes node i had to receive
+    (what it needed, less its cache); N: nodes; u_origin, d_node, u_node: the highest origin egress, one
+    node's download and one node's upload rate measured in the run. It is the time the transfers would take
+    if every link ran at its best observed rate all the time: how well the run used what it was seen to
+    reach. It is NOT a lower bound: a link that was never pushed to its capacity shows a lower rate, and the
+    ideal then grows with it. A bound needs capacities known from outside the run (a configured origin cap,
+    probed links), which is what ``docs/benchmarks.md`` uses.
     """
-    if unique_bytes == 0 or nodes == 0:
-        return 0.0
     u_origin, d_node = rates.get("origin", 0.0), rates.get("node_download", 0.0)
     u_node = rates.get("node_upload", 0.0)
-    bounds = [0.0]
+    terms = [0.0]
     if u_origin > 0:
-        bounds.append(unique_bytes / u_origin)
+        terms.append(origin_bytes / u_origin)
     if d_node > 0:
-        bounds.append(unique_bytes / d_node)
-    if u_origin + nodes * u_node > 0:
-        bounds.append(nodes * unique_bytes / (u_origin + nodes * u_node))
-    return max(bounds)
+        terms.append(max(received, default=0) / d_node)
+    if u_origin + len(received) * u_node > 0:
+        terms.append(sum(received) / (u_origin + len(received) * u_node))
+    return max(terms)
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 node``, ``2 nodes``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

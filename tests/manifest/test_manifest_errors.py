@@ -216,4 +216,4 @@ def test_secrets_never_appear_in_errors_or_reprs():
     manifest = Manifest.loads(STORE + f'secret_access_key = "{canary}"\n')
     assert canary not in repr(manifest)
     assert canary not in manifest._repr_html_()
-    assert "'***'" in repr(manifest)
+    assert "'***'" in repr(manifest.stores["models"])

@@ -247,6 +247,14 @@ class Manifest:
 
         return to_xenna(self)
 
+    def __repr__(self) -> str:
+        """One line; ``to_toml()`` and ``attrs.asdict`` give the whole manifest."""
+        names = [a.display_name for a in self.artifacts]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        stores, artifacts = len(self.stores), len(names)
+        return (f"<Manifest {stores} store{'s' * (stores != 1)}, {artifacts} artifact{'s' * (artifacts != 1)}"
+                f"{': ' + shown if shown else ''}>")
+
     def _repr_html_(self) -> str:
         from xfd.notebook.reprs import manifest_html
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from xfd.manifest.stores import display_options
 from xfd.manifest.units import human_size
+from xfd.report import SHOWN_FAILURES, Report, counted
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
@@ -41,8 +42,8 @@ def manifest_html(manifest: Manifest) -> str:
 
 def plan_html(plan: Plan) -> str:
     header = (
-        f"<p><b>Plan</b>: {len(plan.files)} files, {len(plan.objects)} unique objects, "
-        f"{escape(human_size(plan.unique_bytes))}, {plan.chunk_count} chunks</p>"
+        f"<p><b>Plan</b>: {counted(len(plan.files), 'file')}, {counted(len(plan.objects), 'unique object')}, "
+        f"{escape(human_size(plan.unique_bytes))}, {counted(plan.chunk_count, 'chunk')}</p>"
     )
     files = table(
         ["artifact", "destination", "size", "chunks"],
@@ -53,7 +54,7 @@ def plan_html(plan: Plan) -> str:
     return f"<div class='xfd-plan'>{header}{files}{more}</div>"
 
 
-def report_html(report) -> str:
+def report_html(report: Report) -> str:
     """The report as a table with a small bar per node: origin (orange), peers (blue), cache (green)."""
     total = max((n.origin_bytes + n.peer_bytes + n.cache_bytes for n in report.nodes), default=1) or 1
     rows = []
@@ -72,11 +73,13 @@ def report_html(report) -> str:
         )
     status = "ok" if report.ok else "<span style='color:#c00'>FAILED</span>"
     head = (
-        f"<p><b>Distribution {status}</b>: {len(report.nodes)} nodes, {escape(human_size(report.unique_bytes))} unique; "
-        f"origin served {escape(human_size(report.origin_bytes))} ({report.origin_ratio:.2f}x); "
-        f"{report.wall_seconds:.2f} s, efficiency {report.efficiency:.2f}</p>"
+        f"<p><b>Distribution {status}</b>: {counted(len(report.nodes), 'node')}, "
+        f"{escape(human_size(report.unique_bytes))} unique; origin served {escape(human_size(report.origin_bytes))} "
+        f"({report.origin_ratio:.2f}x); {escape(report.timing)}</p>"
     )
-    failures = "".join(f"<p style='color:#c00'>{escape(f)}</p>" for f in report.failures[:10])
+    failures = "".join(f"<p style='color:#c00'>{escape(f)}</p>" for f in report.failures[:SHOWN_FAILURES])
+    if len(report.failures) > SHOWN_FAILURES:
+        failures += f"<p style='color:#c00'>... and {len(report.failures) - SHOWN_FAILURES} more</p>"
     table = ("<table><thead><tr><th>node</th><th>state</th><th>origin / peers / cache</th><th>origin</th>"
              "<th>peers</th><th>cache</th><th>time</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     return f"<div class='xfd-report'>{head}{table}{failures}</div>"

@@ -6,6 +6,7 @@ from typing import Any
 
 from xfd.manifest.units import human_size
 from xfd.progress import Snapshot
+from xfd.report import counted
 
 
 class TqdmRenderer:
@@ -19,7 +20,7 @@ class TqdmRenderer:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=snapshot.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=f"xfd {len(snapshot.nodes)} nodes", dynamic_ncols=True)
+                             desc=f"xfd {counted(len(snapshot.nodes), 'node')}", dynamic_ncols=True)
         self._bar.total = snapshot.total_bytes
         self._bar.n = snapshot.done_bytes
         lost = sum(1 for n in snapshot.nodes if n.state == "lost")

@@ -13,6 +13,7 @@ from typing import Any
 
 from xfd.manifest.units import human_size
 from xfd.progress import NodeProgress, Snapshot
+from xfd.report import counted
 
 # Colours of chunk states in the map (the "piece bar" of BitTorrent clients).
 STATE_COLOURS = {
@@ -51,16 +52,16 @@ class DistributionWidget:
         total, done = snapshot.total_bytes, snapshot.done_bytes
         self.overall.max = float(max(total, 1))
         self.overall.value = float(done)
-        rate = done / snapshot.elapsed_s if snapshot.elapsed_s > 0 else 0.0
+        rate = snapshot.rate
         eta = (total - done) / rate if rate > 0 else float("inf")
         self.header.value = (
-            f"<b>xfd</b>: {human_size(done)} / {human_size(total)} on {len(snapshot.nodes)} nodes, "
+            f"<b>xfd</b>: {human_size(done)} / {human_size(total)} on {counted(len(snapshot.nodes), 'node')}, "
             f"{human_size(rate)}/s, ETA {'-' if eta == float('inf') else f'{eta:.0f} s'}; "
             f"origin {human_size(snapshot.origin_bytes)} for {human_size(snapshot.unique_bytes)} unique; "
-            f"T_min from the rates so far {snapshot.lower_bound_s:.2f} s"
+            f"ideal {snapshot.ideal_s:.2f} s at the peak rates so far"
         )
         for node in snapshot.nodes:
-            self._row(node, snapshot.elapsed_s)
+            self._row(node, snapshot.transfer_s)
         if snapshot.chunk_states:
             self.chunk_map.value = chunk_map_html(snapshot)
         failures = [f"{n.ip}: {f}" for n in snapshot.nodes for f in n.failures]
@@ -72,8 +73,8 @@ class DistributionWidget:
             return
         self.overall.bar_style = "success" if report.ok else "danger"
         self.header.value += (
-            f"<br><b>{'done' if report.ok else 'FAILED'}</b> in {report.wall_seconds:.2f} s; origin "
-            f"{report.origin_ratio:.2f}x of unique bytes; efficiency {report.efficiency:.2f}"
+            f"<br><b>{'done' if report.ok else 'FAILED'}</b> in {escape(report.timing)}; origin "
+            f"{report.origin_ratio:.2f}x of unique bytes"
         )
         if report.failures:
             self.failures.value += "".join(f"<div style='color:#c00'>{escape(f)}</div>" for f in report.failures)
@@ -90,7 +91,7 @@ class DistributionWidget:
         bar.max = float(max(node.total_bytes, 1))
         bar.value = float(node.done_bytes)
         bar.bar_style = {"done": "success", "lost": "danger", "failed": "danger"}.get(node.state, "info")
-        rate = node.done_bytes / elapsed if elapsed > 0 else 0.0
+        rate = (node.origin_bytes + node.peer_bytes) / elapsed if elapsed > 0 else 0.0
         label.value = (
             f"{human_size(rate)}/s &middot; origin {human_size(node.origin_bytes)} &middot; peers "
             f"{human_size(node.peer_bytes)} &middot; cache {human_size(node.cache_bytes)} &middot; {escape(node.state)}"

@@ -39,6 +39,12 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
             let builder = apply(config, builder, with_client(AmazonS3ConfigKey::Client), |b, k, v| {
                 b.with_config(k, v)
             })?;
+            // `s3_endpoint` (AWS_ENDPOINT_URL_S3) wins over `endpoint` when both are set.
+            let endpoint = builder
+                .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
+                .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+            let allow_http = builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp));
+            refuse_plain_http(config, endpoint, allow_http)?;
             Arc::new(builder.build().map_err(|e| bad(config, e.to_string()))?)
         }
         "gs" => {
@@ -48,6 +54,8 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
             let builder = apply(config, builder, with_client(GoogleConfigKey::Client), |b, k, v| {
                 b.with_config(k, v)
             })?;
+            let allow_http = builder.get_config_value(&GoogleConfigKey::Client(ClientConfigKey::AllowHttp));
+            refuse_plain_http(config, builder.get_config_value(&GoogleConfigKey::BaseUrl), allow_http)?;
             Arc::new(builder.build().map_err(|e| bad(config, e.to_string()))?)
         }
         "az" => {
@@ -57,9 +65,21 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
             let builder = apply(config, builder, with_client(AzureConfigKey::Client), |b, k, v| {
                 b.with_config(k, v)
             })?;
+            // The emulator (Azurite) is reached over HTTP: the builder allows it by itself.
+            let emulator = builder.get_config_value(&AzureConfigKey::UseEmulator);
+            if !emulator.as_deref().is_some_and(truthy) {
+                let allow_http = builder.get_config_value(&AzureConfigKey::Client(ClientConfigKey::AllowHttp));
+                refuse_plain_http(config, builder.get_config_value(&AzureConfigKey::Endpoint), allow_http)?;
+            }
             Arc::new(builder.build().map_err(|e| bad(config, e.to_string()))?)
         }
         "http" | "https" => {
+            let allow_http = config
+                .options
+                .iter()
+                .rfind(|(key, _)| key == "allow_http")
+                .map(|(_, value)| value.clone());
+            refuse_plain_http(config, Some(config.url.clone()), allow_http)?;
             let builder = HttpBuilder::new().with_url(config.url.as_str()).with_retry(retry());
             let builder = apply(
                 config,
@@ -118,9 +138,75 @@ fn apply<B, K>(
     Ok(builder)
 }
 
+/// `object_store` speaks only HTTPS unless `allow_http` is set: with a plain `http://` endpoint every
+/// request would fail with reqwest's bare "HTTP error: builder error". Refused when the store is
+/// opened instead, saying what to set.
+fn refuse_plain_http(config: &StoreConfig, endpoint: Option<String>, allow_http: Option<String>) -> Result<()> {
+    match endpoint {
+        Some(endpoint)
+            if endpoint.to_ascii_lowercase().starts_with("http://") && !allow_http.as_deref().is_some_and(truthy) =>
+        {
+            Err(bad(
+                config,
+                format!(
+                    "{endpoint} is plain HTTP, which the store refuses unless allowed; set allow_http = true in \
+                     the store's options (or use https://)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A boolean option as `object_store` reads it.
+fn truthy(value: &str) -> bool {
+    matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes" | "y")
+}
+
 fn bad(config: &StoreConfig, message: String) -> Error {
     Error::StoreConfig {
         url: config.url.clone(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str, options: &[(&str, &str)]) -> Result<Arc<dyn ObjectStore>> {
+        let options = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        open_store(&StoreConfig {
+            url: url.into(),
+            options,
+        })
+    }
+
+    #[test]
+    fn plain_http_endpoints_need_allow_http_and_the_error_says_so() {
+        let advice = "is plain HTTP, which the store refuses unless allowed; set allow_http = true in the \
+                      store's options (or use https://)";
+        let endpoint = [("endpoint", "http://127.0.0.1:9000"), ("region", "us-east-1")];
+        let error = open("s3://bucket/p", &endpoint).err().unwrap().to_string();
+        assert_eq!(error, format!("store s3://bucket/p: http://127.0.0.1:9000 {advice}"));
+        let error = open("http://127.0.0.1:9000/files", &[]).err().unwrap().to_string();
+        assert_eq!(
+            error,
+            format!("store http://127.0.0.1:9000/files: http://127.0.0.1:9000/files {advice}")
+        );
+        let error = open("az://c", &[("account_name", "a"), ("endpoint", "HTTP://azure.local")])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains(advice), "{error}");
+
+        for allowed in ["true", "1", "YES"] {
+            let options = [endpoint[0], endpoint[1], ("allow_http", allowed)];
+            assert!(open("s3://bucket/p", &options).is_ok(), "allow_http = {allowed}");
+            assert!(open("http://127.0.0.1:9000/files", &[("allow_http", allowed)]).is_ok());
+        }
+        let https = [("endpoint", "https://s3.example.com"), ("region", "us-east-1")];
+        assert!(open("s3://bucket/p", &https).is_ok());
+        assert!(open("https://example.com/files", &[]).is_ok());
+        assert!(open("az://c", &[("account_name", "a"), ("use_emulator", "true")]).is_ok());
     }
 }
