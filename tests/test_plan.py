@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from xfd import Manifest, PlanError
 from xfd.cli import main
+from xfd.engine import node_engine
 from xfd.errors import ConfigError
 from xfd.manifest import ObjectArtifact, Settings, Store
 from xfd.plan import Plan, _assemble, _Found
@@ -256,8 +258,56 @@ def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, b
     with pytest.raises(PlanError, match=r"/tok/a.json is the destination of two different objects"):
         (builder_for(s3, bucket).prefix("m", "tok", to="/tok")
          .object("m", "model.bin", to="/tok/a.json").build().plan())
-    with pytest.raises(PlanError, match=r"/tok is a file of artifact 'model.bin' and also a directory holding"):
-        builder_for(s3, bucket).prefix("m", "tok", to="/tok").object("m", "model.bin", to="/tok").build().plan()
+    with pytest.raises(PlanError, match=r"/tok/a.json is a file of artifact 'tok' and also a directory holding"):
+        builder_for(s3, bucket).prefix("m", "tok", to="/tok").object("m", "model.bin", to="/tok/a.json/m").build().plan()
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    # Spelled another way, one path: the two objects used to be planned as two files of one path on the node.
+    (lambda b: b.object("m", "model.bin", to="/tok//a.json"),
+     "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
+     "give them different paths"),
+    (lambda b: b.object("m", "model.bin", to="/tok/./a.json"),
+     "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
+     "give them different paths"),
+    # The same object with other options: one of the two used to be dropped silently (here: not cached, nodes).
+    (lambda b: b.object("m", "tok/a.json", to="/tok/a.json", cache=False, name="uncached"),
+     "/tok/a.json is written by artifacts 'tok' and 'uncached' with different cache; "
+     "make them agree or give them different paths"),
+    (lambda b: b.prefix("m", "tok/sub", to="/tok//sub/", nodes={"gpu": "a100"}, name="gpu-only"),
+     "/tok/sub/b.json is written by artifacts 'tok' and 'gpu-only' with different nodes; "
+     "make them agree or give them different paths"),
+], ids=["double-slash", "dot-segment", "same-object-other-cache", "same-object-other-nodes"])
+def test_files_of_two_artifacts_at_one_path_are_refused_naming_both(s3, bucket, filled, second, expected):
+    manifest = second(builder_for(s3, bucket).prefix("m", "tok", to="/tok")).build()
+    with pytest.raises(PlanError) as info:
+        manifest.plan()
+    assert str(info.value) == expected
+
+
+def test_the_same_file_named_by_two_artifacts_is_planned_once(s3, bucket, filled):
+    plan = (builder_for(s3, bucket).prefix("m", "tok", to="/tok").prefix("m", "tok/sub", to="/tok/sub", name="sub")
+            .object("m", "tok/a.json", to="/tok/a.json").object("m", "tok/a.json", to="/tok//a.json", name="again")
+            .build().plan())
+    assert [f.destination for f in plan.files] == ["/tok/a.json", "/tok/skip.tmp.json", "/tok/sub/b.json",
+                                                   "/tok/sub/c.txt"]
+    assert len(plan.objects) == 4
+
+
+def test_unpack_limits_and_the_disk_reserve_reach_the_plan_and_the_engine(s3, bucket, filled, tmp_path):
+    manifest = (builder_for(s3, bucket).settings(disk_reserve="2GiB")
+                .object("m", "model.bin", to="/a/limited.tar").unpack(max_size="8GiB", max_ratio=50)
+                .object("m", "model.bin", to="/a/default.tar").unpack()
+                .build())
+    plan = manifest.plan()
+    raw = json.loads(plan.to_json())
+    assert raw["settings"]["disk_reserve"] == 2 << 30
+    assert [(u["to"], u["max_size"], u["max_ratio"]) for u in raw["unpacks"]] == [
+        ("/a/limited", 8 << 30, 50.0), ("/a/default", None, None)]
+    assert Plan.from_json(plan.to_json()) == plan
+    assert json.loads(builder_for(s3, bucket).object("m", "model.bin", to="/m").build().plan().to_json())[
+        "settings"]["disk_reserve"] == 1 << 30
+    node_engine(plan, manifest.stores, tmp_path).close()  # the engine reads these plans
 
 
 def test_a_plain_http_endpoint_without_allow_http_says_what_to_set(s3, bucket, filled):

@@ -87,6 +87,10 @@ class PlanUnpack:
     format: str
     to: str
     artifact: str
+    max_size: int | None = None
+    """The manifest's ``unpack.max_size`` in bytes; ``None``: the engine's default (64 GiB)."""
+    max_ratio: float | None = None
+    """The manifest's ``unpack.max_ratio``; ``None``: the engine's default (200)."""
 
 
 @attrs.frozen
@@ -336,7 +340,8 @@ def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
             ))
             if isinstance(artifact, ObjectArtifact) and artifact.unpack is not None:
                 unpacks.append(PlanUnpack(plan_object.id, destination, artifact.unpack.format,
-                                          artifact.unpack_destination or "", artifact.display_name))
+                                          artifact.unpack_destination or "", artifact.display_name,
+                                          artifact.unpack.max_size, artifact.unpack.max_ratio))
     _check_nesting(files)
     stores = {
         name: PlanStore(url=store.url, options=public_options(store.options))
@@ -394,12 +399,18 @@ def _destination(index: int, artifact: Any, item: _Found) -> str:
 
 
 def _add_file(files: dict[str, PlanFile], new: PlanFile) -> None:
+    """Adds ``new``; a second artifact writing the very same file (same object, sha256, cache and nodes) is
+    deliberately kept as one file (manifests composed of parts, prefixes that overlap); anything else at
+    one path is refused, as one of the two would silently not be written."""
     existing = files.get(new.destination)
     if existing is None:
         files[new.destination] = new
     elif existing.object_id != new.object_id:
         raise PlanError(f"{new.destination} is the destination of two different objects "
                         f"(artifacts {existing.artifact!r} and {new.artifact!r}); give them different paths")
+    elif differ := [f for f in ("sha256", "cache", "nodes") if getattr(existing, f) != getattr(new, f)]:
+        raise PlanError(f"{new.destination} is written by artifacts {existing.artifact!r} and {new.artifact!r} "
+                        f"with different {' and '.join(differ)}; make them agree or give them different paths")
 
 
 def _check_nesting(files: Mapping[str, PlanFile]) -> None:

@@ -385,9 +385,13 @@ def _refuse_unmappable(manifest: Manifest) -> None:
         if artifact.nodes:
             problems.append((f"{path}.nodes", "Xenna puts every request on every node; node selectors have no "
                                               "equivalent"))
+        for limit in ("max_size", "max_ratio"):
+            if isinstance(artifact, ObjectArtifact) and artifact.unpack and getattr(artifact.unpack, limit) is not None:
+                problems.append((f"{path}.unpack.{limit}", "Xenna sets no limits on unpacking; leave it at its default "
+                                                           "to hand this manifest to Xenna"))
     defaults = Settings()
     for field in ("upload_slots", "overwrite", "origin_chunk_streams", "origin_attempts", "origin_backoff", "origin_max_backoff",
-                  "origin_timeout"):
+                  "origin_timeout", "disk_reserve"):
         if getattr(manifest.settings, field) != getattr(defaults, field):
             problems.append((f"settings.{field}", "has no Xenna DistributedDownloadConfig equivalent; leave it at "
                                                   "its default to hand this manifest to Xenna"))

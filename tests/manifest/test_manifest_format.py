@@ -86,6 +86,58 @@ def test_builder_builds_the_same_manifest_as_the_toml():
     assert built == Manifest.loads(EXAMPLE)
 
 
+@pytest.mark.parametrize(("written", "normalized", "destination"), [
+    ("/models//model.bin", "/models/model.bin", "/models/model.bin"),
+    ("/models/./model.bin", "/models/model.bin", "/models/model.bin"),
+    ("//models///./x/", "/models/x/", "/models/x/set.tar.gz"),  # the trailing "/" still means "inside"
+    ("/models/.", "/models/", "/models/set.tar.gz"),  # so does a last "."
+])
+def test_destinations_are_normalized_wherever_a_manifest_comes_from(written, normalized, destination):
+    toml = f'[stores.s]\nurl = "s3://b"\n[[artifacts]]\nstore = "s"\nkey = "d/set.tar.gz"\nto = "{written}"\n'
+    loaded = Manifest.loads(toml).artifacts[0]
+    built = Manifest.builder().store("s", "s3://b").object("s", "d/set.tar.gz", to=written).build().artifacts[0]
+    direct = ObjectArtifact(store="s", key="d/set.tar.gz", to=written)
+    assert loaded == built == direct
+    assert (direct.to, direct.destination) == (normalized, destination)
+    assert PrefixArtifact(store="s", prefix="p", to=written).to == normalized
+    assert Unpack(to=written).to == normalized
+
+
+def test_artifacts_may_share_directories_and_repeat_the_very_same_file():
+    manifest = (
+        Manifest.builder().store("s", "s3://b")
+        .prefix("s", "tok/", to="/models/tok")
+        .prefix("s", "extra/", to="/models//tok/", name="extra")  # prefixes share a directory
+        .object("s", "tok/special.json", to="/models/tok/special.json")  # an object inside a prefix's directory
+        .object("s", "tok/special.json", to="/models/./tok/special.json", name="again")  # the same file twice
+        .object("s", "set.tar.gz", to="/models/set.tar.gz").unpack()  # a tree beside them
+        .build()
+    )
+    assert [a.to for a in manifest.artifacts] == ["/models/tok", "/models/tok/", "/models/tok/special.json",
+                                                  "/models/tok/special.json", "/models/set.tar.gz"]
+
+
+def test_unpack_limits_and_the_disk_reserve_load_build_and_round_trip():
+    text = ('[settings]\ndisk_reserve = "2 GiB"\n[stores.s]\nurl = "s3://b"\n'
+            '[[artifacts]]\nstore = "s"\nkey = "a.tgz"\nto = "/a.tgz"\nunpack = { max_size = "8GiB", max_ratio = 50 }\n'
+            '[[artifacts]]\nstore = "s"\nkey = "b.zip"\nto = "/b.zip"\nunpack = { max_size = 1000, max_ratio = 2.5 }\n')
+    manifest = Manifest.loads(text)
+    assert manifest.settings.disk_reserve == 2 << 30
+    assert [a.unpack for a in manifest.artifacts] == [Unpack(max_size=8 << 30, max_ratio=50.0),
+                                                      Unpack(max_size=1000, max_ratio=2.5)]
+    assert 'max_size = "8GiB"' in manifest.to_toml() and 'disk_reserve = "2GiB"' in manifest.to_toml()
+    assert Manifest.loads(manifest.to_toml()) == manifest
+    built = (Manifest.builder().settings(disk_reserve="2GiB").store("s", "s3://b")
+             .object("s", "a.tgz", to="/a.tgz").unpack(max_size="8 GiB", max_ratio=50)
+             .object("s", "b.zip", to="/b.zip").unpack(max_size=1000, max_ratio=2.5).build())
+    assert built == manifest
+    defaults = Manifest.loads('[stores.s]\nurl = "s3://b"\n[[artifacts]]\nstore = "s"\nkey = "a.tgz"\nto = "/a.tgz"\n'
+                              "unpack = {}\n")
+    assert defaults.settings.disk_reserve == 1 << 30
+    assert (defaults.artifacts[0].unpack.max_size, defaults.artifacts[0].unpack.max_ratio) == (None, None)
+    assert "max_" not in defaults.to_toml() and "disk_reserve" not in defaults.to_toml()
+
+
 def test_builder_is_immutable_so_rerunning_a_cell_adds_nothing():
     base = Manifest.builder().store("s", "file:///srv/data")
     one = base.object("s", "a", to="/a")
@@ -113,7 +165,8 @@ def test_manifests_are_frozen():
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("64MiB", 64 << 20), ("1 GiB", 1 << 30), ("100MB", 100_000_000), ("1.5KiB", 1536), ("42", 42), (7, 7)],
+    [("64MiB", 64 << 20), ("1 GiB", 1 << 30), ("100MB", 100_000_000), ("1.5KiB", 1536), ("42", 42), (7, 7),
+     ("9007199254740993", 2**53 + 1)],  # exact beyond the 53 bits of a float (a max_size may be that large)
 )
 def test_sizes(text, size):
     assert parse_size(text) == size
@@ -150,10 +203,12 @@ def manifests(draw) -> Manifest:
             key = draw(keys)
             archive = draw(st.booleans())
             to = f"/a{index}/" + ("x.tar.gz" if archive else draw(segments))
+            unpack = Unpack(format=draw(st.sampled_from(["auto", "tar", "tgz"])),
+                            max_size=draw(st.none() | st.integers(1, 2**63 - 1)),
+                            max_ratio=draw(st.none() | st.floats(min_value=0.001, max_value=1e12)))
             artifacts.append(ObjectArtifact(
                 store=store, key=key, to=to, name=draw(st.none() | st.just(f"n{index}")),
-                cache=draw(st.booleans()),
-                unpack=Unpack(format=draw(st.sampled_from(["auto", "tar", "tgz"]))) if archive else None,
+                cache=draw(st.booleans()), unpack=unpack if archive else None,
             ))
         else:
             artifacts.append(PrefixArtifact(
@@ -162,7 +217,8 @@ def manifests(draw) -> Manifest:
             ))
     chunk = draw(st.integers(1, 4096)) << 20
     return Manifest(stores=store_map, artifacts=tuple(artifacts),
-                    settings=Settings(chunk_size=chunk, node_parallelism=draw(st.integers(1, 64))))
+                    settings=Settings(chunk_size=chunk, node_parallelism=draw(st.integers(1, 64)),
+                                      disk_reserve=draw(st.integers(0, 2**63 - 1))))
 
 
 @settings(max_examples=150, deadline=None)
@@ -175,7 +231,8 @@ def test_any_valid_manifest_round_trips_through_toml(manifest: Manifest):
 @given(manifests())
 def test_builder_and_toml_agree_on_any_manifest(manifest: Manifest):
     builder = Manifest.builder().settings(chunk_size=manifest.settings.chunk_size,
-                                          node_parallelism=manifest.settings.node_parallelism)
+                                          node_parallelism=manifest.settings.node_parallelism,
+                                          disk_reserve=manifest.settings.disk_reserve)
     for name, store in manifest.stores.items():
         builder = builder.store(name, store.url, **store.options)
     for artifact in manifest.artifacts:
@@ -183,7 +240,8 @@ def test_builder_and_toml_agree_on_any_manifest(manifest: Manifest):
             builder = builder.object(artifact.store, artifact.key, to=artifact.to, name=artifact.name,
                                      cache=artifact.cache)
             if artifact.unpack:
-                builder = builder.unpack(artifact.unpack.format, to=artifact.unpack.to)
+                builder = builder.unpack(artifact.unpack.format, to=artifact.unpack.to,
+                                         max_size=artifact.unpack.max_size, max_ratio=artifact.unpack.max_ratio)
         else:
             builder = builder.prefix(artifact.store, artifact.prefix, to=artifact.to, include=artifact.include,
                                      exclude=artifact.exclude, name=artifact.name, cache=artifact.cache)

@@ -15,7 +15,8 @@ from xfd.manifest import ManifestBuilder
 from xfd.manifest.toml_format import from_document
 
 KEYS = ["settings", "stores", "artifacts", "url", "store", "key", "prefix", "to", "unpack", "format", "chunk_size",
-        "node_parallelism", "include", "exclude", "cache", "sha256", "name", "region", "endpoint", "m", "x"]
+        "node_parallelism", "include", "exclude", "cache", "sha256", "name", "region", "endpoint", "m", "x", "max_size",
+        "max_ratio", "disk_reserve"]
 scalars = st.one_of(
     st.text(max_size=12), st.integers(-(2**70), 2**70), st.booleans(), st.floats(allow_nan=False),
     st.sampled_from(["s3://b/p", "/abs", "rel", "64MiB", "auto", "rar", "${X}", "$", "m", "*.json", ".."]),
@@ -95,7 +96,7 @@ good = {
                             "memory://"]),
     "key": st.sampled_from(["7b/model.bin", "set.tar.gz", "a.zip", "x"]),
     "prefix": st.sampled_from(["", "tok", "tok/", "a/b/"]),
-    "to": st.sampled_from(["/data/", "/data/set.tar.gz", "/srv/p", "/models/llama/", "/x"]),
+    "to": st.sampled_from(["/data/", "/data/set.tar.gz", "/srv/p", "/models/llama/", "/x", "/data//./set.tar.gz"]),
     "sha256": st.just("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
     "cache": st.booleans(),
     "nodes": st.dictionaries(st.sampled_from(["gpu", "zone"]), st.sampled_from(["a100", "b"]), max_size=2),
@@ -108,6 +109,9 @@ good = {
     "allow_http": st.booleans(),
     "skip_signature": st.booleans(),
     "timeout": st.sampled_from(["30s", 30, 1.5]),
+    "disk_reserve": st.sampled_from(["1GiB", 0, "500 MB"]),
+    "max_size": st.sampled_from(["64GiB", 1 << 20, "2 TB"]),
+    "max_ratio": st.sampled_from([200, 2.5, 1e6]),
 }
 good["exclude"] = good["include"]
 for count in ("node_parallelism", "upload_slots", "origin_parallelism", "origin_chunk_streams", "origin_attempts"):
@@ -118,11 +122,12 @@ POSITIONAL = {"settings": [], "store": ["store_name", "url"], "object": ["store"
               "unpack": ["format"], "to_document": []}
 KEYWORDS = {
     "settings": ["chunk_size", "node_parallelism", "upload_slots", "origin_parallelism", "origin_chunk_streams",
-                 "overwrite", "origin_attempts", "origin_backoff", "origin_max_backoff", "origin_timeout"],
+                 "overwrite", "origin_attempts", "origin_backoff", "origin_max_backoff", "origin_timeout",
+                 "disk_reserve"],
     "store": ["region", "endpoint", "allow_http", "timeout", "skip_signature"],
     "object": ["to", "name", "sha256", "cache", "nodes"],
     "prefix": ["to", "name", "include", "exclude", "cache", "nodes"],
-    "unpack": ["to"],
+    "unpack": ["to", "max_size", "max_ratio"],
     "to_document": [],
 }
 odd_keywords = st.text(max_size=6) | st.sampled_from(

@@ -53,6 +53,7 @@ class ManifestBuilder:
         origin_backoff: float | None = None,
         origin_max_backoff: float | None = None,
         origin_timeout: float | None = None,
+        disk_reserve: int | str | None = None,  # a size
     ) -> ManifestBuilder:
         """Overrides settings (see :class:`xfd.manifest.model.Settings` for each one's meaning and default)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
@@ -108,15 +109,25 @@ class ManifestBuilder:
                     "include": _list(include), "exclude": _list(exclude), "nodes": _table(nodes)}
         return self._add(artifact)
 
-    def unpack(self, format: UnpackFormat = "auto", *, to: str | None = None) -> ManifestBuilder:  # noqa: A002
+    def unpack(
+        self,
+        format: UnpackFormat = "auto",  # noqa: A002
+        *,
+        to: str | None = None,
+        max_size: int | str | None = None,
+        max_ratio: float | None = None,
+    ) -> ManifestBuilder:
         """Extracts the archive added by the previous :meth:`object` call after it arrives.
 
         ``to`` defaults to the archive's destination without its suffix (``x.tar.gz`` -> ``x``).
+        ``max_size`` (a size, default 64 GiB) and ``max_ratio`` (unpacked bytes per archive byte, default
+        200) bound what it may unpack to (see :class:`xfd.manifest.model.Unpack`).
         """
         if not self._artifacts or "key" not in self._artifacts[-1]:
             raise ManifestError([("", "unpack() applies to the artifact added just before it: call object() first")],
                                 "builder")
-        last = {**self._artifacts[-1], "unpack": _without_none({"format": format, "to": to})}
+        unpack = {"format": format, "to": to, "max_size": max_size, "max_ratio": max_ratio}
+        last = {**self._artifacts[-1], "unpack": _without_none(unpack)}
         return attrs.evolve(self, artifacts=(*self._artifacts[:-1], last))
 
     def build(self) -> Manifest:

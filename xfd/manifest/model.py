@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from xfd.plan import Plan
 
 MiB = 1 << 20
+GiB = 1 << 30
 
 UnpackFormat = Literal["auto", "tar", "tar.gz", "tgz", "zip"]
 UNPACK_FORMATS: tuple[str, ...] = ("auto", "tar", "tar.gz", "tgz", "zip")
@@ -27,6 +28,28 @@ ChunkSize = int | Literal["auto"]
 AUTO_CHUNK_MIN = 16 * MiB
 AUTO_CHUNK_MAX = 64 * MiB
 AUTO_CHUNKS_PER_FILE = 32
+
+
+def normalized_destination(path: str) -> str:
+    """``path`` with empty (``//``) and ``.`` segments collapsed: ``/models//./model.bin`` is ``/models/model.bin``.
+
+    A trailing ``/`` (or a last ``.`` segment) is kept as ``/``: on an object's ``to`` it means "inside this
+    directory". Anything but an absolute path free of ``..`` segments and NUL bytes comes back as it is, so
+    that validation refuses it with its path and the value the user wrote. Two spellings of one path must
+    be one destination: the node would otherwise get two writers of one file.
+    """
+    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+        return path
+    segments = path.split("/")
+    if ".." in segments:
+        return path
+    kept = [segment for segment in segments if segment not in ("", ".")]
+    inside = bool(kept) and segments[-1] in ("", ".")
+    return "/" + "/".join(kept) + ("/" if inside else "")
+
+
+def _normalized_optional(path: str | None) -> str | None:
+    return None if path is None else normalized_destination(path)
 
 
 @attrs.frozen
@@ -79,6 +102,12 @@ class Settings:
     """Seconds within which all tries of one chunk must be done; bounds how long a dead origin can stall
     a node. 10 minutes is ample for a 64 MiB chunk on any working link."""
 
+    disk_reserve: int = 1 * GiB
+    """Bytes of free space that must remain on the file system of an unpack's destination while it
+    unpacks (a size such as ``"1GiB"``, or bytes; 0 turns the check off): an archive that would eat into
+    it is refused and nothing of it stays. 1 GiB leaves room for the logs, caches and scratch files of the
+    jobs that run on the node next; a node whose disk an unpack filled breaks them all."""
+
     def chunk_size_for(self, size: int) -> int:
         """The chunk size of a file of ``size`` bytes."""
         if self.chunk_size != "auto":
@@ -105,11 +134,25 @@ class Unpack:
     """Extract an archive artifact after it has arrived.
 
     ``to`` defaults to the archive's destination without its archive suffix
-    (``/data/set.tar.gz`` unpacks into ``/data/set``).
+    (``/data/set.tar.gz`` unpacks into ``/data/set``). The directory belongs to this archive alone:
+    unpacking replaces it whole, so no other artifact may write into it, contain it or share it.
+
+    ``max_size`` and ``max_ratio`` bound what the archive may unpack to, counted as it is read (never
+    taken from its headers): past either, the archive is refused as a decompression bomb and nothing of
+    it stays. ``None`` keeps the default.
     """
 
     format: UnpackFormat = "auto"
-    to: str | None = None
+    to: str | None = attrs.field(default=None, converter=_normalized_optional)
+    max_size: int | None = None
+    """Most bytes the archive may unpack to, a size such as ``"64GiB"`` or bytes. Default (``None``):
+    64 GiB, above the single-archive checkpoints and datasets shipped today, yet reached long before a
+    bomb fills a node's disk. Raise it for a larger archive you trust."""
+    max_ratio: float | None = None
+    """Most unpacked bytes per byte of archive, a number above 0. Default (``None``): 200. Archives of
+    code, text and weights compress 2-20x; a 2 MB tar.gz that unpacks to 2 GiB is 1000x, which only a
+    bomb (or a file of zeros) reaches. It stops a bomb after a few hundred times its size, whatever
+    ``max_size`` and the disk allow."""
 
 
 @attrs.frozen
@@ -118,7 +161,8 @@ class ObjectArtifact:
 
     store: str
     key: str
-    to: str
+    to: str = attrs.field(converter=normalized_destination)
+    """Normalized (see :func:`normalized_destination`); ending in ``/``: the directory to put the object in."""
     name: str | None = None
     sha256: str | None = None
     cache: bool = True
@@ -161,7 +205,8 @@ class PrefixArtifact:
 
     store: str
     prefix: str
-    to: str
+    to: str = attrs.field(converter=normalized_destination)
+    """The directory, normalized (see :func:`normalized_destination`)."""
     name: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

@@ -54,8 +54,11 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(lambda t: t == UnpackFormat, _unpack_format)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _string_list)
     converter.register_structure_hook_func(lambda t: t == Mapping[str, str], _label_table)
-    size_hook = override(struct_hook=lambda v, _: _chunk_size(v))
-    for cls, overrides in ((Settings, {"chunk_size": size_hook}), (Unpack, {}), (ObjectArtifact, {}),
+    chunk_hook = override(struct_hook=lambda v, _: _chunk_size(v))
+    size_hook = override(struct_hook=lambda v, _: parse_size(v))
+    ratio_hook = override(struct_hook=_strict(float))
+    for cls, overrides in ((Settings, {"chunk_size": chunk_hook, "disk_reserve": size_hook}),
+                           (Unpack, {"max_size": size_hook, "max_ratio": ratio_hook}), (ObjectArtifact, {}),
                            (PrefixArtifact, {})):
         converter.register_structure_hook(cls, _tables_only(make_dict_structure_fn(cls, converter, **overrides)))
     converter.register_structure_hook(Store, _structure_store)
@@ -148,10 +151,16 @@ def loads(text: str, source: str | None = None) -> Manifest:
 def load(path: str | os.PathLike[str]) -> Manifest:
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as error:
         raise ManifestError([("", f"cannot read the manifest: {error.strerror}")], path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:  # a binary file, or text in another encoding
+        why = (f"not UTF-8 TOML text (byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8); "
+               "a manifest is a TOML text file, saved as UTF-8")
+        raise ManifestError([("", why)], path) from None
     return loads(text, path)
 
 
@@ -161,7 +170,7 @@ def from_document(document: Mapping[str, Any], source: str | None = None) -> Man
     for key in document:
         if key not in TOP_LEVEL_KEYS:
             problems.append((key, f"unknown key{did_you_mean(key, TOP_LEVEL_KEYS)} (top-level keys: {', '.join(TOP_LEVEL_KEYS)})"))
-    settings = _section(document.get("settings", {}), Settings, "settings", problems)
+    settings, unread = _settings(document.get("settings", {}), problems)
     stores_raw = document.get("stores", {})
     stores: dict[str, Store] = {}
     if not isinstance(stores_raw, dict):
@@ -178,23 +187,43 @@ def from_document(document: Mapping[str, Any], source: str | None = None) -> Man
         for index, raw in enumerate(artifacts_raw):
             if (artifact := _section(raw, Artifact, f"artifacts[{index}]", problems)) is not None:
                 artifacts.append((index, artifact))
-    manifest = Manifest(
-        stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings or Settings(), source=source
-    )
+    manifest = Manifest(stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings, source=source)
     # Meaning is checked on every part that could be structured, so one pass reports everything.
-    problems += validate_parts(manifest, artifacts, check_settings=settings is not None)
+    problems += validate_parts(manifest, artifacts, unread_settings=unread)
     if problems:
-        raise ManifestError(sorted(problems, key=_document_order), source)
+        settings_keys = list(document.get("settings", {})) if isinstance(document.get("settings"), dict) else []
+        raise ManifestError(sorted(problems, key=lambda p: _document_order(p, settings_keys)), source)
     return manifest
 
 
-def _document_order(problem: Problem) -> tuple[int, int]:
-    """Problems in the order of the file: unknown top-level keys, settings, stores, artifacts by index."""
-    head = problem[0].split(".")[0]
+def _document_order(problem: Problem, settings_keys: list[str]) -> tuple[int, int]:
+    """Problems in the order of the file: unknown top-level keys, settings by key, stores, artifacts by index."""
+    head, _, rest = problem[0].partition(".")
     section = head.split("[")[0]
     rank = {"settings": 1, "stores": 2, "artifacts": 3}.get(section, 0)
-    index = int(head[len(section) + 1 : -1]) if head.startswith("artifacts[") else -1
-    return rank, index
+    if head.startswith("artifacts["):
+        return rank, int(head[len(section) + 1 : -1])
+    if section == "settings":
+        key = rest.split(".")[0]
+        return rank, settings_keys.index(key) if key in settings_keys else len(settings_keys)
+    return rank, -1
+
+
+def _settings(raw: Any, problems: list[Problem]) -> tuple[Settings, frozenset[str]]:
+    """The settings, each key structured on its own so that one value of the wrong type hides no other
+    problem; keys that could not be read are left at their defaults and returned, for validation to skip."""
+    if not isinstance(raw, dict):
+        problems.append(("settings", f"must be a table (got {type(raw).__name__} {raw!r:.40})"))
+        return Settings(), frozenset()
+    values: dict[str, Any] = {}
+    unread: set[str] = set()
+    for key, value in raw.items():
+        one = _section({key: value}, Settings, "settings", problems)
+        if one is None:
+            unread.add(key)
+        else:
+            values[key] = getattr(one, key)
+    return Settings(**values), frozenset(unread)
 
 
 def _section(raw: Any, kind: Any, path: str, problems: list[Problem]) -> Any:
@@ -232,8 +261,7 @@ def _flatten(error: BaseException, path: str) -> Iterator[Problem]:
 def to_document(manifest: Manifest) -> dict[str, Any]:
     document: dict[str, Any] = {}
     settings = CONVERTER.unstructure(manifest.settings)
-    if isinstance(settings.get("chunk_size"), int):
-        settings["chunk_size"] = format_size(settings["chunk_size"])
+    _sizes_as_text(settings, "chunk_size", "disk_reserve")
     if settings:
         document["settings"] = settings
     if manifest.stores:
@@ -252,7 +280,16 @@ def _unstructure_artifact(artifact: Artifact) -> dict[str, Any]:
         raw["nodes"] = dict(raw["nodes"])
     if not raw.get("nodes", True):
         del raw["nodes"]
+    if "unpack" in raw:
+        _sizes_as_text(raw["unpack"], "max_size")
     return raw
+
+
+def _sizes_as_text(table: dict[str, Any], *keys: str) -> None:
+    """Sizes written the way people read them (``64GiB``), where they are exact."""
+    for key in keys:
+        if isinstance(table.get(key), int) and not isinstance(table[key], bool):
+            table[key] = format_size(table[key])
 
 
 def dumps(manifest: Manifest) -> str:

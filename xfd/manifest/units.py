@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from xfd.manifest.validate import shown
 
@@ -28,10 +29,15 @@ def parse_size(value: int | str) -> int:
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise ValueError(f"must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got {value!r})")
-    bytes_ = float(match.group(1)) * _UNITS[unit]
-    if bytes_ >= 2**63:  # also inf, from hundreds of digits
+    number = match.group(1)  # bounded below: int() and Fraction() refuse strings of over 4300 digits
+    if len(number.split(".")[0].lstrip("0")) > 20:
+        raise ValueError(f"must be a size of at most 8EiB (got {value[:40]!r}...)")
+    if len(number) > 1000:
+        raise ValueError(f"must be a size such as 64MiB, 1GiB, 500MB or a number of bytes (got {value[:40]!r}...)")
+    bytes_ = Fraction(number) * _UNITS[unit]  # exact: a float would round sizes above 2**53
+    if bytes_ >= 2**63:
         raise ValueError(f"must be a size of at most 8EiB (got {value!r})")
-    if bytes_ != int(bytes_):
+    if bytes_.denominator != 1:
         raise ValueError(f"must be a whole number of bytes (got {value!r})")
     return int(bytes_)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import PurePosixPath
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from xfd.manifest.model import (
@@ -40,15 +42,18 @@ def shown(value: object) -> str:
 
 def validate(manifest: Manifest) -> list[Problem]:
     """Every problem of a fully structured manifest."""
-    return validate_parts(manifest, list(enumerate(manifest.artifacts)), check_settings=True)
+    return validate_parts(manifest, list(enumerate(manifest.artifacts)))
 
 
 def validate_parts(
-    manifest: Manifest, indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]], check_settings: bool
+    manifest: Manifest,
+    indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]],
+    unread_settings: Collection[str] = (),
 ) -> list[Problem]:
     """Problems of the parts of a manifest that could be structured; ``indexed_artifacts`` keep the index
-    they have in the file, so paths stay right when some artifacts failed to structure."""
-    problems = list(settings_problems(manifest.settings)) if check_settings else []
+    they have in the file, so paths stay right when some artifacts failed to structure, and
+    ``unread_settings`` name the settings that could not be read (already reported; their defaults stand in)."""
+    problems = list(settings_problems(manifest.settings, unread_settings))
     for name, store in manifest.stores.items():
         problems += store_problems(name, store)
     for index, artifact in indexed_artifacts:
@@ -57,14 +62,17 @@ def validate_parts(
     return problems
 
 
-def settings_problems(settings: Settings) -> Iterator[Problem]:
+def settings_problems(settings: Settings, unread: Collection[str] = ()) -> Iterator[Problem]:
+    """Problems of the settings. A default is always valid, so only checks that compare two settings need to
+    skip the ``unread`` ones (a value that could not be read must not make its neighbour look wrong)."""
     if settings.chunk_size != "auto" and not 1 * MiB <= settings.chunk_size <= 4 * GiB:
         yield "settings.chunk_size", f'must be between 1MiB and 4GiB, or "auto" (got {settings.chunk_size} bytes)'
     for field, upper in (("node_parallelism", 1024), ("upload_slots", 1024), ("origin_parallelism", 100_000)):
         value = getattr(settings, field)
         if not 1 <= value <= upper:
             yield f"settings.{field}", f"must be between 1 and {upper} (got {value})"
-    if not 1 <= settings.origin_chunk_streams <= min(64, settings.origin_parallelism):
+    streams_ok = 1 <= settings.origin_chunk_streams <= min(64, settings.origin_parallelism)
+    if not streams_ok and "origin_parallelism" not in unread:
         yield "settings.origin_chunk_streams", (f"must be between 1 and min(64, origin_parallelism) (got "
                                                 f"{settings.origin_chunk_streams})")
     if not 1 <= settings.origin_attempts <= 100:
@@ -73,9 +81,11 @@ def settings_problems(settings: Settings) -> Iterator[Problem]:
         value = getattr(settings, field)
         if not 0 < value <= 86_400:
             yield f"settings.{field}", f"must be a number of seconds above 0 and at most one day (got {value})"
-    if settings.origin_backoff > settings.origin_max_backoff:
+    if settings.origin_backoff > settings.origin_max_backoff and "origin_max_backoff" not in unread:
         yield "settings.origin_backoff", (f"must not exceed origin_max_backoff ({settings.origin_backoff} > "
                                           f"{settings.origin_max_backoff})")
+    if settings.disk_reserve < 0:
+        yield "settings.disk_reserve", f"must be a size of 0 bytes or more, such as 1GiB (got {settings.disk_reserve} bytes)"
 
 
 def store_problems(name: str, store: Store) -> Iterator[Problem]:
@@ -149,8 +159,13 @@ def _object_problems(path: str, artifact: ObjectArtifact) -> Iterator[Problem]:
         yield f"{path}.sha256", "must be 64 lower-case hexadecimal digits"
     if artifact.unpack is None:
         return
-    if artifact.unpack.format not in UNPACK_FORMATS:
-        yield f"{path}.unpack.format", f"must be one of {', '.join(UNPACK_FORMATS)} (got {artifact.unpack.format!r})"
+    unpack = artifact.unpack
+    if unpack.format not in UNPACK_FORMATS:
+        yield f"{path}.unpack.format", f"must be one of {', '.join(UNPACK_FORMATS)} (got {unpack.format!r})"
+    if unpack.max_size is not None and unpack.max_size < 1:
+        yield f"{path}.unpack.max_size", f"must be a size above 0 bytes, such as 64GiB (got {unpack.max_size} bytes)"
+    if unpack.max_ratio is not None and not (math.isfinite(unpack.max_ratio) and unpack.max_ratio > 0):
+        yield f"{path}.unpack.max_ratio", f"must be a finite number above 0, such as 200 (got {unpack.max_ratio})"
     target = artifact.unpack_destination
     if target is None:
         yield f"{path}.unpack.to", "required when the destination does not end in .tar, .tar.gz, .tgz or .zip"
@@ -159,6 +174,8 @@ def _object_problems(path: str, artifact: ObjectArtifact) -> Iterator[Problem]:
     yield from problems
     if not problems and _is_within(artifact.destination, target):
         yield f"{path}.unpack.to", f"must not contain the archive itself ({artifact.destination})"
+    elif not problems and _is_within(target, artifact.destination):
+        yield f"{path}.unpack.to", f"must not lie inside the archive itself ({artifact.destination}): a path cannot be both a file and a directory"
 
 
 def _prefix_problems(path: str, artifact: PrefixArtifact) -> Iterator[Problem]:
@@ -173,21 +190,118 @@ def _prefix_problems(path: str, artifact: PrefixArtifact) -> Iterator[Problem]:
 def cross_artifact_problems(
     indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]],
 ) -> Iterator[Problem]:
+    """Names used twice, and outputs of two artifacts that overlap, each reported at the later artifact."""
     names: dict[str, int] = {}
-    targets: dict[str, tuple[int, tuple[str, str]]] = {}
     for index, artifact in indexed_artifacts:
         if artifact.name is not None:
             if artifact.name in names:
                 yield f"artifacts[{index}].name", f"{artifact.name!r} is already the name of artifacts[{names[artifact.name]}]"
             names.setdefault(artifact.name, index)
-        if isinstance(artifact, ObjectArtifact):
-            source = (artifact.store, artifact.key)
-            first = targets.setdefault(artifact.destination, (index, source))
-            if first[1] != source:
-                yield f"artifacts[{index}].to", (
-                    f"{artifact.destination} is also the destination of artifacts[{first[0]}], a different object"
-                )
+    outputs = list(_outputs(indexed_artifacts))
+    yield from _shared_files(indexed_artifacts)
+    yield from _files_used_as_directories(outputs)
+    yield from _unpack_overlaps(outputs)
 
 
-def _is_within(path: str, directory: str) -> bool:
+class _Output(NamedTuple):
+    """Where one artifact writes: a ``file``, the ``tree`` of an unpack, or the ``directory`` of a prefix."""
+
+    artifact: int
+    field: str
+    path: PurePosixPath
+    kind: str
+
+    @property
+    def described(self) -> str:
+        what = {"file": "destination", "tree": "unpack directory", "directory": "directory"}[self.kind]
+        return f"the {what} of artifacts[{self.artifact}]"
+
+
+def _outputs(indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]]) -> Iterator[_Output]:
+    """Outputs with a valid destination (the others are refused on their own and cannot overlap anything)."""
+    for index, artifact in indexed_artifacts:
+        if isinstance(artifact, PrefixArtifact):
+            if _valid(artifact.to):
+                yield _Output(index, "to", PurePosixPath(artifact.to), "directory")
+            continue
+        if _valid(artifact.to):
+            yield _Output(index, "to", PurePosixPath(artifact.destination), "file")
+        tree = artifact.unpack_destination
+        if tree is not None and _valid(tree):
+            yield _Output(index, "unpack.to", PurePosixPath(tree), "tree")
+
+
+def _valid(destination: str) -> bool:
+    return not any(_destination_problems("", destination))
+
+
+_FILE_FIELDS = ("store", "key", "sha256", "cache", "nodes")
+
+
+def _shared_files(indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]]) -> Iterator[Problem]:
+    """Two objects at one path. The same object with the same options is written once (the plan keeps one
+    file), so composed manifests may repeat an artifact; anything else would leave one of them unwritten."""
+    first: dict[str, tuple[int, ObjectArtifact]] = {}
+    for index, artifact in indexed_artifacts:
+        if not isinstance(artifact, ObjectArtifact) or not _valid(artifact.to):
+            continue
+        earlier, other = first.setdefault(artifact.destination, (index, artifact))
+        differ = [f for f in _FILE_FIELDS if getattr(other, f) != getattr(artifact, f)]
+        if earlier == index or not differ:
+            continue
+        if "store" in differ or "key" in differ:
+            what, fix = "a different object", "choose a different to"
+        else:
+            what, fix = f"the same object with another {' and '.join(differ)}", "make them agree or choose a different to"
+        yield f"artifacts[{index}].to", f"{artifact.destination} is also the destination of artifacts[{earlier}], {what}; {fix}"
+
+
+def _files_used_as_directories(outputs: list[_Output]) -> Iterator[Problem]:
+    """A path is a file or a directory, not both: no file or prefix directory at or inside another artifact's
+    file (trees are checked by :func:`_unpack_overlaps`, a tree inside its own archive with its artifact)."""
+    files = {o.path: o for o in outputs if o.kind == "file"}
+    for output in outputs:
+        if output.kind == "tree":
+            continue
+        for path in [output.path, *output.path.parents] if output.kind == "directory" else output.path.parents:
+            file = files.get(path)
+            if file is None or file.artifact == output.artifact:
+                continue
+            if output.artifact > file.artifact:
+                later = output
+                where = "is also" if path == output.path else f"lies inside {file.path},"
+                relation = f"{output.path} {where} {file.described}"
+            else:
+                later = file
+                relation = (f"{file.path} is also {output.described}" if path == output.path
+                            else f"{output.path}, {output.described}, would lie inside the file {file.path}")
+            yield (f"artifacts[{later.artifact}].{later.field}",
+                   f"{relation}: a path cannot be both a file and a directory; choose a different {later.field}")
+
+
+def _unpack_overlaps(outputs: list[_Output]) -> Iterator[Problem]:
+    """An unpack tree belongs to its archive alone: unpacking replaces it whole, so anything else written in it
+    (or a tree around it, or a tree of another archive) would be deleted or would delete it."""
+    trees = [o for o in outputs if o.kind == "tree"]
+    for tree in trees:
+        for other in outputs:
+            if other.artifact == tree.artifact or (other.kind == "tree" and other.artifact < tree.artifact):
+                continue  # the own archive is checked with its artifact; a pair of trees once
+            if not (_is_within(other.path, tree.path) or _is_within(tree.path, other.path)):
+                continue
+            later, earlier = (tree, other) if tree.artifact > other.artifact else (other, tree)
+            if later.path == earlier.path:
+                relation = f"{later.path} is also {earlier.described}"
+            elif _is_within(later.path, earlier.path):
+                relation = f"{later.path} lies inside {earlier.path}, {earlier.described}"
+            else:
+                relation = f"{later.path} contains {earlier.path}, {earlier.described}"
+            if other.kind == "file" and tree.path != other.path and _is_within(tree.path, other.path):
+                why = "a path cannot be both a file and a directory"
+            else:
+                why = "an unpack directory belongs to its archive alone (unpacking replaces it whole)"
+            yield f"artifacts[{later.artifact}].{later.field}", f"{relation}: {why}; choose a different {later.field}"
+
+
+def _is_within(path: str | PurePosixPath, directory: str | PurePosixPath) -> bool:
     return PurePosixPath(path).is_relative_to(PurePosixPath(directory))
