@@ -59,6 +59,9 @@ class Engine:
         """Stops the peer server, letting in-flight uploads finish for up to ``grace`` seconds."""
     def cancel(self, grace: float = 10.0) -> None:
         """Ends every background transfer (``submit_*``) and waits up to ``grace`` seconds until they are gone."""
+    def close(self, grace: float = 10.0) -> None:
+        """Ends the run on this node: cancels background transfers (as :meth:`cancel`), then lets go of
+        the part files and destination locks, so the next run on this node can start at once."""
     def server_stats(self) -> dict[str, Any] | None:
         """The peer server's counters, or ``None`` when it is not running."""
     def finish(
@@ -71,6 +74,9 @@ class Engine:
         """Waits up to ``timeout`` seconds for at least one event, then returns them all."""
     def is_complete(self) -> bool:
         """Whether every file of the plan is published on this node."""
+    @property
+    def origin_bytes(self) -> int:
+        """Object bytes received from the origin so far, every attempt included (what the origin served)."""
     @property
     def served_chunks(self) -> int:
         """Number of verified chunks this node can serve to peers."""

@@ -117,11 +117,15 @@ def _run_distribute(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise ConfigError(f"--timeout must be a number of seconds above 0, got {args.timeout}")
     manifest = Manifest.load(args.manifest)
+    from xfd.runtime.distribute import choose_nodes, ensure_ray
+
+    ensure_ray(args.address)
+    node_ids = choose_nodes(manifest, labels or None)
     plan = manifest.plan(locked=args.locked)
     print(plan.summary())
-    report = manifest.distribute(plan=plan, address=args.address, nodes=labels or None,
-                                 progress=None if args.no_progress else "auto", deep_verify=args.deep_verify,
-                                 timeout=args.timeout)
+    # The report is printed either way: a failed run exits 1 with it, not with a traceback.
+    report = manifest.distribute(plan=plan, nodes=node_ids, progress=None if args.no_progress else "auto",
+                                 deep_verify=args.deep_verify, timeout=args.timeout, raise_on_failure=False)
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -44,7 +44,9 @@ class IntegrityError(EngineError):
 
 
 class DestinationExistsError(EngineError, FileExistsError):
-    """A destination holds something xfd did not write; it was left untouched. Set overwrite to replace it."""
+    """A destination holds something xfd did not write, or a file stands where a destination needs a
+    directory; it was left untouched. ``overwrite = true`` under ``[settings]`` replaces a destination file
+    (never a file in the way of a directory)."""
 
 
 class DestinationBusyError(EngineError):
@@ -104,6 +106,7 @@ __all__ = [
     "ConfigError",
     "DestinationBusyError",
     "DestinationExistsError",
+    "DistributionCancelled",
     "DistributionError",
     "EngineError",
     "IntegrityError",
@@ -118,6 +121,11 @@ __all__ = [
     "UnsafeArchiveError",
     "XfdError",
 ]
+
+
+class DistributionCancelled(XfdError):
+    """The distribution was cancelled (``cancel()``, or an interrupt while waiting) before it finished.
+    Nothing partial was published; running it again resumes from what the nodes already hold."""
 
 
 class DistributionError(XfdError, RuntimeError):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from xfd.engine import resolved_options
-from xfd.errors import DistributionError, ManifestError, XfdError
+from xfd.errors import ManifestError, XfdError
 from xfd.manifest.model import AUTO_CHUNK_MAX, Manifest, ObjectArtifact, PrefixArtifact, Settings
 
 if TYPE_CHECKING:
@@ -166,10 +166,7 @@ def _distribute(manifest: Manifest, verbose: bool, progress: Any) -> Report:
     """Runs ``manifest``; a failed run raises, as Xenna's download does, so no pipeline starts without it."""
     if verbose:
         logging.getLogger("xfd").setLevel(logging.DEBUG)
-    report = manifest.distribute(progress=progress)
-    if not report.ok:
-        raise DistributionError(report)
-    return report
+    return manifest.distribute(progress=progress)  # a failed run raises DistributionError
 
 
 def _stage_of(item: Any) -> Any:

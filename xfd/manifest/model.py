@@ -279,7 +279,10 @@ class Manifest:
         ``snapshots()``), ``address`` (a Ray cluster to join; default: the running one, ``RAY_ADDRESS``, or
         a new local Ray), ``nodes`` (node ids, or a dict of Ray labels to match; default all alive nodes),
         ``progress`` ("auto", "none", or a callable taking snapshots), ``deep_verify`` (re-hash cached
-        files), ``timeout`` (seconds), ``plan`` (a plan compiled earlier).
+        files), ``timeout`` (seconds), ``plan`` (a plan compiled earlier), ``raise_on_failure`` (default
+        True: a failed run raises :class:`~xfd.errors.DistributionError`, whose ``report`` says what each
+        node did; False returns the failed report). Ctrl-C while waiting cancels the run and raises
+        ``KeyboardInterrupt``; an artifact whose ``nodes`` labels match no chosen node is a ``ConfigError``.
         """
         from xfd.runtime.distribute import distribute
 

@@ -32,6 +32,7 @@ class NodeAgent:
     def __init__(self) -> None:
         self.node = this_node()
         self.engine: Any = None
+        self._origin_reported = 0
 
     def begin(self, plan_json: str, stores: Mapping[str, Store], token: str, *, deep_verify: bool = False,
               upload_slots: int = 8, egress_bytes_per_sec: int | None = None,
@@ -41,6 +42,7 @@ class NodeAgent:
         ``fault`` is fault injection for the reliability tests (``"serve:corrupt"``, ``"publish:abort"``,
         ... see docs/reliability.md), never used otherwise.
         """
+        self._origin_reported = 0
         plan = Plan.from_json(plan_json)
         self.engine = node_engine(plan, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
                                   faults=fault or "", node_labels=self.node.labels)
@@ -48,7 +50,8 @@ class NodeAgent:
             scan = self.engine.scan()
         except BaseException:
             # A refused run must not keep the destinations it had already locked.
-            self.engine = None
+            engine, self.engine = self.engine, None
+            engine.close()
             raise
         self.engine.drain_events()  # cache hits are reported once, here
         host, port = self.engine.start_server(self.node.ip, 0, upload_slots, egress_bytes_per_sec)
@@ -71,20 +74,33 @@ class NodeAgent:
             self.engine.submit_peer(peers)
 
     def events(self, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
-        """Waits up to ``timeout`` seconds for events, then returns all of them."""
+        """Waits up to ``timeout`` seconds for events, then returns all of them; last, when it grew, an
+        ``origin_bytes`` event with every byte the origin served this node so far (attempts that failed
+        or were cut short included)."""
         engine = self.engine
-        return engine.wait_events(timeout) if engine is not None else []
+        if engine is None:
+            return []
+        events = engine.wait_events(timeout)
+        fetched = engine.origin_bytes
+        if fetched != self._origin_reported:
+            self._origin_reported = fetched
+            events.append({"kind": "origin_bytes", "bytes": fetched})
+        return events
 
     def finish(self, overwrite: bool = False) -> list[dict[str, Any]]:
         """Runs the unpacks; call once the node holds every chunk."""
         return self.engine.finish(overwrite=overwrite)
 
-    def stop(self) -> dict[str, Any] | None:
-        """Stops the peer server, returns its counters and ends this run (the agent can begin another)."""
+    def stop(self, grace: float = 2.0) -> dict[str, Any] | None:
+        """Stops the peer server and ends this run (the agent can begin another); returns the server's
+        counters and ``origin_bytes``, everything the origin served this node in the run."""
         engine, self.engine = self.engine, None
         if engine is None:
             return None
         stats = engine.server_stats()
-        engine.stop_server(2.0)
-        engine.cancel()  # transfers still running (a failed or cancelled run) end with it
-        return stats
+        engine.stop_server(grace)  # uploads in flight get `grace` seconds to finish
+        # Transfers still running (a failed or cancelled run) end with it, and its destination locks are
+        # let go now: a pending `events` call may hold the engine for another second, and the next run
+        # (a notebook cell run again) may begin on this agent before that.
+        engine.close()
+        return {**(stats or {}), "origin_bytes": engine.origin_bytes}

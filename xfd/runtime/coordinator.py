@@ -18,11 +18,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from xfd.errors import XfdError
+from xfd.errors import DistributionCancelled
 from xfd.manifest.model import Store
 from xfd.plan import Plan
 from xfd.progress import ProgressModel, Snapshot
-from xfd.report import NodeReport, Report, lower_bound
+from xfd.report import NodeReport, Report
 from xfd.runtime.agent import EVENT_WAIT_S
 from xfd.runtime.agent_pool import POOL, new_agent
 from xfd.runtime.cluster_nodes import alive_nodes
@@ -35,10 +35,6 @@ LOST_AFTER_S = 30.0
 # that served bad bytes: retrying it costs a whole deadline each time.
 _FAILURE_KINDS = {"integrity": "integrity", "stalled": "integrity", "peer": "peer", "origin": "origin",
                   "busy": "peer", "fatal": "fatal"}
-
-
-class DistributionCancelled(XfdError):
-    """The distribution was cancelled before it finished."""
 
 
 class Coordinator:
@@ -78,6 +74,8 @@ class Coordinator:
         self.unpacked = 0
         self.startup_seconds = 0.0
         self.lost: set[str] = set()
+        # Node -> bytes the origin served it, as its engine counted them (retries and cut transfers too).
+        self.origin_fetched: dict[str, int] = {}
         self._last_progress = 0.0
 
     # --- the run ------------------------------------------------------------------------------------
@@ -91,7 +89,8 @@ class Coordinator:
             self._loop(scheduler, started)
             self._finish_nodes(scheduler)
         finally:
-            served = self._stop_agents()
+            # A cancelled run stops uploads at once; otherwise peers get a moment to finish theirs.
+            served = self._stop_agents(grace=0.0 if self.cancel.is_set() else 2.0)
         return self._report(scheduler, time.monotonic() - started, served)
 
     def _start_agents(self, token: str) -> Scheduler:
@@ -204,6 +203,8 @@ class Coordinator:
                             self.progress.transfer_dropped(loser.node)
                     source = transfer.source if not transfer.from_origin else ""
                     self.progress.chunk_done(node_id, event["chunk_id"], event["source"], event["seconds"], source)
+            elif kind == "origin_bytes":
+                self.origin_fetched[node_id] = event["bytes"]
             elif kind == "chunk_failed":
                 transfer = self._pop_transfer(node_id, event)
                 failure = _FAILURE_KINDS.get(event["error_kind"], "fatal")
@@ -278,13 +279,15 @@ class Coordinator:
                 self.progress.set_state(node_id, "failed", _first_line(error))
                 self.failures.append(f"{self.ips[node_id]}: {_first_line(error)}")
 
-    def _stop_agents(self) -> dict[str, int]:
+    def _stop_agents(self, grace: float) -> dict[str, int]:
         served: dict[str, int] = {}
-        refs = {node_id: agent.stop.remote() for node_id, agent in self.agents.items()}
+        refs = {node_id: agent.stop.remote(grace) for node_id, agent in self.agents.items()}
         for node_id, ref in refs.items():
             try:
                 stats = ray.get(ref, timeout=10)
-                served[node_id] = stats["bytes_served"] if stats else 0
+                served[node_id] = (stats or {}).get("bytes_served", 0)
+                if stats:
+                    self.origin_fetched[node_id] = stats["origin_bytes"]
             except RayError:
                 ray.kill(self.agents[node_id], no_restart=True)
                 continue
@@ -314,14 +317,13 @@ class Coordinator:
             )
             for n in snapshot.nodes
         )
-        survivors = sum(1 for n in nodes if n.state != "lost")
         return Report(
             nodes=nodes,
             unique_bytes=self.plan.unique_bytes,
-            origin_bytes=snapshot.origin_bytes,
+            origin_bytes=sum(self.origin_fetched.values()),
             origin_refetches=scheduler.origin_refetches,
             wall_seconds=wall,
-            t_min_seconds=lower_bound(self.plan.unique_bytes, survivors, rates),
+            ideal_seconds=snapshot.ideal_s,
             rates=rates,
             lost_nodes=tuple(n.ip for n in nodes if n.state == "lost"),
             failures=tuple(self.failures),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from xfd.errors import ConfigError, XfdError
+from xfd.errors import ConfigError, DistributionError, XfdError
 from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
@@ -27,13 +27,16 @@ if TYPE_CHECKING:
 # A local Ray started by xfd claims this much shared memory: xfd moves files, not Ray objects, so
 # Ray's default (30% of RAM) would only take memory from the user's work.
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
+# After an interrupt, how long to wait for the agents to stop before handing the interrupt on anyway.
+STOP_AFTER_INTERRUPT_S = 30.0
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connects to Ray: the running session, ``address`` / ``RAY_ADDRESS``, or a new local instance."""
+    """Connects to Ray as Ray's own scripts do: the running session, ``address``, ``RAY_ADDRESS``, or the
+    cluster that ``ray start`` started on this machine; with none of them, a new local instance."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or _running_cluster()
     if address:
         ray.init(address=address, logging_level="WARNING")
         return
@@ -41,21 +44,61 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level="WARNING")
 
 
+def _running_cluster() -> str | None:
+    """What ``ray.init()`` without an address would join: ``RAY_ADDRESS``, else the cluster the last
+    ``ray start`` on this machine started, if it still runs. Resources of a new instance (the object
+    store's size) may only be given when nothing is found: Ray refuses them when joining."""
+    from ray._private.services import get_ray_address_from_environment
+
+    return get_ray_address_from_environment(None, None)
+
+
 def select_nodes(nodes: Iterable[str] | Mapping[str, str] | None) -> list[str]:
     """Node ids to distribute to: all alive nodes, the given ids, or those whose Ray labels match."""
+    return [n["NodeID"] for n in _chosen_nodes(nodes)]
+
+
+def _chosen_nodes(nodes: Iterable[str] | Mapping[str, str] | None) -> list[dict[str, Any]]:
     alive = alive_nodes()
     if nodes is None:
-        return [n["NodeID"] for n in alive]
+        return alive
     if isinstance(nodes, Mapping):
-        chosen = [n["NodeID"] for n in alive if all(n.get("Labels", {}).get(k) == v for k, v in nodes.items())]
+        chosen = [n for n in alive if _has_labels(n, nodes)]
         if not chosen:
             raise ConfigError(f"no alive node has the labels {dict(nodes)}")
         return chosen
     wanted = list(nodes)
-    known = {n["NodeID"] for n in alive}
-    if missing := [n for n in wanted if n not in known]:
+    by_id = {n["NodeID"]: n for n in alive}
+    if missing := [n for n in wanted if n not in by_id]:
         raise ConfigError(f"not alive Ray nodes: {', '.join(missing)}")
-    return wanted
+    return [by_id[n] for n in wanted]
+
+
+def _has_labels(node: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    return all(node.get("Labels", {}).get(key) == value for key, value in labels.items())
+
+
+def choose_nodes(manifest: Manifest, nodes: Iterable[str] | Mapping[str, str] | None) -> list[str]:
+    """:func:`select_nodes`, then :func:`check_node_selectors` against the chosen nodes."""
+    chosen = _chosen_nodes(nodes)
+    check_node_selectors(manifest, chosen)
+    return [n["NodeID"] for n in chosen]
+
+
+def check_node_selectors(manifest: Manifest, nodes: list[dict[str, Any]]) -> None:
+    """Refuses artifacts whose ``nodes`` selector matches none of the chosen nodes: a typo in a label
+    would otherwise ship nothing and report success."""
+    problems = []
+    for index, artifact in enumerate(manifest.artifacts):
+        if artifact.nodes and not any(_has_labels(node, artifact.nodes) for node in nodes):
+            wanted = ", ".join(f'"{k}": "{v}"' for k, v in artifact.nodes.items())
+            problems.append(f"artifacts[{index}] ({artifact.display_name}): no node of the {len(nodes)} chosen "
+                            f"has the labels {{{wanted}}}")
+    if problems:
+        known = sorted({f"{k}={v}" for node in nodes for k, v in node.get("Labels", {}).items()
+                        if not k.startswith("ray.io/")})
+        raise ConfigError("\n".join([*problems, f"labels the chosen nodes have: {', '.join(known) or 'none'}; "
+                                      "fix the artifact's `nodes` (or label the nodes: ray start --labels)"]))
 
 
 def distribute(
@@ -69,13 +112,15 @@ def distribute(
     timeout: float | None = None,
     plan: Plan | None = None,
     faults: Mapping[str, str] | None = None,
+    raise_on_failure: bool = True,
 ) -> Report | Distribution:
     """Puts every artifact of ``manifest`` on the chosen nodes; see :meth:`xfd.Manifest.distribute`."""
     ensure_ray(address)
+    node_ids = choose_nodes(manifest, nodes)  # before planning: a wrong label fails at once, not after listing
     plan = plan or manifest.plan()
-    node_ids = select_nodes(nodes)
-    distribution = Distribution(manifest, plan, node_ids, progress=progress, deep_verify=deep_verify,
-                                timeout=timeout, faults=faults)
+    distribution = Distribution(manifest, plan, node_ids, progress=progress,
+                                deep_verify=deep_verify, timeout=timeout, faults=faults,
+                                raise_on_failure=raise_on_failure)
     if wait:
         return distribution.wait()
     return distribution
@@ -90,14 +135,18 @@ class Distribution:
 
     def __init__(self, manifest: Manifest, plan: Plan, node_ids: list[str], *,
                  progress: str | Callable[[Snapshot], None] | None, deep_verify: bool,
-                 timeout: float | None, faults: Mapping[str, str] | None) -> None:
+                 timeout: float | None, faults: Mapping[str, str] | None, raise_on_failure: bool = True) -> None:
         self.plan = plan
+        self.raise_on_failure = raise_on_failure
         self.snapshot: Snapshot | None = None
         self._changed = threading.Condition()
         self._report: Report | None = None
         self._error: BaseException | None = None
         self._renderer = _renderer(progress, plan)
         self._cancel = threading.Event()
+        # Waited on instead of Thread.join: an interrupt inside join() (Python 3.11's bpo-45274 handling)
+        # marks the still-running thread as finished, and every later join() returns at once.
+        self._finished = threading.Event()
         self._coordinator = Coordinator(plan, manifest.stores, node_ids=node_ids, deep_verify=deep_verify,
                                         timeout_s=timeout, on_progress=self._on_progress, faults=faults,
                                         cancel=self._cancel)
@@ -105,21 +154,43 @@ class Distribution:
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> Report:
-        """Blocks until the distribution ends and returns its report (re-raises its error)."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        """Blocks until the distribution ends and returns its report. A failed run raises
+        :class:`~xfd.errors.DistributionError` carrying the report (unless ``raise_on_failure=False`` was
+        given, then the failed report is returned); any other error of the run is re-raised.
+
+        An interrupt while waiting (Ctrl-C, a notebook's "interrupt kernel") cancels the distribution:
+        transfers stop, nothing partial is published, and the ``KeyboardInterrupt`` reaches the caller
+        once the agents have let go of their destinations, so the next run can start at once.
+        """
+        try:
+            finished = self._finished.wait(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            self._wait_after_interrupt()
+            raise
+        if not finished:
             raise TimeoutError(f"the distribution is still running after {timeout} s")
         if self._error is not None:
             raise self._error
         assert self._report is not None
+        if self.raise_on_failure and not self._report.ok:
+            raise DistributionError(self._report)
         return self._report
+
+    def _wait_after_interrupt(self) -> None:
+        # The coordinator sees the cancel within one loop step and stops every agent. A second interrupt
+        # while it does so leaves at once (the agents end with the driver if it exits).
+        try:
+            self._finished.wait(STOP_AFTER_INTERRUPT_S)
+        except KeyboardInterrupt:
+            pass
 
     def cancel(self) -> None:
         """Asks the distribution to stop; :meth:`wait` then raises ``DistributionCancelled``."""
         self._cancel.set()
 
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._finished.is_set()
 
     @property
     def widget(self) -> Any:
@@ -162,6 +233,7 @@ class Distribution:
             if self._renderer is not None:
                 self._renderer.close(self._report)
             with self._changed:
+                self._finished.set()
                 self._changed.notify_all()
 
 
@@ -216,4 +288,4 @@ class _CallbackRenderer:
         pass
 
 
-__all__ = ["Distribution", "XfdError", "distribute", "ensure_ray", "select_nodes"]
+__all__ = ["Distribution", "XfdError", "check_node_selectors", "choose_nodes", "distribute", "ensure_ray", "select_nodes"]

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,6 +63,32 @@ pub struct Sidecar {
     pub identity: FileIdentity,
     /// Chunk id -> BLAKE3 hex digest of its bytes.
     pub chunks: BTreeMap<String, String>,
+    /// The published file's stamps, taken once it was in place: a file whose stamps differ was touched
+    /// since (edited in place keeping its size, replaced, restored from a backup) and is re-hashed
+    /// before it counts as a cache hit. Absent in records written before stamps were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<FileStamp>,
+}
+
+/// What changes when a file's bytes may have: modification and status-change times, inode, size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub inode: u64,
+    pub size: u64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &fs::Metadata) -> FileStamp {
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        FileStamp {
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            size: meta.len(),
+        }
+    }
 }
 
 /// What is at a destination now, compared with what the plan wants there.
@@ -70,8 +96,11 @@ pub struct Sidecar {
 pub enum CacheState {
     /// Nothing there yet.
     Absent,
-    /// The wanted file, published by xfd: its chunks can be served to peers at once.
+    /// The wanted file, published by xfd and untouched since: its chunks can be served to peers at once.
     Hit(Sidecar),
+    /// The wanted file as xfd published it, but touched since (or published before stamps were kept):
+    /// a cache hit only if its bytes still hash to the sidecar's digests ([`deep_verify`]).
+    Touched(Sidecar),
     /// A file xfd wrote for another identity (an older version): safe to replace.
     Stale,
     /// Something xfd did not write: replaced only with `overwrite`.
@@ -97,11 +126,30 @@ pub struct DestinationLock {
     file: File,
 }
 
+/// Creates `dir` and its missing parents. A file where a directory must be (`/models` a file, for
+/// `/models/m.bin`) is named as the obstacle it is, not as the bare `EEXIST`/`ENOTDIR` the OS gives.
+pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
+    let error = match fs::create_dir_all(dir) {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    let blocker = dir
+        .ancestors()
+        .find(|a| fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()));
+    match blocker {
+        Some(blocker) => Err(Error::NotADirectory {
+            blocker: blocker.to_owned(),
+            needed: dir.to_owned(),
+        }),
+        None => Err(Error::io("create directory", dir, error)),
+    }
+}
+
 /// Takes the destination's lock; refuses at once when another run holds it (waiting could outlast the
 /// caller's patience without saying why).
 pub fn lock_destination(destination: &Path) -> Result<DestinationLock> {
     let parent = destination.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    create_dirs(parent)?;
     let path = lock_path(destination);
     loop {
         let file = File::options()
@@ -225,7 +273,11 @@ pub fn inspect(destination: &Path, identity: &FileIdentity) -> Result<CacheState
         return Ok(CacheState::Foreign);
     }
     if sidecar.format == SIDECAR_FORMAT && &sidecar.identity == identity && meta.len() == identity.size {
-        Ok(CacheState::Hit(sidecar))
+        if sidecar.stamp == Some(FileStamp::of(&meta)) {
+            Ok(CacheState::Hit(sidecar))
+        } else {
+            Ok(CacheState::Touched(sidecar))
+        }
     } else {
         Ok(CacheState::Stale)
     }
@@ -259,10 +311,10 @@ impl PartFile {
     /// Opens the part file, keeping the chunks an interrupted run recorded (after re-hashing them),
     /// or creates it preallocated. Refuses a destination that holds a user's file unless `overwrite`.
     pub fn open(target: FileTarget) -> Result<PartFile> {
+        let parent = target.destination.parent().unwrap_or(Path::new("/"));
+        create_dirs(parent)?;
         recover_interrupted_publish(&target)?;
         refuse_foreign(&target)?;
-        let parent = target.destination.parent().unwrap_or(Path::new("/"));
-        fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
         let part = part_path(&target.destination);
         let resumed = resumable_chunks(&target, &part);
         let file = File::options()
@@ -379,6 +431,7 @@ impl PartFile {
             format: SIDECAR_FORMAT.into(),
             identity: self.target.identity.clone(),
             chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
+            stamp: None,
         };
         put_in_place(&part, destination, &sidecar, faults)?;
         let _ = fs::remove_file(state_path(destination));
@@ -396,7 +449,23 @@ fn put_in_place(part: &Path, destination: &Path, sidecar: &Sidecar, faults: &Fau
     faults.crash_point(Point::Publish);
     fs::rename(part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
     sync_directory(destination)?;
-    fs::rename(&publishing, sidecar_path(destination)).map_err(|e| Error::io("rename into place", &publishing, e))?;
+    seal(destination, sidecar)
+}
+
+/// Records `sidecar` as the published file's, with the file's stamps as they are now, and drops the
+/// publishing record. A crash between the two leaves both, and the next run re-verifies and seals again.
+pub fn seal(destination: &Path, sidecar: &Sidecar) -> Result<()> {
+    let meta = fs::symlink_metadata(destination).map_err(|e| Error::io("stat", destination, e))?;
+    let sealed = Sidecar {
+        stamp: Some(FileStamp::of(&meta)),
+        ..sidecar.clone()
+    };
+    write_json_atomically(&sidecar_path(destination), &sealed)?;
+    let publishing = publishing_path(destination);
+    match fs::remove_file(&publishing) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove", &publishing, e)),
+        _ => {}
+    }
     sync_directory(destination)
 }
 
@@ -415,10 +484,8 @@ pub fn recover_interrupted_publish(target: &FileTarget) -> Result<()> {
     let size_matches =
         fs::symlink_metadata(&target.destination).is_ok_and(|m| m.is_file() && m.len() == target.identity.size);
     if record.identity == target.identity && size_matches && deep_verify(&target.destination, target, &record)? {
-        fs::rename(&publishing, sidecar_path(&target.destination))
-            .map_err(|e| Error::io("rename into place", &publishing, e))?;
         let _ = fs::remove_file(state_path(&target.destination));
-        return sync_directory(&target.destination);
+        return seal(&target.destination, &record);
     }
     fs::remove_file(&publishing).map_err(|e| Error::io("remove", &publishing, e))
 }
@@ -427,7 +494,7 @@ pub fn recover_interrupted_publish(target: &FileTarget) -> Result<()> {
 pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Result<()> {
     refuse_foreign(target)?;
     let parent = target.destination.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    create_dirs(parent)?;
     let part = part_path(&target.destination);
     // Removed first: `fs::copy` would write through a symlink planted at the part file's name.
     let _ = fs::remove_file(&part);

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,10 @@ pub struct Engine {
     writing: Mutex<HashMap<String, Arc<FencedFile>>>,
     /// Objects whose part file the disk refused to write: discarded when the engine ends.
     unwritable: Mutex<BTreeSet<String>>,
+    /// Set by [`Engine::close`]: no transfer may take the destinations again.
+    closed: AtomicBool,
+    /// Object bytes received from the origin by this engine, every attempt included.
+    origin_received: Arc<AtomicU64>,
 }
 
 /// Removes a chunk from the writing set when its fetch ends, however it ends (error, cancellation).
@@ -178,7 +183,8 @@ impl Drop for WritingGuard<'_> {
 impl Engine {
     /// Checks the plan against this node's configuration and opens its stores (no network yet).
     pub fn new(plan: Plan, config: EngineConfig) -> Result<Engine> {
-        let stores = open_stores(&plan, &config)?;
+        let origin_received = Arc::new(AtomicU64::new(0));
+        let stores = open_stores(&plan, &config, &origin_received)?;
         let mut objects = BTreeMap::new();
         let mut chunks = HashMap::new();
         for object in &plan.objects {
@@ -209,6 +215,8 @@ impl Engine {
             server: Mutex::new(None),
             writing: Mutex::new(Default::default()),
             unwritable: Mutex::new(BTreeSet::new()),
+            closed: AtomicBool::new(false),
+            origin_received,
             config,
         })
     }
@@ -598,7 +606,7 @@ impl Engine {
             let options = UnpackOptions {
                 format: step.format.parse::<ArchiveFormat>()?,
                 faults: self.config.faults.clone(),
-                ..options.clone()
+                ..options.for_plan(step, &self.plan.settings)
             };
             let identity = format!("{}:{}", step.object_id, step.format);
             let (a, d) = (archive.clone(), destination.clone());
@@ -621,6 +629,34 @@ impl Engine {
             done.push(event);
         }
         Ok(done)
+    }
+
+    /// Ends this engine's hold on its destinations: gives a refusing disk its space back (the part
+    /// files it could not complete are removed; the destinations were never touched), closes the part
+    /// files and lets go of every destination lock, removing the lock files. Other part files stay for
+    /// the next run to resume. Call once the transfers have ended ([`Engine::stop_server`] and the
+    /// caller's cancel first): the next run on this node may start at once, in this very process,
+    /// while something else still holds a reference to this engine. Idempotent; `Drop` calls it too.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let unwritable = std::mem::take(&mut *self.unwritable.lock().unwrap());
+        for work in self.objects.values() {
+            let mut work = work.lock().unwrap();
+            let discard = unwritable.contains(&work.object.id)
+                && work.published.is_none()
+                && work.locks.iter().all(assembly::DestinationLock::still_guards);
+            work.part = None;
+            if discard {
+                assembly::discard_part(&work.targets[0].destination);
+            }
+            work.locks.clear();
+        }
+    }
+
+    /// Object bytes this engine received from the origin so far: retries, resumed ranges and transfers
+    /// cut short (cancelled, failed) included, so it is what the origin served to this node.
+    pub fn origin_bytes(&self) -> u64 {
+        self.origin_received.load(Ordering::Relaxed)
     }
 
     /// Takes every event so far (oldest first).
@@ -660,6 +696,10 @@ impl Engine {
         let mut work = work.lock().unwrap();
         if work.published.is_some() {
             return Ok(None);
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            // A transfer that outlived its run's cancel must not lock the destinations again.
+            return Err(Error::Task("the run on this node has ended".into()));
         }
         work.lock_destinations()?;
         if work.part.is_none() {
@@ -780,16 +820,8 @@ impl Engine {
 }
 
 impl Drop for Engine {
-    /// Gives a refusing disk its space back: the part files it could not complete are removed (the
-    /// destinations were never touched). Other part files stay for the next run to resume.
     fn drop(&mut self) {
-        for object_id in self.unwritable.lock().unwrap().iter() {
-            let mut work = self.objects[object_id].lock().unwrap();
-            if work.published.is_none() && work.locks.iter().all(assembly::DestinationLock::still_guards) {
-                work.part = None;
-                assembly::discard_part(&work.targets[0].destination);
-            }
-        }
+        self.close();
     }
 }
 
@@ -866,10 +898,18 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Res
 fn find_cache_hit(work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, Sidecar)>> {
     for (index, target) in work.targets.iter().enumerate() {
         assembly::recover_interrupted_publish(target)?;
-        if let CacheState::Hit(sidecar) = assembly::inspect(&target.destination, &target.identity)?
-            && (!deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)?)
-        {
-            return Ok(Some((index, sidecar)));
+        match assembly::inspect(&target.destination, &target.identity)? {
+            CacheState::Hit(sidecar)
+                if !deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)? =>
+            {
+                return Ok(Some((index, sidecar)));
+            }
+            CacheState::Touched(sidecar) if assembly::deep_verify(&target.destination, target, &sidecar)? => {
+                // Touched but the same bytes (copied back, `touch`ed, chmod-ed): trusted again from now on.
+                assembly::seal(&target.destination, &sidecar)?;
+                return Ok(Some((index, sidecar)));
+            }
+            _ => {}
         }
     }
     Ok(None)
@@ -963,7 +1003,11 @@ fn peer_client(config: &EngineConfig) -> Result<Option<P2pClient>> {
 /// A store, or why it could not be opened: `(url, message)`.
 type OpenedStore = std::result::Result<Arc<dyn ObjectStore>, (String, String)>;
 
-fn open_stores(plan: &Plan, config: &EngineConfig) -> Result<BTreeMap<String, OpenedStore>> {
+fn open_stores(
+    plan: &Plan,
+    config: &EngineConfig,
+    origin_received: &Arc<AtomicU64>,
+) -> Result<BTreeMap<String, OpenedStore>> {
     plan.stores
         .iter()
         .map(|(name, store)| {
@@ -977,10 +1021,14 @@ fn open_stores(plan: &Plan, config: &EngineConfig) -> Result<BTreeMap<String, Op
                     message: format!("this node's store {name:?} is {}", configured.url),
                 });
             }
-            let opened = origin::open_store(&configured).map_err(|error| match error {
-                Error::StoreConfig { url, message } => (url, message),
-                other => (store.url.clone(), other.to_string()),
-            });
+            let opened = origin::open_store(&configured)
+                .map(|opened| -> Arc<dyn ObjectStore> {
+                    Arc::new(origin::CountingStore::new(opened, origin_received.clone()))
+                })
+                .map_err(|error| match error {
+                    Error::StoreConfig { url, message } => (url, message),
+                    other => (store.url.clone(), other.to_string()),
+                });
             Ok((name.clone(), opened))
         })
         .collect()

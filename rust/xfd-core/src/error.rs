@@ -35,6 +35,13 @@ pub enum Error {
         advice: &'static str,
     },
 
+    /// A file stands where a destination needs a directory.
+    #[error(
+        "cannot create directory {needed}: {blocker} is a file in the way (a directory is needed there); \
+         move or remove that file, or choose another destination"
+    )]
+    NotADirectory { blocker: PathBuf, needed: PathBuf },
+
     /// Another xfd run on this node is writing the destination now (it holds the destination's lock).
     #[error(
         "destination {path} is being written by another xfd run on this node; wait for that run to end \
@@ -130,7 +137,10 @@ pub enum Error {
     TooManyArchiveEntries { archive: PathBuf, max_entries: u64 },
 
     /// A destination that holds something xfd did not write; it is left untouched.
-    #[error("destination {path} exists and was not written by xfd; pass overwrite to replace it")]
+    #[error(
+        "destination {path} exists and was not written by xfd; to replace it, set `overwrite = true` under \
+         [settings] in the manifest (builder: `.settings(overwrite=True)`), or remove it"
+    )]
     DestinationExists { path: PathBuf },
 
     /// A destination path that cannot be unpacked into (for example `/` or a path ending in `..`).

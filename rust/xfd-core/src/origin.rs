@@ -17,8 +17,10 @@ use crate::error::{Error, Result};
 use crate::hash::ChunkDigest;
 use crate::sink::PositionalWrite;
 
+mod counting;
 mod stores;
 
+pub use counting::CountingStore;
 pub use stores::{StoreConfig, open_store};
 
 /// Bytes gathered before one positional write: few syscalls, and a bounded buffer per transfer.

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use xfd_core::assembly::{
-    CacheState, ChunkSpan, FileIdentity, FileTarget, PartFile, deep_verify, inspect, part_path, publish_copy,
+    CacheState, ChunkSpan, FileIdentity, FileTarget, PartFile, deep_verify, inspect, part_path, publish_copy, seal,
     sidecar_path,
 };
 use xfd_core::{ChunkDigest, Error};
@@ -81,6 +81,36 @@ fn chunks_assemble_into_a_published_file_with_a_sidecar() {
 }
 
 #[test]
+fn a_published_file_touched_since_must_prove_its_bytes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = dir.path().join("model.bin");
+    let bytes = data(3500);
+    let wanted = target(&destination, 3500, "e1");
+    let sidecar = assemble(wanted.clone(), &bytes).unwrap();
+
+    // Edited in place, same size: no longer a plain cache hit, and its bytes fail verification.
+    let file = fs::OpenOptions::new().write(true).open(&destination).unwrap();
+    file.write_all_at(b"edited", 100).unwrap();
+    drop(file);
+    let CacheState::Touched(recorded) = inspect(&destination, &wanted.identity).unwrap() else {
+        panic!("an edited file must not be a cache hit")
+    };
+    assert!(!deep_verify(&destination, &wanted, &recorded).unwrap());
+
+    // Put back byte for byte: touched, but verified, and a hit again once sealed anew.
+    fs::write(&destination, &bytes).unwrap();
+    let CacheState::Touched(recorded) = inspect(&destination, &wanted.identity).unwrap() else {
+        panic!("a rewritten file must be verified before it is trusted")
+    };
+    assert!(deep_verify(&destination, &wanted, &recorded).unwrap());
+    seal(&destination, &sidecar).unwrap();
+    assert!(matches!(
+        inspect(&destination, &wanted.identity).unwrap(),
+        CacheState::Hit(_)
+    ));
+}
+
+#[test]
 fn an_incomplete_file_is_never_published() {
     let dir = tempfile::tempdir().unwrap();
     let destination = dir.path().join("f");
@@ -107,6 +137,20 @@ fn a_user_file_at_the_destination_is_left_alone_unless_overwrite() {
     forced.overwrite = true;
     assemble(forced, &data(1500)).unwrap();
     assert_eq!(fs::read(&destination).unwrap(), data(1500));
+}
+
+#[test]
+fn a_file_in_the_way_of_a_directory_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("models"), b"a user's file").unwrap();
+    let destination = dir.path().join("models/sub/m.bin");
+    let error = assemble(target(&destination, 1500, "e"), &data(1500)).err().unwrap();
+    let Error::NotADirectory { blocker, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(blocker, &dir.path().join("models"));
+    assert!(error.to_string().contains("is a file in the way"), "{error}");
+    assert_eq!(fs::read(dir.path().join("models")).unwrap(), b"a user's file");
 }
 
 #[test]

@@ -927,7 +927,10 @@ fn a_users_destination_is_refused_untouched_unless_overwrite() {
             matches!(&err, Error::DestinationExists { path } if path == &dest),
             "{err}"
         );
-        assert!(err.to_string().contains("pass overwrite to replace it"), "{err}");
+        assert!(
+            err.to_string().contains("set `overwrite = true` under [settings]"),
+            "{err}"
+        );
 
         let overwrite = UnpackOptions {
             overwrite: true,

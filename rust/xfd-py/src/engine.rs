@@ -143,6 +143,16 @@ impl PyEngine {
             .ok();
     }
 
+    /// Ends the run on this node: background transfers are cancelled (see [`PyEngine::cancel`]), then
+    /// the part files and destination locks are let go, so that the next run on this node can start at
+    /// once, even while another thread still holds this engine (a pending `wait_events`).
+    #[pyo3(signature = (grace = 10.0))]
+    fn close(&self, py: Python<'_>, grace: f64) {
+        self.cancel(py, grace);
+        let engine = self.inner.clone();
+        py.detach(|| engine.close());
+    }
+
     /// Fetches one chunk from the peer at `host:port` (blocking), verified against `expected_digest`.
     #[pyo3(signature = (chunk_id, host, port, expected_digest = None))]
     fn fetch_from_peer<'py>(
@@ -249,6 +259,12 @@ impl PyEngine {
     /// `True` when every file of the plan is published on this node.
     fn is_complete(&self) -> bool {
         self.inner.is_complete()
+    }
+
+    /// Object bytes received from the origin so far, every attempt included (what the origin served).
+    #[getter]
+    fn origin_bytes(&self) -> u64 {
+        self.inner.origin_bytes()
     }
 
     /// Number of verified chunks this node can serve to peers.

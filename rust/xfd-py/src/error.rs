@@ -34,7 +34,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         Error::ObjectChanged { .. } => ObjectChangedError::new_err(message),
         Error::StoreConfig { .. } | Error::InvalidP2pConfig { .. } => StoreConfigError::new_err(message),
         Error::Sha256Mismatch { .. } | Error::PeerDigestMismatch { .. } => IntegrityError::new_err(message),
-        Error::DestinationExists { .. } => DestinationExistsError::new_err(message),
+        Error::DestinationExists { .. } | Error::NotADirectory { .. } => DestinationExistsError::new_err(message),
         Error::InvalidArchiveFormat { .. } | Error::UnknownArchiveFormat { .. } | Error::ArchiveUnreadable { .. } => {
             ArchiveError::new_err(message)
         }

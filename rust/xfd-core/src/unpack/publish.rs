@@ -84,7 +84,7 @@ impl Destination {
 
     /// An empty directory beside the destination, removed when dropped unless published.
     pub(super) fn create_staging(&self) -> Result<TempDir> {
-        fs::create_dir_all(&self.parent).map_err(|e| Error::io("create directory", &self.parent, e))?;
+        crate::assembly::create_dirs(&self.parent)?;
         self.hidden_temp_dir(STAGING_INFIX)
     }
 
