@@ -632,9 +632,9 @@ impl Engine {
     }
 
     /// Ends this engine's hold on its destinations: gives a refusing disk its space back (the part
-    /// files it could not complete are removed; the destinations were never touched), closes the part
-    /// files and lets go of every destination lock, removing the lock files. Other part files stay for
-    /// the next run to resume. Call once the transfers have ended ([`Engine::stop_server`] and the
+    /// files it could not complete are removed; the destinations were never touched), removes part files
+    /// with nothing recorded, closes the others and lets go of every destination lock, removing the lock
+    /// files. Part files with recorded chunks stay for the next run to resume. Call once the transfers have ended ([`Engine::stop_server`] and the
     /// caller's cancel first): the next run on this node may start at once, in this very process,
     /// while something else still holds a reference to this engine. Idempotent; `Drop` calls it too.
     pub fn close(&self) {
@@ -642,8 +642,12 @@ impl Engine {
         let unwritable = std::mem::take(&mut *self.unwritable.lock().unwrap());
         for work in self.objects.values() {
             let mut work = work.lock().unwrap();
-            let discard = unwritable.contains(&work.object.id)
+            // A part file with no chunk recorded (a refused or cancelled run opened it) holds nothing to
+            // resume: it goes, so a run that did nothing leaves nothing beside the destinations.
+            let nothing_to_resume = work.part.as_ref().is_some_and(|part| part.done().is_empty());
+            let discard = (unwritable.contains(&work.object.id) || nothing_to_resume)
                 && work.published.is_none()
+                && !work.locks.is_empty()
                 && work.locks.iter().all(assembly::DestinationLock::still_guards);
             work.part = None;
             if discard {

@@ -486,6 +486,51 @@ async fn a_second_engine_on_the_same_destinations_is_refused_until_the_first_end
     assert_eq!(third.scan().await.unwrap().cached_files, 1);
 }
 
+#[tokio::test]
+async fn a_closed_engine_lets_go_of_its_destinations_while_something_still_holds_it() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("k", bytes(2 * CHUNK as usize, 2), &["/f"])], None).await;
+    let first = Arc::new(engine(&plan, root.path()));
+    first.scan().await.unwrap();
+    let still_held = first.clone(); // as a pending `wait_events` call holds it after the run stopped
+    first.close();
+    let late = still_held.fetch_from_origin(&plan.objects[0].chunks[0].id).await;
+    assert!(
+        late.is_err(),
+        "a transfer of a closed engine must not take the destination again"
+    );
+    let second = engine(&plan, root.path());
+    second.scan().await.expect("the next run starts at once");
+    fetch_all_from_origin(&second).await;
+    assert_eq!(fs::read(root.path().join("f")).unwrap(), bytes(2 * CHUNK as usize, 2));
+}
+
+#[tokio::test]
+async fn a_refused_run_leaves_nothing_beside_the_other_destinations() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let objects: &[(&str, Vec<u8>, &[&str])] = &[
+        ("a", bytes(CHUNK as usize, 1), &["/one/a.bin"]),
+        ("b", bytes(CHUNK as usize, 2), &["/two/user.bin"]),
+    ];
+    let plan = plan_for(origin.path(), objects, None).await;
+    fs::create_dir_all(root.path().join("two")).unwrap();
+    fs::write(root.path().join("two/user.bin"), b"a user's file").unwrap();
+    let refused = engine(&plan, root.path());
+    assert!(matches!(refused.scan().await, Err(Error::DestinationExists { .. })));
+    refused.close();
+    let left: Vec<_> = fs::read_dir(root.path().join("one"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "xfd files left beside an unrelated destination: {left:?}"
+    );
+    assert_eq!(fs::read(root.path().join("two/user.bin")).unwrap(), b"a user's file");
+}
+
 /// `/f` published from `data`, then its sidecar put back to "publishing": the state a crash between
 /// the rename into place and the sidecar's rename leaves (or, with the file replaced, one before it).
 async fn published_then_crashed(data: &[u8]) -> (tempfile::TempDir, tempfile::TempDir, Plan) {
