@@ -214,6 +214,28 @@ def test_ctrl_c_stops_the_run_and_the_next_run_completes(cluster, s3, bucket, co
     assert_on_every_node(cluster, files_a(contents))
 
 
+def test_a_run_that_times_out_reports_what_the_origin_served(cluster, s3, bucket, contents, origin):
+    from xfd.sandbox.proxy import _THROTTLED_BLOCK
+
+    clear(cluster)
+    assert manifest_b(s3, bucket, origin.endpoint).distribute(progress=None).ok  # agents warm: no start-up
+    origin.reset()
+    origin.throttle(256 * 1024)  # 3 MiB take 12 s: the run times out half-way
+    report = manifest_a(s3, bucket, origin.endpoint).distribute(progress=None, timeout=6, raise_on_failure=False)
+    wait_until(lambda: origin.responses_in_flight() == 0)
+    origin.throttle(None)
+
+    assert not report.ok and any("timed out" in f for f in report.failures), report.summary()
+    assert len(set(report.failures)) == len(report.failures), report.failures
+    served = object_bytes(origin)
+    cut = sum(1 for r in origin.traffic().requests if r.range and r.body_bytes < 1 << 20)
+    # What the engines received: the origin's count, less at most one block it wrote into each connection
+    # the engines had already closed (cut transfers).
+    assert 0 < served - cut * _THROTTLED_BLOCK <= report.origin_bytes <= served, (report.origin_bytes, served)
+    for node in cluster.nodes:  # nothing partial was published
+        assert not localize("/habits/model.bin", node.root).exists()
+
+
 def wait_until(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -67,11 +67,18 @@ class NodeAgent:
         }
 
     def assign(self, origin: list[str], peers: list[tuple[str, str, int, str | None]]) -> None:
-        """Starts transfers; they finish in the background and report through :meth:`events`."""
+        """Starts transfers; they finish in the background and report through :meth:`events`.
+
+        Dropped when the run has already stopped: assignments are not awaited, and a threaded actor does
+        not keep one caller's calls in order, so one sent just before :meth:`stop` may arrive after it.
+        """
+        engine = self.engine
+        if engine is None:
+            return
         if origin:
-            self.engine.submit_origin(origin)
+            engine.submit_origin(origin)
         if peers:
-            self.engine.submit_peer(peers)
+            engine.submit_peer(peers)
 
     def events(self, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
         """Waits up to ``timeout`` seconds for events, then returns all of them; last, when it grew, an

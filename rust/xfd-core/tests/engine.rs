@@ -391,7 +391,15 @@ async fn race(slow_is_corrupt: bool) {
     let expected = Some(xfd_core::ChunkDigest::of_bytes(&data));
     let primary = leecher.fetch_from_peer(&chunk, slow_address, expected);
     let duplicate = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Once the slow transfer has claimed the chunk (a fixed head start can be too short on a busy
+        // machine, and the duplicate would then be the first writer, not the endgame's second).
+        while !leecher
+            .drain_events()
+            .iter()
+            .any(|e| matches!(e, Event::ChunkStarted { .. }))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         leecher.fetch_from_peer(&chunk, fast_address, expected).await
     };
     let (primary, duplicate) = tokio::join!(primary, duplicate);
