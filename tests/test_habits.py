@@ -250,4 +250,4 @@ def test_nodes_without_a_matching_label_are_an_error_not_an_empty_success(cluste
         "m", "other.bin", to="/habits/other.bin", nodes={"gpu": "h100"}).build()
     with pytest.raises(ConfigError, match=r'artifacts\[0\].*"gpu": "h100"'):
         manifest.distribute(progress=None)
-    assert object_bytes(origin) == 0
+    assert origin.traffic().requests == (), "refused before planning: not one request to the store"
