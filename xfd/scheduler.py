@@ -146,7 +146,15 @@ class Scheduler:
 
     @property
     def failed_chunks(self) -> dict[str, str]:
+        """Every chunk given up for good, and why (a copy: O(failures))."""
         return {self.chunks[i]: reason for i, reason in self._core.failed_chunks().items()}
+
+    def failure(self, chunk: str) -> str | None:
+        """Why ``chunk`` was given up for good, or ``None`` (also for a chunk the scheduler does not know).
+        One lookup: asking :attr:`failed_chunks` after each failed transfer made a run in which many chunks
+        fail quadratic."""
+        index = self._chunk_index.get(chunk)
+        return None if index is None else self._core.failure(index)
 
     @property
     def lost_nodes(self) -> list[str]:

@@ -45,10 +45,10 @@ def plan_html(plan: Plan) -> str:
         f"<p><b>Plan</b>: {counted(len(plan.files), 'file')}, {counted(len(plan.objects), 'unique object')}, "
         f"{escape(human_size(plan.unique_bytes))}, {counted(plan.chunk_count, 'chunk')}</p>"
     )
+    shown = [(f, plan.object(f.object_id)) for f in plan.files[:200]]
     files = table(
         ["artifact", "destination", "size", "chunks"],
-        [(f.artifact, f.destination, human_size(plan.object(f.object_id).size), len(plan.object(f.object_id).chunks))
-         for f in plan.files[:200]],
+        [(f.artifact, f.destination, human_size(o.size), len(o.chunks)) for f, o in shown],
     )
     more = f"<p>... and {len(plan.files) - 200} more files</p>" if len(plan.files) > 200 else ""
     return f"<div class='xfd-plan'>{header}{files}{more}</div>"

@@ -25,7 +25,7 @@ use crate::faults::{Faults, Point};
 use crate::hash::{ChunkDigest, hash_file_range};
 use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
 use crate::p2p::{ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, ServerStats};
-use crate::plan::{Plan, PlanChunk, PlanObject};
+use crate::plan::{Plan, PlanChunk, PlanFile, PlanObject};
 use crate::sink::FencedFile;
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
 
@@ -187,8 +187,9 @@ impl Engine {
         let stores = open_stores(&plan, &config, &origin_received)?;
         let mut objects = BTreeMap::new();
         let mut chunks = HashMap::new();
+        let index = plan.index();
         for object in &plan.objects {
-            let targets = targets_of(&plan, object, &config)?;
+            let targets = targets_of(&plan, object, index.files_of(&object.id), &config)?;
             if targets.is_empty() {
                 continue;
             }
@@ -585,13 +586,15 @@ impl Engine {
     /// Runs the plan's unpacks whose archives are published on this node.
     pub async fn finish(&self, options: UnpackOptions) -> Result<Vec<Event>> {
         let mut done = Vec::new();
+        let index = self.plan.index();
         for step in &self.plan.unpacks {
             let Some(work) = self.objects.get(&step.object_id) else {
                 continue;
             };
-            let archive_here = self.plan.files.iter().any(|f| {
-                f.object_id == step.object_id && f.destination == step.archive && f.applies_to(&self.config.node_labels)
-            });
+            let archive_here = index
+                .files_of(&step.object_id)
+                .iter()
+                .any(|f| f.destination == step.archive && f.applies_to(&self.config.node_labels));
             if !archive_here {
                 continue; // this archive's artifact targets other nodes
             }
@@ -1038,7 +1041,9 @@ fn open_stores(
         .collect()
 }
 
-fn targets_of(plan: &Plan, object: &PlanObject, config: &EngineConfig) -> Result<Vec<FileTarget>> {
+/// The destinations of `object` on this node: those of its `files` (from [`Plan::index`], so that
+/// making the targets of every object reads each file once) whose node selector this node matches.
+fn targets_of(plan: &Plan, object: &PlanObject, files: &[&PlanFile], config: &EngineConfig) -> Result<Vec<FileTarget>> {
     let store_url = plan
         .stores
         .get(&object.store)
@@ -1060,9 +1065,9 @@ fn targets_of(plan: &Plan, object: &PlanObject, config: &EngineConfig) -> Result
             length: c.length,
         })
         .collect();
-    plan.files
+    files
         .iter()
-        .filter(|f| f.object_id == object.id && f.applies_to(&config.node_labels))
+        .filter(|f| f.applies_to(&config.node_labels))
         .map(|file| {
             Ok(FileTarget {
                 destination: localize(&config.node_root, &file.destination)?,

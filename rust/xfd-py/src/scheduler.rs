@@ -134,6 +134,11 @@ impl PyScheduler {
         self.inner.failed_chunks().clone()
     }
 
+    /// Why `chunk` was given up, or `None`: one lookup, where `failed_chunks` copies every failure.
+    fn failure(&self, chunk: u32) -> Option<String> {
+        self.inner.failed_chunks().get(&chunk).cloned()
+    }
+
     fn lost_nodes(&self) -> Vec<u32> {
         self.inner.lost_nodes().to_vec()
     }
