@@ -21,6 +21,7 @@ import obstore
 import pytest
 
 from xfd import Manifest
+from xfd.errors import DistributionError
 from xfd.nodes import localize
 from xfd.sandbox.samples import tar_gz
 
@@ -184,7 +185,7 @@ def test_an_origin_that_keeps_failing_ends_the_run_with_its_error(cluster, s3, b
     plan = manifest.plan()
     origin.refuse(f"/{bucket}/root/model.bin", 500)  # down for that object, for good
 
-    report = manifest.distribute(plan=plan, progress=None, timeout=240)
+    report = manifest.distribute(plan=plan, progress=None, timeout=240, raise_on_failure=False)
 
     assert not report.ok, report.summary()
     assert any('origin fetch of "model.bin" failed' in f for f in report.failures), report.summary()
@@ -199,7 +200,7 @@ def test_an_object_overwritten_mid_run_is_reported_and_never_mixed(cluster, s3, 
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
     origin.throttle(1 * MiB)
-    handle = manifest.distribute(plan=plan, progress=None, wait=False)
+    handle = manifest.distribute(plan=plan, progress=None, wait=False, raise_on_failure=False)
     wait_until(lambda: origin.traffic().get_bytes_for(f"/{bucket}/root/model.bin") >= MiB, "the first chunk")
     obstore.put(s3.store(bucket), "root/model.bin", os.urandom(len(contents["root/model.bin"])))
     origin.throttle(None)
@@ -220,7 +221,9 @@ def test_two_runs_of_one_manifest_on_the_same_nodes_do_not_collide(cluster, s3, 
     first = manifest.distribute(plan=plan, progress=None, wait=False)
     wait_until(lambda: origin.traffic().get_bytes_for(f"/{bucket}/root/model.bin") > 0, "the first run to fetch")
 
-    second = manifest.distribute(plan=plan, progress=None)
+    with pytest.raises(DistributionError) as raised:
+        manifest.distribute(plan=plan, progress=None)
+    second = raised.value.report
     origin.throttle(None)
     first_report = first.wait(timeout=240)
 

@@ -11,7 +11,7 @@ import obstore
 import pytest
 
 from xfd import Manifest
-from xfd.errors import XfdError
+from xfd.errors import DistributionError, XfdError
 
 pytestmark = pytest.mark.cluster
 CANARY = "CANARY-9d2e-do-not-print"
@@ -40,10 +40,12 @@ def test_a_canary_secret_appears_nowhere(cluster, s3, bucket, origin, capfd, cap
     failing = manifest_with_canary(s3, bucket, origin.endpoint, "/secrets/again/model.bin")
     failing_plan = failing.plan()
     origin.refuse(f"/{bucket}/root/model.bin", 403)  # the origin now denies every read: a failed run
-    failed = failing.distribute(plan=failing_plan, progress=None)
+    with pytest.raises(DistributionError) as raised:
+        failing.distribute(plan=failing_plan, progress=None)
+    failed = raised.value.report
     assert not failed.ok
     assert any("refused access" in f for f in failed.failures), failed.summary()
-    seen += [failed.summary(), repr(failed)]
+    seen += [str(raised.value), failed.summary(), repr(failed)]
     with pytest.raises(XfdError) as refused:
         failing.plan()  # planning against a denying origin fails too, with a message
     seen.append(str(refused.value))
