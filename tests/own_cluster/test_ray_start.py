@@ -34,12 +34,13 @@ while sum(n["Alive"] for n in ray.nodes()) < 2:
 """
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`ray start ... --block` in a session of its own: ending that session ends exactly this cluster
-    (`ray stop` would stop every Ray on the machine)."""
-    return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000",
-                             "--disable-usage-stats", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (`ray stop` would stop every Ray on the machine). Its output goes to ``log``, shown if it fails."""
+    with log.open("w") as output:
+        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000",
+                                 "--disable-usage-stats", *args], env=env, start_new_session=True,
+                                stdout=output, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -63,16 +64,17 @@ def ray_started(tmp_path):
     for root in roots:
         root.mkdir()
     previous = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
+    head_log = tmp_path / "ray-start-head.log"
     head = start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--include-dashboard=false",
-                  f'--labels={{"xfd-root": "{roots[0]}"}}'], env)
+                  f'--labels={{"xfd-root": "{roots[0]}"}}'], env, head_log)
     processes = [head]
     try:
         deadline = time.monotonic() + 120
         while not (CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text().strip() == f"{HEAD_IP}:{port}"):
-            assert head.poll() is None and time.monotonic() < deadline, "ray start --head failed"
+            assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed:\n{head_log.read_text()}"
             time.sleep(0.3)
         processes.append(start([f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}",
-                                f'--labels={{"xfd-root": "{roots[1]}"}}'], env))
+                                f'--labels={{"xfd-root": "{roots[1]}"}}'], env, tmp_path / "ray-start-worker.log"))
         subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, f"{HEAD_IP}:{port}"], env=env, check=True,
                        timeout=180)
         yield env, roots

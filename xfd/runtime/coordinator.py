@@ -211,7 +211,7 @@ class Coordinator:
                 if transfer is not None:
                     scheduler.failed(transfer, failure, event["error"])
                 # Fatal at once, or given up by the scheduler (the origin failed it round after round).
-                fatal = failure == "fatal" or event["chunk_id"] in scheduler.failed_chunks
+                fatal = failure == "fatal" or scheduler.failure(event["chunk_id"]) is not None
                 self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
                 if fatal:
                     self.failures.append(f"{self.ips[node_id]}: {event['error']}")
