@@ -23,7 +23,7 @@ UNSHARE = shutil.which("unshare")
 ENGINE_RUN = r"""
 import json, os, subprocess, sys
 from xfd import Manifest
-from xfd.engine import node_engine
+from xfd.engine import node_engine, state_dir
 from xfd.errors import XfdError
 
 root, manifest_toml, read_only = sys.argv[1], sys.argv[2], sys.argv[3] == "ro"
@@ -45,7 +45,9 @@ except XfdError as error:
     outcome |= {"error": type(error).__name__, "message": str(error),
                 "errno": getattr(error, "errno", None), "filename": getattr(error, "filename", None)}
 engine = None  # the run ends: what it could not finish is removed
-outcome["files"] = sorted(str(p.relative_to(root)) for p in __import__("pathlib").Path(root).rglob("*"))
+store = state_dir(root)  # the node store (on the same small disk) is left out: only the user's side counts
+outcome["files"] = sorted(str(p.relative_to(root)) for p in __import__("pathlib").Path(root).rglob("*")
+                          if p != store and store not in p.parents and p not in store.parents)
 outcome["mine"] = open(f"{root}/models/mine.txt").read()
 outcome["free"] = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize
 print(json.dumps(outcome))

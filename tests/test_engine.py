@@ -6,13 +6,14 @@ import io
 import os
 import tarfile
 import time
+from pathlib import Path
 
 import obstore
 import pytest
 
 from xfd import Manifest
-from xfd.engine import node_engine
-from xfd.errors import DestinationExistsError, ObjectChangedError, UnsafeArchiveError, XfdError
+from xfd.engine import node_engine, state_dir
+from xfd.errors import ConfigError, DestinationExistsError, ObjectChangedError, UnsafeArchiveError, XfdError
 from xfd.sandbox import CountingProxy, LocalS3
 from xfd.sandbox.samples import tar_gz
 
@@ -34,6 +35,12 @@ def objects(s3: LocalS3, bucket: str) -> dict[str, bytes]:
     for key, data in contents.items():
         obstore.put(s3.store(bucket), key, data)
     return contents
+
+
+def xfd_names(root: Path) -> list[str]:
+    """Names holding ``.xfd`` under a node root, its node store left out: none may be beside the user's files."""
+    store = state_dir(root)
+    return [str(p) for p in root.rglob("*") if ".xfd" in p.name and store not in p.parents]
 
 
 def fetch_everything(engine, plan) -> None:
@@ -68,6 +75,28 @@ def test_origin_bytes_equal_unique_plan_bytes_exactly(s3, bucket, objects, origi
     kinds = [e["kind"] for e in engine.drain_events()]
     assert kinds.count("chunk_done") == plan.chunk_count
     assert kinds.count("file_published") == 3 and kinds.count("unpacked") == 1
+    engine.close()
+    assert xfd_names(tmp_path) == [], "xfd files beside the user's"
+    assert (state_dir(tmp_path) / "records.log").stat().st_size > 0
+
+
+def test_the_node_store_is_under_the_node_root_and_xfd_state_dir_moves_it(tmp_path):
+    home = {"HOME": "/home/ada"}
+    assert state_dir(tmp_path, home) == tmp_path / "home/ada/.cache/xfd"
+    assert state_dir(Path("/"), home) == Path("/home/ada/.cache/xfd")
+    assert state_dir(tmp_path, home | {"XFD_STATE_DIR": "/var/lib/xfd"}) == tmp_path / "var/lib/xfd"
+    assert state_dir(tmp_path, home | {"XFD_STATE_DIR": "~/xfd-state"}) == tmp_path / "home/ada/xfd-state"
+    with pytest.raises(ConfigError, match="XFD_STATE_DIR is 'state': the state directory must be an absolute"):
+        state_dir(tmp_path, {"XFD_STATE_DIR": "state"})
+
+
+def test_the_engine_keeps_its_records_where_xfd_state_dir_says(s3, bucket, objects, origin, tmp_path):
+    manifest = manifest_through(s3, bucket, origin.endpoint).object("m", "tok/a.json", to="/a.json").build()
+    plan = manifest.plan()
+    environ = dict(os.environ) | {"XFD_STATE_DIR": "/srv/xfd-state"}
+    fetch_everything(node_engine(plan, manifest.stores, tmp_path, environ=environ), plan)
+    assert (tmp_path / "srv/xfd-state/records.log").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "srv"]
 
 
 def test_the_default_automatic_chunk_size_reaches_the_engine(s3, bucket, objects, origin, tmp_path):

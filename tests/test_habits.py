@@ -15,13 +15,11 @@ import obstore
 import pytest
 
 from xfd import Manifest
+from xfd.engine import state_dir
 from xfd.nodes import localize
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
-# What xfd keeps beside a destination while it works: none may survive a run, completed or not.
-WORK_MARKERS = (".xfd-part", ".xfd-state.json", ".xfd-publishing.json", ".xfd-lock", ".xfd-unpack-",
-                ".xfd-duplicate-")
 
 
 @pytest.fixture
@@ -68,9 +66,10 @@ def assert_on_every_node(cluster, files: dict[str, bytes]) -> None:
     for node in cluster.nodes:
         for destination, data in files.items():
             assert localize(destination, node.root).read_bytes() == data, f"{destination} on {node.ip}"
-        leftovers = [str(p) for p in (node.root / "habits").rglob(".*")
-                     if any(marker in p.name for marker in WORK_MARKERS)]
+        # Records, resume records and locks live in the node store: nothing of xfd's is beside the files.
+        leftovers = [str(p) for p in (node.root / "habits").rglob("*") if ".xfd" in p.name]
         assert not leftovers, f"xfd files left beside the user's on {node.ip}: {leftovers}"
+        assert (state_dir(node.root) / "records.log").exists(), f"no node store on {node.ip}"
 
 
 def object_bytes(origin) -> int:

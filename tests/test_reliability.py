@@ -9,7 +9,9 @@ See docs/reliability.md for the list of scenarios and what xfd does in each.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -22,15 +24,13 @@ import pytest
 
 from xfd import Manifest
 from xfd.errors import DistributionError
+from xfd.engine import state_dir
 from xfd.nodes import localize
 from xfd.sandbox.samples import tar_gz
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
 MEMBERS = {f"part-{i}.txt": os.urandom(3000 + i) for i in range(8)}
-# What xfd leaves beside a destination only while it works: none may survive a completed run.
-WORK_MARKERS = (".xfd-part", ".xfd-state.json", ".xfd-publishing.json", ".xfd-lock", ".xfd-unpack-",
-                ".xfd-duplicate-")
 
 
 @pytest.fixture
@@ -95,8 +95,14 @@ def assert_no_damaged_file(root: Path, expected: dict[str, bytes]) -> None:
 def assert_complete(root: Path, expected: dict[str, bytes]) -> None:
     assert set(visible_files(root)) == set(expected), root.name
     assert_no_damaged_file(root, expected)
-    leftovers = [p.name for p in root.rglob(".*") if any(marker in p.name for marker in WORK_MARKERS)]
-    assert not leftovers, f"work files left on {root.name}: {leftovers}"
+    assert not xfd_names(root), f"xfd files left beside the user's on {root.name}: {xfd_names(root)}"
+
+
+def xfd_names(root: Path) -> list[str]:
+    """Every name of xfd's under a node root, its node store left out (records, resume records and locks
+    live there): after a run, none may remain beside the user's files."""
+    store = state_dir(root)
+    return [str(p) for p in root.rglob("*") if ".xfd" in p.name and store not in p.parents]
 
 
 def second_node():
@@ -276,29 +282,50 @@ def test_a_driver_killed_mid_run_is_resumed_by_a_rerun_fetching_only_missing_chu
 
 
 def recorded_chunks(cluster) -> set[str]:
-    """Chunk ids that resume records on any node list (the bytes a rerun need not fetch again)."""
-    import json
-
+    """Chunk ids that resume records in the node stores list (the bytes a rerun need not fetch again): the
+    log's lines replayed as the engine does, part files announced, chunks added, parts forgotten."""
     ids: set[str] = set()
     for node in cluster.nodes:
-        for state in node.root.rglob(".*.xfd-state.json"):
-            try:
-                ids |= set(json.loads(state.read_text())["chunks"])
-            except (OSError, ValueError):
-                continue  # being replaced right now
+        parts: dict[str, set[str]] = {}
+        for op in store_lines(node.root):
+            if op.get("op") == "partial":
+                parts[op["dest"]] = set()
+            elif op.get("op") == "chunks" and op["dest"] in parts:
+                parts[op["dest"]] |= set(op["chunks"])
+            elif op.get("op") == "forget" and op.get("what") == "part":
+                parts.pop(op["dest"], None)
+        ids = ids.union(*parts.values())
     return ids
 
 
+def store_lines(root: Path) -> list[dict]:
+    try:
+        text = (state_dir(root) / "records.log").read_text()
+    except FileNotFoundError:
+        return []
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue  # the last line, being written right now
+    return lines
+
+
 def no_destination_locked(cluster) -> bool:
+    """Whether no process holds a destination's lock: a byte-range lock on the node store's ``locks`` file
+    (one byte per destination from byte 1 on; POSIX locks of this process conflict with the engines')."""
     for node in cluster.nodes:
-        for lock in node.root.rglob(".*.xfd-lock"):
+        locks = state_dir(node.root) / "locks"
+        if not locks.exists():
+            continue
+        with locks.open("r+b") as file:
             try:
-                with lock.open("a") as file:
-                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            except FileNotFoundError:
-                continue
+                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 1)  # from byte 1 to the end and beyond
+            except OSError as error:
+                if error.errno in (errno.EACCES, errno.EAGAIN):
+                    return False
+                raise
     return True
 
 

@@ -35,10 +35,13 @@ class Engine:
         deep_verify: bool = False,
         faults: str = "",
         node_labels: dict[str, str] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> Engine:
         """``node_labels``: this node's Ray labels; files whose ``nodes`` selector they do not match are
         skipped. ``faults`` is fault injection for the system tests (``point:action[@n]`` rules, see
-        docs/reliability.md); empty otherwise."""
+        docs/reliability.md); empty otherwise. ``state_dir`` is the node store's directory (records of
+        the published files, resume records, destination locks; see docs/engine.md); ``None``:
+        ``~/.cache/xfd`` under ``node_root`` (:func:`xfd.engine.state_dir` applies ``XFD_STATE_DIR``)."""
     def scan(self) -> dict[str, Any]:
         """Finds cache hits and resumable chunks: ``{"held": {chunk_id: digest}, "cached_files", "resumed_chunks"}``."""
     def fetch_from_origin(self, chunk_id: str) -> dict[str, Any]:

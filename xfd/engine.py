@@ -2,7 +2,8 @@
 
 Store credentials are resolved here, in the process that runs on the node, from the manifest's store
 options (``${VAR}`` templates) and this node's environment; they never enter the plan and never travel
-between peers.
+between peers. So is the node store's directory (:func:`state_dir`): ``~`` means the home of the process
+on the node.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from xfd import _core
+from xfd.errors import ConfigError
 from xfd.manifest.model import Store
 from xfd.manifest.stores import OptionValue, resolve_options
+from xfd.nodes import localize
 from xfd.plan import Plan
+
+STATE_DIR_ENV = "XFD_STATE_DIR"
+# Where the engine keeps what it knows about a node's destinations (records, resume records, locks):
+# a cache, per user, out of the user's directories. Expanded on the node, then put under its node root.
+DEFAULT_STATE_DIR = "~/.cache/xfd"
 
 
 def option_text(value: OptionValue) -> str:
@@ -39,6 +47,21 @@ def store_arguments(
             for name in plan.stores}
 
 
+def state_dir(node_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Path:
+    """The node store's directory on this node: ``XFD_STATE_DIR`` if set, else ``~/.cache/xfd``, with ``~``
+    expanded from ``HOME`` of ``environ`` (default: this process's environment), under the node root like
+    every destination (so the simulated nodes of one machine each have their own)."""
+    environ = os.environ if environ is None else environ
+    configured = environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+    path = configured
+    if path == "~" or path.startswith("~/"):
+        path = (environ.get("HOME") or os.path.expanduser("~")) + path[1:]
+    if not os.path.isabs(path):
+        raise ConfigError(f"environment variable {STATE_DIR_ENV} is {configured!r}: the state directory must be "
+                          "an absolute path (or start with ~/)")
+    return localize(os.path.normpath(path), Path(node_root))
+
+
 def node_engine(
     plan: Plan,
     stores: Mapping[str, Store],
@@ -54,7 +77,8 @@ def node_engine(
 
     ``peer_token`` is the run's secret for peer transfers (empty: no peer server, no peer fetches).
     ``faults`` is fault injection for the reliability tests (see docs/reliability.md); empty otherwise.
+    The engine keeps its records in :func:`state_dir` (from ``environ``), never beside the files.
     """
     return _core.Engine(plan.to_json(), str(Path(node_root)), store_arguments(plan, stores, environ),
                         peer_token=peer_token, deep_verify=deep_verify, faults=faults,
-                        node_labels=dict(node_labels or {}))
+                        node_labels=dict(node_labels or {}), state_dir=str(state_dir(node_root, environ)))

@@ -1,21 +1,21 @@
 //! Assembly and publish: chunks land in a part file beside the destination; the finished file is
-//! renamed into place whole, then a cache sidecar records what it is.
+//! renamed into place whole, and the node store ([`crate::store`]) records what it is.
 //!
-//! Beside a destination `dir/name` xfd keeps, all hidden:
-//! - `dir/.name.xfd-part`: the file being assembled, preallocated to its final size;
-//! - `dir/.name.xfd-state.json`: the chunks already in the part file, with their digests, so a later
-//!   run resumes with only the missing ones (each recorded chunk is re-hashed before it is trusted);
-//! - `dir/.name.xfd.json`: the sidecar of a published file (object identity, size, chunk digests);
-//! - `dir/.name.xfd-publishing.json`: the sidecar-to-be, only while the file is renamed into place;
-//! - `dir/.name.xfd-lock`: an empty file, locked (`flock`) by the run writing the destination while
-//!   it runs, so two runs on one node never write the same part file.
-//!   A destination with a sidecar was written by xfd; one without is the user's and is never replaced
-//!   unless `overwrite` is set.
+//! Beside a destination `dir/name` xfd keeps one file, and only while a run writes it:
+//! `dir/.name.xfd-part`, the file being assembled, preallocated to its final size (beside it so that the
+//! rename into place is atomic). Everything else is in the store: the part file's announcement (made
+//! before it is created, so a killed run's part file is found by the next run), the chunks already in
+//! it with their digests (a later run resumes with only the missing ones; each recorded chunk is
+//! re-hashed before it is trusted), the record of a publish in flight, the published file's record
+//! (object identity, chunk digests, stamps), and the destination's lock.
+//!
+//! A file at a destination that the store does not record as published by xfd, or that is no longer the
+//! file xfd published there (another inode), is the user's: never replaced unless `overwrite` is set.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,8 +25,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::faults::{Faults, Point};
 use crate::hash::{ChunkDigest, hash_file_range};
+use crate::store::{Facet, Op, Store};
 
-pub const SIDECAR_FORMAT: &str = "xfd.file/1";
+pub use crate::store::{FileRecord, FileStamp};
 
 /// Everything that makes a file "the same": where it came from and which version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,74 +57,24 @@ pub struct FileTarget {
     pub overwrite: bool,
 }
 
-/// The record beside a published file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sidecar {
-    pub format: String,
-    pub identity: FileIdentity,
-    /// Chunk id -> BLAKE3 hex digest of its bytes.
-    pub chunks: BTreeMap<String, String>,
-    /// The published file's stamps, taken once it was in place: a file whose stamps differ was touched
-    /// since (edited in place keeping its size, replaced, restored from a backup) and is re-hashed
-    /// before it counts as a cache hit. Absent in records written before stamps were kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stamp: Option<FileStamp>,
-}
-
-/// What changes when a file's bytes may have: modification and status-change times, inode, size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStamp {
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-    pub inode: u64,
-    pub size: u64,
-}
-
-impl FileStamp {
-    pub fn of(meta: &fs::Metadata) -> FileStamp {
-        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-        FileStamp {
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            inode: meta.ino(),
-            size: meta.len(),
-        }
-    }
-}
-
 /// What is at a destination now, compared with what the plan wants there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheState {
     /// Nothing there yet.
     Absent,
     /// The wanted file, published by xfd and untouched since: its chunks can be served to peers at once.
-    Hit(Sidecar),
-    /// The wanted file as xfd published it, but touched since (or published before stamps were kept):
-    /// a cache hit only if its bytes still hash to the sidecar's digests ([`deep_verify`]).
-    Touched(Sidecar),
-    /// A file xfd wrote for another identity (an older version): safe to replace.
+    Hit(FileRecord),
+    /// The wanted file as xfd published it, but touched since (or recorded before stamps were kept): a
+    /// cache hit only if its bytes still hash to the record's digests ([`deep_verify`]).
+    Touched(FileRecord),
+    /// The file xfd published there for another identity (an older version): safe to replace.
     Stale,
-    /// Something xfd did not write: replaced only with `overwrite`.
+    /// Something xfd did not put there: replaced only with `overwrite`.
     Foreign,
 }
 
-pub fn sidecar_path(destination: &Path) -> PathBuf {
-    hidden_beside(destination, ".xfd.json")
-}
-
 pub fn part_path(destination: &Path) -> PathBuf {
-    hidden_beside(destination, ".xfd-part")
-}
-
-pub fn lock_path(destination: &Path) -> PathBuf {
-    hidden_beside(destination, ".xfd-lock")
-}
-
-/// A destination's lock: held while this value lives; the lock file is removed when it is dropped.
-#[derive(Debug)]
-pub struct DestinationLock {
-    path: PathBuf,
-    file: File,
+    destination.with_file_name(hidden_name(destination, ".xfd-part"))
 }
 
 /// Creates `dir` and its missing parents. A file where a directory must be (`/models` a file, for
@@ -145,81 +96,12 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
     }
 }
 
-/// Takes the destination's lock; refuses at once when another run holds it (waiting could outlast the
-/// caller's patience without saying why).
-pub fn lock_destination(destination: &Path) -> Result<DestinationLock> {
-    let parent = destination.parent().unwrap_or(Path::new("/"));
-    create_dirs(parent)?;
-    let path = lock_path(destination);
-    loop {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::DestinationBusy {
-                    path: destination.to_owned(),
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-        }
-        // The holder removes the lock file as it lets go: a lock on a file no longer at `path` is
-        // worthless (the next run would lock a new file there), so take the one that is there now.
-        if same_file(&file, &path) {
-            return Ok(DestinationLock { path, file });
-        }
-    }
-}
-
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        _ => false,
-    }
-}
-
-impl DestinationLock {
-    /// `true` while the lock file at the destination is still the one this lock holds. It is not once
-    /// the directory was cleared and a newer run locked a new file there: this lock then guards nothing,
-    /// and what is at the destination's names is that run's.
-    pub fn still_guards(&self) -> bool {
-        same_file(&self.file, &self.path)
-    }
-}
-
-impl Drop for DestinationLock {
-    fn drop(&mut self) {
-        // Removed while still locked, so no other run can be holding this file's lock meanwhile; and
-        // only if it is still this lock's file, never a newer run's.
-        if self.still_guards() {
-            let _ = fs::remove_file(&self.path);
-        }
-        let _ = self.file.unlock();
-    }
-}
-
-/// Removes an unpublished part file and its resume record: for a file whose writes the disk refused,
-/// so a full disk gets its space back.
-pub fn discard_part(destination: &Path) {
+/// Removes an unpublished part file, then its record: for a file whose writes the disk refused (so a
+/// full disk gets its space back), a run that recorded nothing, or a part no longer wanted. Tidying
+/// only: errors are ignored (a record left behind is forgotten by the next run that finds no file).
+pub fn discard_part(store: &Store, destination: &Path) {
     let _ = fs::remove_file(part_path(destination));
-    let _ = fs::remove_file(state_path(destination));
-}
-
-/// Name prefix of the scratch files an endgame duplicate of one of the destination's chunks uses.
-pub fn duplicate_prefix(destination: &Path) -> String {
-    hidden_name(destination, ".xfd-duplicate-")
-}
-
-/// Removes duplicate scratch files a crashed run left beside the destination; call with its lock held.
-pub fn remove_duplicate_scratch(destination: &Path) {
-    let parent = destination.parent().unwrap_or(Path::new("/"));
-    remove_entries_named(parent, &[duplicate_prefix(destination).as_ref()]);
+    let _ = store.append(&[Op::forget(destination, Facet::Part)]);
 }
 
 /// Removes every file or tree in `dir` whose name starts with one of `prefixes`: for the leftovers of
@@ -241,53 +123,50 @@ pub(crate) fn remove_entries_named(dir: &Path, prefixes: &[&std::ffi::OsStr]) {
     }
 }
 
-fn publishing_path(destination: &Path) -> PathBuf {
-    hidden_beside(destination, ".xfd-publishing.json")
-}
-
-fn state_path(destination: &Path) -> PathBuf {
-    hidden_beside(destination, ".xfd-state.json")
-}
-
-fn hidden_beside(destination: &Path, suffix: &str) -> PathBuf {
-    destination.with_file_name(hidden_name(destination, suffix))
-}
-
-/// `.<destination's name><suffix>`: the name of everything xfd keeps beside a destination.
+/// `.<destination's name><suffix>`: the name of what xfd keeps beside a destination while it works.
 fn hidden_name(destination: &Path, suffix: &str) -> String {
     let name = destination.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     format!(".{name}{suffix}")
 }
 
-/// Compares the destination with `identity` by size and sidecar; cheap (no hashing).
-pub fn inspect(destination: &Path, identity: &FileIdentity) -> Result<CacheState> {
+/// Compares the destination with `identity` by size and the store's record; cheap (no hashing).
+pub fn inspect(store: &Store, destination: &Path, identity: &FileIdentity) -> Result<CacheState> {
     let meta = match fs::symlink_metadata(destination) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheState::Absent),
         Err(e) => return Err(Error::io("stat", destination, e)),
     };
-    let Some(sidecar) = read_json::<Sidecar>(&sidecar_path(destination)) else {
+    let Some(record) = store.entry(destination).published else {
         return Ok(CacheState::Foreign);
     };
     if !meta.is_file() {
         return Ok(CacheState::Foreign);
     }
-    if sidecar.format == SIDECAR_FORMAT && &sidecar.identity == identity && meta.len() == identity.size {
-        if sidecar.stamp == Some(FileStamp::of(&meta)) {
-            Ok(CacheState::Hit(sidecar))
+    if &record.identity == identity && meta.len() == identity.size {
+        if record.stamp.is_some_and(|s| s.unchanged(&meta)) {
+            Ok(CacheState::Hit(record))
         } else {
-            Ok(CacheState::Touched(sidecar))
+            Ok(CacheState::Touched(record))
         }
-    } else {
+    } else if is_the_published_file(&record, &meta) {
         Ok(CacheState::Stale)
+    } else {
+        Ok(CacheState::Foreign)
     }
 }
 
-/// Re-hashes every chunk of a cache hit against its sidecar: `true` when all match.
-pub fn deep_verify(destination: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<bool> {
+/// `true` when `meta` is the file `record` describes (edited or not), not one put in its place since:
+/// a record outlives its file when the user removes a directory, and must not make the user's next
+/// file at that name xfd's. Records imported from sidecars without stamps are trusted by presence.
+fn is_the_published_file(record: &FileRecord, meta: &fs::Metadata) -> bool {
+    record.stamp.is_none_or(|stamp| stamp.same_file(meta))
+}
+
+/// Re-hashes every chunk of a cache hit against its record: `true` when all match.
+pub fn deep_verify(destination: &Path, target: &FileTarget, record: &FileRecord) -> Result<bool> {
     for chunk in &target.chunks {
         let digest = hash_file_range(destination, chunk.offset, Some(chunk.length))?;
-        if sidecar.chunks.get(&chunk.id) != Some(&digest.to_hex()) {
+        if record.chunks.get(&chunk.id) != Some(&digest.to_hex()) {
             return Ok(false);
         }
     }
@@ -296,27 +175,42 @@ pub fn deep_verify(destination: &Path, target: &FileTarget, sidecar: &Sidecar) -
 
 /// A file being assembled from chunks, in its part file beside the destination.
 pub struct PartFile {
+    store: Arc<Store>,
     target: FileTarget,
     file: Arc<File>,
     done: BTreeMap<String, ChunkDigest>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PartState {
-    identity: FileIdentity,
-    chunks: BTreeMap<String, String>,
-}
-
 impl PartFile {
     /// Opens the part file, keeping the chunks an interrupted run recorded (after re-hashing them),
-    /// or creates it preallocated. Refuses a destination that holds a user's file unless `overwrite`.
-    pub fn open(target: FileTarget) -> Result<PartFile> {
+    /// or creates it preallocated, announced in the store first. Refuses a destination that holds a
+    /// user's file unless `overwrite`. The caller holds the destination's lock.
+    pub fn open(store: &Arc<Store>, target: FileTarget) -> Result<PartFile> {
         let parent = target.destination.parent().unwrap_or(Path::new("/"));
         create_dirs(parent)?;
-        recover_interrupted_publish(&target)?;
-        refuse_foreign(&target)?;
+        recover_interrupted_publish(store, &target)?;
+        refuse_foreign(store, &target)?;
         let part = part_path(&target.destination);
-        let resumed = resumable_chunks(&target, &part);
+        let recorded = store.entry(&target.destination).part;
+        let resumed = resumable_chunks(&target, &part, recorded.as_ref());
+        let unchanged = recorded
+            .as_ref()
+            .is_some_and(|r| r.path == part && r.identity == target.identity && r.chunks.keys().eq(resumed.keys()));
+        if !unchanged {
+            // Announced before the file is created (or started over): a run killed from here on leaves
+            // a part file the next run knows about.
+            let dest = target.destination.clone();
+            let mut ops = vec![Op::Partial {
+                dest: dest.clone(),
+                part: part.clone(),
+                identity: target.identity.clone(),
+            }];
+            if !resumed.is_empty() {
+                let chunks = resumed.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect();
+                ops.push(Op::Chunks { dest, chunks });
+            }
+            store.append(&ops)?;
+        }
         let file = File::options()
             .read(true)
             .write(true)
@@ -328,10 +222,16 @@ impl PartFile {
         file.set_len(target.identity.size)
             .map_err(|e| Error::io("preallocate", &part, e))?;
         Ok(PartFile {
+            store: store.clone(),
             target,
             file: Arc::new(file),
             done: resumed,
         })
+    }
+
+    /// The store this part file is recorded in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// The open part file, for positional writes of chunks.
@@ -366,7 +266,8 @@ impl PartFile {
     }
 
     /// Records that a chunk's bytes are in the part file. Its data reaches the disk before the record
-    /// does, so a record never points at bytes a crash lost.
+    /// is written, so a record never points at bytes a crash lost. The record itself need not be synced:
+    /// losing it only costs the chunk's transfer again.
     pub fn record(&mut self, chunk_id: &str, digest: ChunkDigest) -> Result<()> {
         if !self.target.chunks.iter().any(|c| c.id == chunk_id) {
             return Err(Error::InvalidPlan(format!(
@@ -383,21 +284,20 @@ impl PartFile {
             return Ok(());
         }
         self.file.sync_data().map_err(|e| Error::io("sync", self.path(), e))?;
-        let state = PartState {
-            identity: self.target.identity.clone(),
-            chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
-        };
-        write_json_atomically(&state_path(&self.target.destination), &state)
+        self.store.append(&[Op::Chunks {
+            dest: self.target.destination.clone(),
+            chunks: BTreeMap::from([(chunk_id.to_owned(), digest.to_hex())]),
+        }])
     }
 
-    /// Verifies the optional whole-file SHA-256, then moves the file into place and writes its sidecar.
+    /// Verifies the optional whole-file SHA-256, then moves the file into place and records it.
     /// Until this returns, the destination holds either its old content or nothing: never a partial file.
-    pub fn publish(self) -> Result<Sidecar> {
+    pub fn publish(self) -> Result<FileRecord> {
         self.publish_with(&Faults::default())
     }
 
     /// [`PartFile::publish`], with the `publish` fault point just before the rename.
-    pub fn publish_with(self, faults: &Faults) -> Result<Sidecar> {
+    pub fn publish_with(self, faults: &Faults) -> Result<FileRecord> {
         if let Some(missing) = self.missing().first() {
             return Err(Error::InvalidPlan(format!(
                 "cannot publish {}: chunk {} is missing",
@@ -406,129 +306,188 @@ impl PartFile {
             )));
         }
         let part = self.path();
+        let destination = &self.target.destination;
         if let Some(expected) = &self.target.sha256 {
             let actual = sha256_of(&part)?;
             if &actual != expected {
                 // Which chunk is wrong cannot be known: start the file over on the next run.
-                let _ = fs::remove_file(state_path(&self.target.destination));
-                let _ = fs::remove_file(&part);
+                discard_part(&self.store, destination);
                 return Err(Error::Sha256Mismatch {
-                    path: self.target.destination.clone(),
+                    path: destination.clone(),
                     expected: expected.clone(),
                     actual,
                 });
             }
         }
-        refuse_foreign(&self.target)?;
+        refuse_foreign(&self.store, &self.target)?;
         self.file.sync_all().map_err(|e| Error::io("sync", &part, e))?;
-        let destination = &self.target.destination;
         if fs::symlink_metadata(destination).is_ok_and(|m| m.is_dir()) {
             return Err(Error::DestinationExists {
                 path: destination.clone(),
             });
         }
-        let sidecar = Sidecar {
-            format: SIDECAR_FORMAT.into(),
+        let record = FileRecord {
             identity: self.target.identity.clone(),
             chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
             stamp: None,
         };
-        put_in_place(&part, destination, &sidecar, faults)?;
-        let _ = fs::remove_file(state_path(destination));
-        Ok(sidecar)
+        put_in_place(&self.store, &part, destination, record, faults)
     }
 }
 
-/// Renames `part` onto `destination` and records `sidecar` beside it, crash-safely. The sidecar is
-/// written first under a "publishing" name: a crash between the rename and the sidecar would otherwise
-/// leave a file without a sidecar, which the next run must treat as the user's. With the record, the
-/// next run can prove the file is xfd's (every chunk re-hashed) and finish the publish instead.
-fn put_in_place(part: &Path, destination: &Path, sidecar: &Sidecar, faults: &Faults) -> Result<()> {
-    let publishing = publishing_path(destination);
-    write_json_atomically(&publishing, sidecar)?;
+/// Renames `part` onto `destination` and records it, crash-safely: the record of the publish in flight
+/// (with the part file's stamps) is on disk before the rename. A crash between the rename and the final
+/// record would otherwise leave a file the store does not know, which the next run must treat as the
+/// user's; with it, the next run sees that the file at the destination is that part file (same inode)
+/// and finishes the publish, or drops the record when it is not.
+fn put_in_place(
+    store: &Store,
+    part: &Path,
+    destination: &Path,
+    record: FileRecord,
+    faults: &Faults,
+) -> Result<FileRecord> {
+    let meta = fs::symlink_metadata(part).map_err(|e| Error::io("stat", part, e))?;
+    let publishing = FileRecord {
+        stamp: Some(FileStamp::of(&meta)),
+        ..record.clone()
+    };
+    store.append_durable(&[Op::Publishing {
+        dest: destination.to_owned(),
+        record: publishing,
+    }])?;
     faults.crash_point(Point::Publish);
     fs::rename(part, destination).map_err(|e| Error::io("rename into place", destination, e))?;
     sync_directory(destination)?;
-    seal(destination, sidecar)
+    sealed(store, destination, &record, &[Op::forget(destination, Facet::Part)])
 }
 
-/// Records `sidecar` as the published file's, with the file's stamps as they are now, and drops the
-/// publishing record. A crash between the two leaves both, and the next run re-verifies and seals again.
-pub fn seal(destination: &Path, sidecar: &Sidecar) -> Result<()> {
+/// Records `record` as the published file's, with the file's stamps as they are now (for a file that
+/// was touched but whose bytes verified: trusted again from now on).
+pub fn seal(store: &Store, destination: &Path, record: &FileRecord) -> Result<FileRecord> {
+    sealed(store, destination, record, &[])
+}
+
+fn sealed(store: &Store, destination: &Path, record: &FileRecord, also: &[Op]) -> Result<FileRecord> {
     let meta = fs::symlink_metadata(destination).map_err(|e| Error::io("stat", destination, e))?;
-    let sealed = Sidecar {
+    let sealed = FileRecord {
         stamp: Some(FileStamp::of(&meta)),
-        ..sidecar.clone()
+        ..record.clone()
     };
-    write_json_atomically(&sidecar_path(destination), &sealed)?;
-    let publishing = publishing_path(destination);
-    match fs::remove_file(&publishing) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove", &publishing, e)),
-        _ => {}
-    }
-    sync_directory(destination)
+    let mut ops = vec![Op::Published {
+        dest: destination.to_owned(),
+        record: sealed.clone(),
+    }];
+    ops.extend_from_slice(also);
+    // Not synced: if lost, the record of the publish in flight (synced) is still there and the next
+    // run finishes the publish again.
+    store.append(&ops)?;
+    Ok(sealed)
 }
 
-/// Finishes a publish that a crash interrupted between its rename and its sidecar (see
-/// [`put_in_place`]): when the destination's bytes match the publishing record chunk by chunk, the
-/// record becomes the sidecar. A record that does not match (the crash came before the rename) is
-/// dropped. Cheap when there is no record: a failed `open`.
-pub fn recover_interrupted_publish(target: &FileTarget) -> Result<()> {
-    let publishing = publishing_path(&target.destination);
-    let Some(record) = read_json::<Sidecar>(&publishing) else {
-        if publishing.exists() {
-            let _ = fs::remove_file(&publishing); // unreadable: a crash inside its own atomic write
-        }
+/// Finishes a publish that a crash interrupted between its rename and its record (see
+/// [`put_in_place`]): when the file at the destination is the part file the record of the publish in
+/// flight describes (same inode), the record becomes the published file's (a cache hit once its bytes
+/// are re-hashed: the rename changed its status time). Otherwise the rename did not happen, or the file
+/// was replaced since, and the record is dropped. Free when there is no such record.
+pub fn recover_interrupted_publish(store: &Store, target: &FileTarget) -> Result<()> {
+    let destination = &target.destination;
+    let Some(record) = store.entry(destination).publishing else {
         return Ok(());
     };
-    let size_matches =
-        fs::symlink_metadata(&target.destination).is_ok_and(|m| m.is_file() && m.len() == target.identity.size);
-    if record.identity == target.identity && size_matches && deep_verify(&target.destination, target, &record)? {
-        let _ = fs::remove_file(state_path(&target.destination));
-        return seal(&target.destination, &record);
+    let meta = fs::symlink_metadata(destination).ok().filter(fs::Metadata::is_file);
+    let renamed = match (&record.stamp, &meta) {
+        (Some(stamp), Some(meta)) => stamp.same_file(meta),
+        // From a sidecar of the previous layout (no stamps): the bytes must prove it.
+        (None, Some(meta)) => {
+            record.identity == target.identity
+                && meta.len() == target.identity.size
+                && deep_verify(destination, target, &record)?
+        }
+        (_, None) => false,
+    };
+    if !renamed {
+        return store.append(&[Op::forget(destination, Facet::Publishing)]);
     }
-    fs::remove_file(&publishing).map_err(|e| Error::io("remove", &publishing, e))
+    if record.stamp.is_none() {
+        sealed(store, destination, &record, &[Op::forget(destination, Facet::Part)])?;
+        return Ok(());
+    }
+    store.append(&[
+        Op::Published {
+            dest: destination.clone(),
+            record,
+        },
+        Op::forget(destination, Facet::Part),
+    ])
 }
 
-/// Copies a published file to another destination of the same object (same checks, same sidecar).
-pub fn publish_copy(source: &Path, sidecar: &Sidecar, target: &FileTarget) -> Result<()> {
-    refuse_foreign(target)?;
+/// Copies a published file to another destination of the same object (same checks, same record).
+pub fn publish_copy(store: &Store, source: &Path, record: &FileRecord, target: &FileTarget) -> Result<FileRecord> {
+    refuse_foreign(store, target)?;
     let parent = target.destination.parent().unwrap_or(Path::new("/"));
     create_dirs(parent)?;
     let part = part_path(&target.destination);
+    store.append(&[Op::Partial {
+        dest: target.destination.clone(),
+        part: part.clone(),
+        identity: target.identity.clone(),
+    }])?;
     // Removed first: `fs::copy` would write through a symlink planted at the part file's name.
     let _ = fs::remove_file(&part);
     fs::copy(source, &part).map_err(|e| Error::io("copy", &part, e))?;
     File::open(&part)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("sync", &part, e))?;
-    put_in_place(&part, &target.destination, sidecar, &Faults::default())
+    let record = FileRecord {
+        stamp: None,
+        ..record.clone()
+    };
+    put_in_place(store, &part, &target.destination, record, &Faults::default())
 }
 
-fn refuse_foreign(target: &FileTarget) -> Result<()> {
-    match inspect(&target.destination, &target.identity)? {
-        CacheState::Foreign if !target.overwrite => Err(Error::DestinationExists {
-            path: target.destination.clone(),
-        }),
-        _ => Ok(()),
+/// Refuses to replace a user's file: one the store does not record as xfd's, or a file put in place of
+/// the one xfd published (whose bytes, or the scan would have found a cache hit, are not the wanted ones).
+fn refuse_foreign(store: &Store, target: &FileTarget) -> Result<()> {
+    if target.overwrite {
+        return Ok(());
     }
+    let users = match inspect(store, &target.destination, &target.identity)? {
+        CacheState::Foreign => true,
+        CacheState::Touched(record) => {
+            fs::symlink_metadata(&target.destination).is_ok_and(|meta| !is_the_published_file(&record, &meta))
+        }
+        _ => false,
+    };
+    if users {
+        return Err(Error::DestinationExists {
+            path: target.destination.clone(),
+        });
+    }
+    Ok(())
 }
 
-fn resumable_chunks(target: &FileTarget, part: &Path) -> BTreeMap<String, ChunkDigest> {
-    let Some(state) = read_json::<PartState>(&state_path(&target.destination)) else {
+/// The recorded chunks of the part file that still hash to their digests, if the record is for this
+/// part file and identity.
+fn resumable_chunks(
+    target: &FileTarget,
+    part: &Path,
+    recorded: Option<&crate::store::PartRecord>,
+) -> BTreeMap<String, ChunkDigest> {
+    let Some(recorded) = recorded else {
         return BTreeMap::new();
     };
-    let part_ok = fs::metadata(part).is_ok_and(|m| m.len() == target.identity.size);
-    if state.identity != target.identity || !part_ok {
+    let part_ok = fs::symlink_metadata(part).is_ok_and(|m| m.is_file() && m.len() == target.identity.size);
+    if recorded.path != part || recorded.identity != target.identity || !part_ok {
         return BTreeMap::new();
     }
     target
         .chunks
         .iter()
         .filter_map(|chunk| {
-            let recorded = state.chunks.get(&chunk.id)?;
-            let digest = hash_file_range(part, chunk.offset, Some(chunk.length)).ok()?;
-            (&digest.to_hex() == recorded).then(|| (chunk.id.clone(), digest))
+            let digest = recorded.chunks.get(&chunk.id)?;
+            let actual = hash_file_range(part, chunk.offset, Some(chunk.length)).ok()?;
+            (&actual.to_hex() == digest).then(|| (chunk.id.clone(), actual))
         })
         .collect()
 }
@@ -545,24 +504,6 @@ fn sha256_of(path: &Path) -> Result<String> {
         hasher.update(&buffer[..read]);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
-}
-
-/// Temp file + fsync + rename: a reader sees the old record or the new one, never half of one.
-fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io("create", parent, e))?;
-    let bytes = serde_json::to_vec(value).map_err(|e| Error::Task(e.to_string()))?;
-    temp.write_all(&bytes).map_err(|e| Error::io("write", temp.path(), e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("sync", temp.path(), e))?;
-    temp.persist(path)
-        .map_err(|e| Error::io("rename into place", path, e.error))?;
-    Ok(())
 }
 
 fn sync_directory(path: &Path) -> Result<()> {

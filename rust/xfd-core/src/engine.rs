@@ -1,7 +1,8 @@
 //! The node engine: everything one node does for a plan, behind a small API the runtime drives.
 //!
-//! - [`Engine::scan`] finds what this node already holds: published files whose sidecar matches the
-//!   plan (cache hits) and chunks of interrupted runs (resume). Held chunks are served to peers at once.
+//! - [`Engine::scan`] finds what this node already holds: published files whose record in the node
+//!   store matches the plan (cache hits) and chunks of interrupted runs (resume). Held chunks are served
+//!   to peers at once. It first removes what killed runs left beside any destination of the node.
 //! - [`Engine::fetch_from_origin`] / [`Engine::fetch_from_peer`] bring one chunk into the part file.
 //! - When every chunk of an object is in, the file is published (and copied to the object's other
 //!   destinations); [`Engine::finish`] then runs the plan's unpacks.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 use serde::Serialize;
 
-use crate::assembly::{self, CacheState, ChunkSpan, FileIdentity, FileTarget, PartFile, Sidecar};
+use crate::assembly::{self, CacheState, ChunkSpan, FileIdentity, FileRecord, FileTarget, PartFile};
 use crate::error::{Error, Result};
 use crate::faults::{Faults, Point};
 use crate::hash::{ChunkDigest, hash_file_range};
@@ -27,6 +28,7 @@ use crate::origin::{self, ObjectIdentity, RetryPolicy, StoreConfig};
 use crate::p2p::{ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, ServerStats};
 use crate::plan::{Plan, PlanChunk, PlanFile, PlanObject};
 use crate::sink::FencedFile;
+use crate::store::{self, DestinationLock, Store};
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
 
 /// How one node runs a plan.
@@ -37,7 +39,7 @@ pub struct EngineConfig {
     /// Store name -> URL and resolved options (credentials included: they stay on this node).
     pub stores: BTreeMap<String, StoreConfig>,
     pub retry: RetryPolicy,
-    /// Re-hash cache hits against their sidecar before trusting them.
+    /// Re-hash cache hits against their record before trusting them.
     pub deep_verify: bool,
     /// The run's secret for peer transfers: required by this node's server, sent to other nodes'.
     /// Empty: this engine neither serves nor fetches from peers.
@@ -46,6 +48,28 @@ pub struct EngineConfig {
     pub faults: Arc<Faults>,
     /// This node's Ray labels: files whose `nodes` selector they do not match are not for this node.
     pub node_labels: BTreeMap<String, String>,
+    /// The node store's directory ([`crate::store`]): records of what xfd put at the destinations, resume
+    /// records and destination locks, all kept out of the user's directories. Empty: `~/.cache/xfd`
+    /// (`$HOME` of this process) under the node root, as the Python side passes it by default.
+    pub state_dir: PathBuf,
+}
+
+impl EngineConfig {
+    /// [`EngineConfig::state_dir`], or its default when empty.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        if !self.state_dir.as_os_str().is_empty() {
+            return Ok(self.state_dir.clone());
+        }
+        let home = std::env::var("HOME").map_err(|_| {
+            let reason = "HOME is not set: give the engine a state_dir (XFD_STATE_DIR)";
+            Error::io(
+                "locate",
+                "~/.cache/xfd",
+                std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+            )
+        })?;
+        localize(&self.node_root, &format!("{home}/.cache/xfd"))
+    }
 }
 
 /// Where a chunk came from.
@@ -127,27 +151,31 @@ pub(crate) struct ObjectWork {
     /// Every destination of this object on this node; the first one is assembled, the others copied.
     targets: Vec<FileTarget>,
     part: Option<PartFile>,
-    published: Option<Sidecar>,
+    published: Option<FileRecord>,
     /// The destinations' locks, held from the first look at them to the end of the run.
-    locks: Vec<assembly::DestinationLock>,
+    locks: Vec<DestinationLock>,
 }
 
 impl ObjectWork {
-    fn lock_destinations(&mut self) -> Result<()> {
-        if self.locks.is_empty() {
-            self.locks = self
-                .targets
-                .iter()
-                .map(|t| assembly::lock_destination(&t.destination))
-                .collect::<Result<_>>()?;
+    /// Takes the destinations' locks, if not held yet; `true` when they were taken now.
+    fn lock_destinations(&mut self, store: &Arc<Store>) -> Result<bool> {
+        if !self.locks.is_empty() {
+            return Ok(false);
         }
-        Ok(())
+        self.locks = self
+            .targets
+            .iter()
+            .map(|t| store.lock(&t.destination))
+            .collect::<Result<_>>()?;
+        Ok(true)
     }
 }
 
 pub struct Engine {
     plan: Plan,
     config: EngineConfig,
+    /// This node's store: records, resume records and locks of the destinations (see [`crate::store`]).
+    store: Arc<Store>,
     /// Opened when the engine is made; a store that cannot be opened fails only origin fetches, so a
     /// node that gets everything from peers (or its cache) does not need it.
     stores: BTreeMap<String, OpenedStore>,
@@ -184,6 +212,7 @@ impl Engine {
     /// Checks the plan against this node's configuration and opens its stores (no network yet).
     pub fn new(plan: Plan, config: EngineConfig) -> Result<Engine> {
         let origin_received = Arc::new(AtomicU64::new(0));
+        let store = Store::open(&config.state_dir()?)?;
         let stores = open_stores(&plan, &config, &origin_received)?;
         let mut objects = BTreeMap::new();
         let mut chunks = HashMap::new();
@@ -207,6 +236,7 @@ impl Engine {
         }
         Ok(Engine {
             plan,
+            store,
             stores,
             objects,
             chunks,
@@ -231,16 +261,24 @@ impl Engine {
         self.registry.clone()
     }
 
-    /// Finds cache hits and resumable parts; publishes what is already complete.
+    /// Locks this node's destinations of the plan, removes what killed runs left beside any destination
+    /// of the node, then finds cache hits and resumable parts; publishes what is already complete.
     pub async fn scan(&self) -> Result<ScanReport> {
+        let works: Vec<_> = self.objects.values().cloned().collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || take_destinations(&store, &works))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
         let mut report = ScanReport::default();
         for work in self.objects.values() {
             let work = work.clone();
+            let store = self.store.clone();
             let deep = self.config.deep_verify;
             let faults = self.config.faults.clone();
-            let found = tokio::task::spawn_blocking(move || scan_object(&mut work.lock().unwrap(), deep, &faults))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+            let found =
+                tokio::task::spawn_blocking(move || scan_object(&store, &mut work.lock().unwrap(), deep, &faults))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))??;
             self.absorb(found, &mut report);
         }
         Ok(report)
@@ -418,11 +456,9 @@ impl Engine {
     ) -> Result<ChunkDone> {
         let destination = work.lock().unwrap().targets[0].destination.clone();
         let part_dir = destination.parent().map(Path::to_path_buf).unwrap_or_default();
-        let scratch = tempfile::Builder::new()
-            .prefix(&assembly::duplicate_prefix(&destination))
-            .tempfile_in(&part_dir)
-            .map_err(|e| Error::io("create", &part_dir, e))?;
-        let scratch_file = Arc::new(scratch.reopen().map_err(|e| Error::io("open", scratch.path(), e))?);
+        // Nameless (O_TMPFILE where the file system has it): a crash leaves nothing beside the destination.
+        let scratch = tempfile::tempfile_in(&part_dir).map_err(|e| Error::io("create", &part_dir, e))?;
+        let scratch_file = Arc::new(scratch);
         self.started(&chunk, Source::Peer, Some(peer.to_string()));
         let started = Instant::now();
         let report = client
@@ -447,7 +483,6 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
-        drop(scratch);
         match committed {
             None => Ok(self.already_held(&work, &chunk)),
             Some((path, published)) => {
@@ -612,15 +647,11 @@ impl Engine {
                 ..options.for_plan(step, &self.plan.settings)
             };
             let identity = format!("{}:{}", step.object_id, step.format);
-            let (a, d) = (archive.clone(), destination.clone());
-            // This engine holds the archive's lock, so no other run unpacks it here now: what is beside
-            // the destination from an unpack is a crashed run's.
-            let report = tokio::task::spawn_blocking(move || {
-                unpack::remove_leftovers(&d)?;
-                unpack::unpack(&a, &d, &identity, &options)
-            })
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+            let (a, d, store) = (archive.clone(), destination.clone(), self.store.clone());
+            // The unpack locks its destination in the store and removes what a crashed unpack left there.
+            let report = tokio::task::spawn_blocking(move || unpack::unpack(&store, &a, &d, &identity, &options))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
             let event = Event::Unpacked {
                 object_id: step.object_id.clone(),
                 destination: destination.display().to_string(),
@@ -636,10 +667,11 @@ impl Engine {
 
     /// Ends this engine's hold on its destinations: gives a refusing disk its space back (the part
     /// files it could not complete are removed; the destinations were never touched), removes part files
-    /// with nothing recorded, closes the others and lets go of every destination lock, removing the lock
-    /// files. Part files with recorded chunks stay for the next run to resume. Call once the transfers have ended ([`Engine::stop_server`] and the
-    /// caller's cancel first): the next run on this node may start at once, in this very process,
-    /// while something else still holds a reference to this engine. Idempotent; `Drop` calls it too.
+    /// with nothing recorded, closes the others, puts the store's records on disk and lets go of every
+    /// destination lock. Part files with recorded chunks stay for the next run to resume. Call once the
+    /// transfers have ended ([`Engine::stop_server`] and the caller's cancel first): the next run on this
+    /// node may start at once, in this very process, while something else still holds a reference to
+    /// this engine. Idempotent; `Drop` calls it too.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let unwritable = std::mem::take(&mut *self.unwritable.lock().unwrap());
@@ -651,12 +683,16 @@ impl Engine {
             let discard = (unwritable.contains(&work.object.id) || nothing_to_resume)
                 && work.published.is_none()
                 && !work.locks.is_empty()
-                && work.locks.iter().all(assembly::DestinationLock::still_guards);
+                && work.locks.iter().all(DestinationLock::still_guards);
             work.part = None;
             if discard {
-                assembly::discard_part(&work.targets[0].destination);
+                assembly::discard_part(&self.store, &work.targets[0].destination);
             }
-            work.locks.clear();
+        }
+        // Records appended without a sync (chunks, published files) reach the disk before the locks go.
+        let _ = self.store.sync();
+        for work in self.objects.values() {
+            work.lock().unwrap().locks.clear();
         }
     }
 
@@ -708,9 +744,11 @@ impl Engine {
             // A transfer that outlived its run's cancel must not lock the destinations again.
             return Err(Error::Task("the run on this node has ended".into()));
         }
-        work.lock_destinations()?;
+        if work.lock_destinations(&self.store)? {
+            self.store.refresh()?; // their entries are final now that no other run can change them
+        }
         if work.part.is_none() {
-            work.part = Some(PartFile::open(work.targets[0].clone())?);
+            work.part = Some(PartFile::open(&self.store, work.targets[0].clone())?);
         }
         let part = work.part.as_ref().expect("opened above");
         if part.done().contains_key(&chunk.id) {
@@ -769,7 +807,7 @@ impl Engine {
     pub(crate) fn already_held(&self, work: &Arc<Mutex<ObjectWork>>, chunk: &PlanChunk) -> ChunkDone {
         let work = work.lock().unwrap();
         let digest = match (&work.published, &work.part) {
-            (Some(sidecar), _) => sidecar.chunks.get(&chunk.id).cloned().unwrap_or_default(),
+            (Some(record), _) => record.chunks.get(&chunk.id).cloned().unwrap_or_default(),
             (None, Some(part)) => part.done().get(&chunk.id).map(|d| d.to_hex()).unwrap_or_default(),
             _ => String::new(),
         };
@@ -846,35 +884,51 @@ enum ScanFound {
     },
 }
 
-fn scan_object(work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Result<ScanFound> {
-    work.lock_destinations()?;
-    assembly::remove_duplicate_scratch(&work.targets[0].destination);
+/// Locks every destination of `works` (the run is refused when another run holds one), reads what other
+/// runs recorded meanwhile, imports what the previous layout kept beside them, and removes what killed
+/// runs left beside the node's other destinations.
+fn take_destinations(store: &Arc<Store>, works: &[Arc<Mutex<ObjectWork>>]) -> Result<()> {
+    let mut destinations = Vec::new();
+    for work in works {
+        let mut work = work.lock().unwrap();
+        work.lock_destinations(store)?;
+        destinations.extend(work.targets.iter().map(|t| t.destination.clone()));
+    }
+    store.refresh()?;
+    let destinations: Vec<&Path> = destinations.iter().map(PathBuf::as_path).collect();
+    store::import_beside(store, &destinations)?;
+    store.remove_leftovers()?;
+    Ok(())
+}
+
+fn scan_object(store: &Arc<Store>, work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Result<ScanFound> {
     let object_id = work.object.id.clone();
-    if let Some((index, sidecar)) = find_cache_hit(work, deep_verify)? {
+    if let Some((index, record)) = find_cache_hit(store, work, deep_verify)? {
         let source = work.targets[index].destination.clone();
-        let digests = chunk_digests(&source, &work.targets[index], &sidecar)?;
-        let sidecar = Sidecar {
+        let digests = chunk_digests(&source, &work.targets[index], &record)?;
+        let record = FileRecord {
             chunks: digests.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
-            ..sidecar
+            ..record
         };
         for (other, target) in work.targets.iter().enumerate() {
-            if other != index
-                && !matches!(
-                    assembly::inspect(&target.destination, &target.identity)?,
-                    CacheState::Hit(_)
-                )
-            {
-                assembly::publish_copy(&source, &sidecar, target)?;
+            if other != index && cache_hit(store, target, false)?.is_none() {
+                assembly::publish_copy(store, &source, &record, target)?;
             }
         }
-        work.published = Some(sidecar);
+        // A part file of another version beside a destination that is a cache hit is no longer wanted.
+        for target in &work.targets {
+            if store.entry(&target.destination).part.is_some() {
+                assembly::discard_part(store, &target.destination);
+            }
+        }
+        work.published = Some(record);
         return Ok(ScanFound::Cached {
             object_id,
             path: source,
             digests,
         });
     }
-    let part = PartFile::open(work.targets[0].clone())?;
+    let part = PartFile::open(store, work.targets[0].clone())?;
     let digests = part.done().clone();
     let path = part.path();
     work.part = Some(part);
@@ -902,34 +956,40 @@ fn scan_object(work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Res
     })
 }
 
-fn find_cache_hit(work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, Sidecar)>> {
+fn find_cache_hit(store: &Store, work: &ObjectWork, deep_verify: bool) -> Result<Option<(usize, FileRecord)>> {
     for (index, target) in work.targets.iter().enumerate() {
-        assembly::recover_interrupted_publish(target)?;
-        match assembly::inspect(&target.destination, &target.identity)? {
-            CacheState::Hit(sidecar)
-                if !deep_verify || assembly::deep_verify(&target.destination, target, &sidecar)? =>
-            {
-                return Ok(Some((index, sidecar)));
-            }
-            CacheState::Touched(sidecar) if assembly::deep_verify(&target.destination, target, &sidecar)? => {
-                // Touched but the same bytes (copied back, `touch`ed, chmod-ed): trusted again from now on.
-                assembly::seal(&target.destination, &sidecar)?;
-                return Ok(Some((index, sidecar)));
-            }
-            _ => {}
+        if let Some(record) = cache_hit(store, target, deep_verify)? {
+            return Ok(Some((index, record)));
         }
     }
     Ok(None)
 }
 
-/// Digests of every chunk of a cached file: from its sidecar, or re-hashed when the sidecar was written
+/// The record of `target`'s file when it is a cache hit: untouched since it was published (re-hashed
+/// first with `deep_verify`), or touched but still the same bytes (copied back, `touch`ed, chmod-ed),
+/// then trusted again from now on. A publish a crash interrupted is finished (or dropped) first.
+fn cache_hit(store: &Store, target: &FileTarget, deep_verify: bool) -> Result<Option<FileRecord>> {
+    assembly::recover_interrupted_publish(store, target)?;
+    let destination = &target.destination;
+    match assembly::inspect(store, destination, &target.identity)? {
+        CacheState::Hit(record) if !deep_verify || assembly::deep_verify(destination, target, &record)? => {
+            Ok(Some(record))
+        }
+        CacheState::Touched(record) if assembly::deep_verify(destination, target, &record)? => {
+            Ok(Some(assembly::seal(store, destination, &record)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Digests of every chunk of a cached file: from its record, or re-hashed when the record was written
 /// with another chunk size (its chunk ids differ from the plan's).
-fn chunk_digests(path: &Path, target: &FileTarget, sidecar: &Sidecar) -> Result<BTreeMap<String, ChunkDigest>> {
+fn chunk_digests(path: &Path, target: &FileTarget, record: &FileRecord) -> Result<BTreeMap<String, ChunkDigest>> {
     target
         .chunks
         .iter()
         .map(|chunk| {
-            let recorded = sidecar.chunks.get(&chunk.id).and_then(|hex| ChunkDigest::from_hex(hex));
+            let recorded = record.chunks.get(&chunk.id).and_then(|hex| ChunkDigest::from_hex(hex));
             let digest = match recorded {
                 Some(digest) => digest,
                 None => hash_file_range(path, chunk.offset, Some(chunk.length))?,
@@ -964,10 +1024,10 @@ fn record_and_maybe_publish(
     digest: ChunkDigest,
     faults: &Faults,
 ) -> Result<(PathBuf, Option<Published>)> {
-    if let Some(sidecar) = &work.published {
+    if let Some(record) = &work.published {
         // Published meanwhile (a duplicate transfer won the race): nothing left to record.
         let path = work.targets[0].destination.clone();
-        debug_assert!(sidecar.chunks.contains_key(chunk_id));
+        debug_assert!(record.chunks.contains_key(chunk_id));
         return Ok((path, None));
     }
     let part = work
@@ -988,12 +1048,13 @@ fn record_and_maybe_publish(
 fn publish(work: &mut ObjectWork, faults: &Faults) -> Result<Published> {
     let part = work.part.take().expect("publish needs a part file");
     let digests = part.done().clone();
-    let sidecar = part.publish_with(faults)?;
+    let store = part.store().clone();
+    let record = part.publish_with(faults)?;
     let primary = work.targets[0].destination.clone();
     for target in &work.targets[1..] {
-        assembly::publish_copy(&primary, &sidecar, target)?;
+        assembly::publish_copy(&store, &primary, &record, target)?;
     }
-    work.published = Some(sidecar);
+    work.published = Some(record);
     Ok((primary, digests))
 }
 

@@ -13,6 +13,7 @@ pub mod p2p;
 pub mod plan;
 pub mod scheduler;
 pub mod sink;
+pub mod store;
 pub mod unpack;
 
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
@@ -12,6 +12,7 @@ use xfd_core::Error;
 use xfd_core::engine::{Engine, EngineConfig, Event, Source};
 use xfd_core::origin::{StoreConfig, open_store};
 use xfd_core::plan::Plan;
+use xfd_core::store::{Facet, Op, Store};
 use xfd_core::unpack::UnpackOptions;
 
 const CHUNK: u64 = 1 << 20;
@@ -90,8 +91,39 @@ fn config(plan: &Plan, root: &Path, corrupt_served_bytes: bool) -> EngineConfig 
         stores,
         peer_token: TOKEN.into(),
         faults: Arc::new(faults.parse().unwrap()),
+        state_dir: state_dir(root),
         ..Default::default()
     }
+}
+
+/// The node store of a test node: under its root, as `~/.cache/xfd` is on a real node.
+fn state_dir(root: &Path) -> PathBuf {
+    root.join("home/.cache/xfd")
+}
+
+fn store_of(root: &Path) -> Arc<Store> {
+    Store::open(&state_dir(root)).unwrap()
+}
+
+/// Every name under the node root (the store left out) that is xfd's: none may be beside the user's files.
+fn xfd_names(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, skip: &Path, found: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path == skip {
+                continue;
+            }
+            if path.file_name().unwrap().to_string_lossy().contains(".xfd") {
+                found.push(path.clone());
+            }
+            if path.is_dir() && !path.is_symlink() {
+                walk(&path, skip, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, &state_dir(root), &mut found);
+    found
 }
 
 fn engine(plan: &Plan, root: &Path) -> Engine {
@@ -178,6 +210,12 @@ async fn a_plan_is_fetched_published_copied_and_unpacked() {
         .count();
     assert_eq!(started, origin_chunks);
     assert!(engine.registry().len() >= origin_chunks);
+    drop(engine);
+    assert_eq!(
+        xfd_names(root.path()),
+        Vec::<PathBuf>::new(),
+        "xfd files beside the user's"
+    );
 }
 
 #[tokio::test]
@@ -409,14 +447,10 @@ async fn race(slow_is_corrupt: bool) {
     assert!(primary.unwrap().already_held);
     assert_eq!(fs::read(root_c.path().join("f")).unwrap(), data);
     drop(leecher); // its run ends: the destination's lock goes too
-    let leftovers: Vec<_> = fs::read_dir(root_c.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
     assert_eq!(
-        leftovers.len(),
-        2,
-        "only the file and its sidecar remain: {leftovers:?}"
+        xfd_names(root_c.path()),
+        Vec::<PathBuf>::new(),
+        "no scratch file, nothing else of xfd's"
     );
 }
 
@@ -486,10 +520,7 @@ async fn a_second_engine_on_the_same_destinations_is_refused_until_the_first_end
     }
     fetch_all_from_origin(&first).await;
     drop(first);
-    assert!(
-        !root.path().join(".f.xfd-lock").exists(),
-        "the lock file goes with its run"
-    );
+    assert_eq!(xfd_names(root.path()), Vec::<PathBuf>::new());
     let third = engine(&plan, root.path());
     assert_eq!(third.scan().await.unwrap().cached_files, 1);
 }
@@ -528,19 +559,22 @@ async fn a_refused_run_leaves_nothing_beside_the_other_destinations() {
     let refused = engine(&plan, root.path());
     assert!(matches!(refused.scan().await, Err(Error::DestinationExists { .. })));
     refused.close();
-    let left: Vec<_> = fs::read_dir(root.path().join("one"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    assert_eq!(
+        xfd_names(root.path()),
+        Vec::<PathBuf>::new(),
+        "xfd files left beside a destination"
+    );
     assert!(
-        left.is_empty(),
-        "xfd files left beside an unrelated destination: {left:?}"
+        store_of(root.path())
+            .entry(&root.path().join("one/a.bin"))
+            .part
+            .is_none()
     );
     assert_eq!(fs::read(root.path().join("two/user.bin")).unwrap(), b"a user's file");
 }
 
-/// `/f` published from `data`, then its sidecar put back to "publishing": the state a crash between
-/// the rename into place and the sidecar's rename leaves (or, with the file replaced, one before it).
+/// `/f` published from `data`, then its record put back to "a publish in flight": the state a crash
+/// between the rename into place and the final record leaves.
 async fn published_then_crashed(data: &[u8]) -> (tempfile::TempDir, tempfile::TempDir, Plan) {
     let origin = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
@@ -549,16 +583,26 @@ async fn published_then_crashed(data: &[u8]) -> (tempfile::TempDir, tempfile::Te
     first.scan().await.unwrap();
     fetch_all_from_origin(&first).await;
     drop(first);
-    let (sidecar, publishing) = (
-        root.path().join(".f.xfd.json"),
-        root.path().join(".f.xfd-publishing.json"),
-    );
-    fs::rename(sidecar, publishing).unwrap();
+    let store = store_of(root.path());
+    let f = root.path().join("f");
+    let record = store.entry(&f).published.unwrap();
+    store
+        .append(&[
+            Op::Publishing {
+                dest: f.clone(),
+                record,
+            },
+            Op::Forget {
+                dest: f,
+                what: Facet::Published,
+            },
+        ])
+        .unwrap();
     (origin, root, plan)
 }
 
 #[tokio::test]
-async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
+async fn a_crash_between_rename_and_record_is_finished_by_the_next_run() {
     let data = bytes(3 * CHUNK as usize + 1, 8);
     let (_origin, root, plan) = published_then_crashed(&data).await;
 
@@ -568,18 +612,21 @@ async fn a_crash_between_rename_and_sidecar_is_finished_by_the_next_run() {
         scan.cached_files, 1,
         "the file is proven to be xfd's and kept, not refused as a user's"
     );
-    assert!(root.path().join(".f.xfd.json").exists());
-    assert!(!root.path().join(".f.xfd-publishing.json").exists());
+    drop(second);
+    let entry = store_of(root.path()).entry(&root.path().join("f"));
+    assert!(entry.published.is_some() && entry.publishing.is_none(), "{entry:?}");
     assert_eq!(fs::read(root.path().join("f")).unwrap(), data);
 }
 
 #[tokio::test]
-async fn a_publishing_record_that_does_not_match_never_claims_a_users_file() {
+async fn a_publish_record_that_does_not_match_never_claims_a_users_file() {
     let data = bytes(2 * CHUNK as usize, 1);
     let (_origin, root, plan) = published_then_crashed(&data).await;
-    // As if the crash came before the rename, and the user then put a file of the same size there.
+    // As if the crash came before the rename, and the user then put a file of the same size there
+    // (made elsewhere and moved in: a new file, not the one the record names).
     let users = vec![7u8; data.len()];
-    fs::write(root.path().join("f"), &users).unwrap();
+    fs::write(root.path().join("mine"), &users).unwrap();
+    fs::rename(root.path().join("mine"), root.path().join("f")).unwrap();
 
     let second = engine(&plan, root.path());
     let refused = second.scan().await.map(|_| ());
@@ -589,5 +636,94 @@ async fn a_publishing_record_that_does_not_match_never_claims_a_users_file() {
         users,
         "the user's file is untouched"
     );
-    assert!(!root.path().join(".f.xfd-publishing.json").exists());
+    drop(second);
+    assert!(store_of(root.path()).entry(&root.path().join("f")).publishing.is_none());
+}
+
+#[tokio::test]
+async fn a_killed_runs_part_file_is_removed_by_the_next_run_of_any_manifest() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan_a = plan_for(
+        origin.path(),
+        &[("a", bytes(3 * CHUNK as usize, 1), &["/a/a.bin"])],
+        None,
+    )
+    .await;
+    let plan_b = plan_for(origin.path(), &[("b", bytes(CHUNK as usize, 2), &["/b/b.bin"])], None).await;
+    let first = engine(&plan_a, root.path());
+    first.scan().await.unwrap();
+    first.fetch_from_origin(&plan_a.objects[0].chunks[0].id).await.unwrap();
+    drop(first); // as a killed run leaves it: a part file with a recorded chunk, and its record
+    assert_eq!(xfd_names(root.path()), [root.path().join("a/.a.bin.xfd-part")]);
+
+    let other = engine(&plan_b, root.path());
+    other.scan().await.unwrap();
+    fetch_all_from_origin(&other).await;
+    drop(other);
+
+    assert_eq!(xfd_names(root.path()), Vec::<PathBuf>::new());
+    assert!(store_of(root.path()).entry(&root.path().join("a/a.bin")).part.is_none());
+}
+
+#[tokio::test]
+async fn a_live_runs_part_file_is_left_alone_by_another_run() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan_a = plan_for(
+        origin.path(),
+        &[("a", bytes(3 * CHUNK as usize, 1), &["/a/a.bin"])],
+        None,
+    )
+    .await;
+    let plan_b = plan_for(origin.path(), &[("b", bytes(CHUNK as usize, 2), &["/b/b.bin"])], None).await;
+    let running = engine(&plan_a, root.path());
+    running.scan().await.unwrap();
+    running
+        .fetch_from_origin(&plan_a.objects[0].chunks[0].id)
+        .await
+        .unwrap();
+
+    let other = engine(&plan_b, root.path());
+    other.scan().await.unwrap();
+
+    fetch_all_from_origin(&running).await;
+    assert_eq!(
+        fs::read(root.path().join("a/a.bin")).unwrap(),
+        bytes(3 * CHUNK as usize, 1)
+    );
+}
+
+#[tokio::test]
+async fn sidecars_of_the_previous_layout_are_imported_once_and_removed() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = bytes(2 * CHUNK as usize + 3, 4);
+    let plan = plan_for(origin.path(), &[("k", data.clone(), &["/m/f"])], None).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    fetch_all_from_origin(&first).await;
+    drop(first);
+    // The node as the previous version left it: a sidecar, a lock file and endgame scratch beside the
+    // file, and no store.
+    let record = store_of(root.path()).entry(&root.path().join("m/f")).published.unwrap();
+    let mut sidecar = serde_json::to_value(&record).unwrap();
+    sidecar["format"] = "xfd.file/1".into();
+    fs::write(root.path().join("m/.f.xfd.json"), sidecar.to_string()).unwrap();
+    fs::write(root.path().join("m/.f.xfd-lock"), b"").unwrap();
+    fs::write(root.path().join("m/.f.xfd-duplicate-a1B2c3"), b"scratch").unwrap();
+    fs::remove_dir_all(state_dir(root.path())).unwrap();
+
+    let upgraded = engine(&plan, root.path());
+    let scan = upgraded.scan().await.unwrap();
+
+    assert_eq!(scan.cached_files, 1, "the sidecar's record makes it a cache hit");
+    assert_eq!(xfd_names(root.path()), Vec::<PathBuf>::new());
+    drop(upgraded);
+    let again = engine(&plan, root.path());
+    assert_eq!(
+        again.scan().await.unwrap().cached_files,
+        1,
+        "and it stays one, from the store"
+    );
 }

@@ -8,19 +8,23 @@ use std::fs;
 use std::io::{Cursor, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::EntryType;
+use xfd_core::store::{Store, UnpackRecord};
 use xfd_core::{ArchiveFormat, Error, UnpackOptions, UnpackReport, is_unpacked, unpack, unpack_async};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
 // ---------------------------------------------------------------------------------------------------
-// A scene: archives, the destination's parent ("site") and a directory standing for "elsewhere".
+// A scene: archives, the destination's parent ("site"), a directory standing for "elsewhere", and the
+// node store ("state", left out of snapshots: records may change, the file system around them not).
 
 struct Scene {
     tmp: tempfile::TempDir,
+    store: Arc<Store>,
 }
 
 impl Scene {
@@ -29,7 +33,12 @@ impl Scene {
         for dir in ["archives", "site", "outside"] {
             fs::create_dir(tmp.path().join(dir)).unwrap();
         }
-        Scene { tmp }
+        let store = Store::open(&tmp.path().join("state")).unwrap();
+        Scene { tmp, store }
+    }
+
+    fn record(&self) -> Option<UnpackRecord> {
+        self.store.entry(&self.dest()).unpacked
     }
 
     fn archive(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -65,18 +74,22 @@ impl Scene {
     }
 
     fn unpack(&self, archive: &Path, identity: &str) -> xfd_core::Result<UnpackReport> {
-        unpack(archive, &self.dest(), identity, &UnpackOptions::default())
+        unpack(&self.store, archive, &self.dest(), identity, &UnpackOptions::default())
     }
 
     /// Unpacks `archive`, expects a refusal, and checks the file system is exactly as before: nothing
     /// beside the destination, nothing outside it.
     fn refuse_with(&self, archive: &Path, options: &UnpackOptions) -> Error {
         let before = self.snapshot();
-        let err = unpack(archive, &self.dest(), "id", options).expect_err("archive was accepted");
+        let err = unpack(&self.store, archive, &self.dest(), "id", options).expect_err("archive was accepted");
         assert_eq!(
             self.snapshot(),
             before,
             "a refused unpack changed the file system: {err}"
+        );
+        assert!(
+            !self.store.entry(&self.dest()).staging,
+            "a refused unpack left its staging record"
         );
         err
     }
@@ -89,6 +102,9 @@ impl Scene {
 fn walk(root: &Path, dir: &Path, paths: &mut BTreeSet<String>) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if path == root.join("state") {
+            continue;
+        }
         let meta = fs::symlink_metadata(&path).unwrap();
         let relative = path.strip_prefix(root).unwrap().display().to_string();
         paths.insert(format!("{relative} {:?} {}", meta.file_type(), meta.len()));
@@ -287,14 +303,13 @@ fn tar_round_trip_keeps_contents_modes_and_links() {
         skipped: false,
     };
     assert_eq!(report, expected);
-    let sidecar = fs::read(scene.site().join(".dest.xfd-unpack.json")).unwrap();
-    let sidecar: serde_json::Value = serde_json::from_slice(&sidecar).unwrap();
-    assert_eq!(sidecar["identity"], "v1");
-    assert_eq!(sidecar["report"]["format"], "tar");
-    assert_eq!(sidecar["report"]["files"], 5);
+    let record = scene.record().unwrap();
+    assert_eq!(record.identity.as_deref(), Some("v1"));
+    assert_eq!(record.report.unwrap(), expected);
     assert_eq!(
         scene.site_names(),
-        BTreeSet::from(["dest".into(), ".dest.xfd-unpack.json".into()])
+        BTreeSet::from(["dest".into()]),
+        "nothing of xfd's beside the tree"
     );
 }
 
@@ -640,7 +655,7 @@ fn a_raised_max_ratio_lets_a_trusted_archive_through() {
         scene.archive("bomb.zip", &zip_bomb()),
     ] {
         let identity = archive.display().to_string();
-        let report = unpack(&archive, &scene.dest(), &identity, &trusted).unwrap();
+        let report = unpack(&scene.store, &archive, &scene.dest(), &identity, &trusted).unwrap();
         assert_eq!(report.bytes_written, 8 << 20);
         assert_eq!(fs::metadata(scene.dest().join("zeros.bin")).unwrap().len(), 8 << 20);
     }
@@ -696,7 +711,7 @@ fn a_disk_reserve_larger_than_the_free_space_is_refused_before_extraction() {
         disk_reserve: 0,
         ..UnpackOptions::default()
     };
-    unpack(&archive, &scene.dest(), "v1", &off).unwrap();
+    unpack(&scene.store, &archive, &scene.dest(), "v1", &off).unwrap();
 }
 
 #[test]
@@ -772,7 +787,7 @@ fn an_entry_larger_than_its_header_size_is_still_counted() {
     // The default ratio stops it too: 16 MiB out of 2 KiB.
     assert_eq!(limit_hit(&scene.refuse(&archive)).0, "max_ratio");
     // Within the limits the same entry expands to its real size.
-    let report = unpack(&archive, &scene.dest(), "v1", &no_ratio()).unwrap();
+    let report = unpack(&scene.store, &archive, &scene.dest(), "v1", &no_ratio()).unwrap();
     let data = fs::read(scene.dest().join("sparse.bin")).unwrap();
     assert_eq!((data.len(), report.bytes_written), (16 << 20, 16 << 20));
     assert!(data[..(16 << 20) - 512].iter().all(|&b| b == 0) && data.ends_with(&[7; 512]));
@@ -823,7 +838,12 @@ fn max_entries_counts_every_entry() {
             ..UnpackOptions::default()
         };
         let identity = archive.display().to_string();
-        assert_eq!(unpack(archive, &scene.dest(), &identity, &five).unwrap().entries, 5);
+        assert_eq!(
+            unpack(&scene.store, archive, &scene.dest(), &identity, &five)
+                .unwrap()
+                .entries,
+            5
+        );
     }
 }
 
@@ -936,10 +956,10 @@ fn a_users_destination_is_refused_untouched_unless_overwrite() {
             overwrite: true,
             ..UnpackOptions::default()
         };
-        unpack(&archive, &dest, "v1", &overwrite).unwrap();
+        unpack(&scene.store, &archive, &dest, "v1", &overwrite).unwrap();
         assert_sample_tree(&dest, true);
         assert!(!dest.join("mine.txt").exists());
-        assert_eq!(scene.site_names().len(), 2, "{:?}", scene.site_names());
+        assert_eq!(scene.site_names().len(), 1, "{:?}", scene.site_names());
     }
 }
 
@@ -949,7 +969,7 @@ fn the_same_identity_is_skipped_and_a_new_one_replaces() {
     let first = scene
         .unpack(&scene.archive("a.tar", &sample_tar()), "object-1@etag-a")
         .unwrap();
-    assert!(is_unpacked(&scene.dest(), "object-1@etag-a"));
+    assert!(is_unpacked(&scene.store, &scene.dest(), "object-1@etag-a"));
 
     // Skipping must not even open the archive.
     let missing = scene.tmp.path().join("archives/gone.tar");
@@ -963,9 +983,9 @@ fn the_same_identity_is_skipped_and_a_new_one_replaces() {
     assert!(!report.skipped);
     assert_eq!(fs::read(scene.dest().join("other.txt")).unwrap(), b"v2");
     assert!(!scene.dest().join("model").exists(), "the previous tree is gone");
-    assert!(is_unpacked(&scene.dest(), "object-1@etag-b"));
-    assert!(!is_unpacked(&scene.dest(), "object-1@etag-a"));
-    assert_eq!(scene.site_names().len(), 2, "{:?}", scene.site_names());
+    assert!(is_unpacked(&scene.store, &scene.dest(), "object-1@etag-b"));
+    assert!(!is_unpacked(&scene.store, &scene.dest(), "object-1@etag-a"));
+    assert_eq!(scene.site_names().len(), 1, "{:?}", scene.site_names());
 }
 
 #[test]
@@ -981,7 +1001,7 @@ fn a_refused_update_keeps_the_previous_unpack() {
     let err = scene.unpack(&evil, "v2").unwrap_err();
     assert!(matches!(err, Error::UnsafeArchiveEntry { .. }), "{err}");
     assert_eq!(scene.snapshot(), before);
-    assert!(is_unpacked(&scene.dest(), "v1"));
+    assert!(is_unpacked(&scene.store, &scene.dest(), "v1"));
     assert_sample_tree(&scene.dest(), true);
 }
 
@@ -989,10 +1009,13 @@ fn a_refused_update_keeps_the_previous_unpack() {
 fn is_unpacked_needs_the_directory_and_a_non_empty_identity() {
     let scene = Scene::new();
     scene.unpack(&scene.archive("a.tar", &sample_tar()), "").unwrap();
-    assert!(!is_unpacked(&scene.dest(), ""), "an empty identity never matches");
+    assert!(
+        !is_unpacked(&scene.store, &scene.dest(), ""),
+        "an empty identity never matches"
+    );
     scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     fs::remove_dir_all(scene.dest()).unwrap();
-    assert!(!is_unpacked(&scene.dest(), "v1"));
+    assert!(!is_unpacked(&scene.store, &scene.dest(), "v1"));
     let report = scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
     assert!(!report.skipped, "a removed destination is unpacked again");
 }
@@ -1002,6 +1025,7 @@ fn missing_parent_directories_are_created() {
     let scene = Scene::new();
     let dest = scene.site().join("deep/er/dest");
     unpack(
+        &scene.store,
         &scene.archive("a.tar", &sample_tar()),
         &dest,
         "v1",
@@ -1016,7 +1040,95 @@ async fn the_async_twin_unpacks_on_the_blocking_pool() {
     let scene = Scene::new();
     let archive = scene.archive("a.zip", &sample_zip());
     let options = UnpackOptions::default();
-    let report = unpack_async(archive, scene.dest(), "v1".into(), options).await.unwrap();
+    let report = unpack_async(scene.store.clone(), archive, scene.dest(), "v1".into(), options)
+        .await
+        .unwrap();
     assert_eq!(report.format, ArchiveFormat::Zip);
     assert_sample_tree(&scene.dest(), false);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The node store: records kept out of the destination's directory.
+
+#[test]
+fn the_previous_layouts_sidecar_is_imported_once_and_removed() {
+    let scene = Scene::new();
+    let first = scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
+    // As the previous layout left it: a sidecar beside the tree, a staging tree of a crashed unpack,
+    // and a store that knows nothing (the upgrade).
+    let sidecar = json_sidecar("v1", &first);
+    fs::write(scene.site().join(".dest.xfd-unpack.json"), sidecar).unwrap();
+    fs::create_dir(scene.site().join(".dest.xfd-unpack-Ab12")).unwrap();
+    let upgraded = Store::open(&scene.tmp.path().join("state-after-upgrade")).unwrap();
+
+    let missing = scene.tmp.path().join("archives/gone.tar");
+    let again = unpack(&upgraded, &missing, &scene.dest(), "v1", &UnpackOptions::default()).unwrap();
+
+    assert!(again.skipped, "the imported record makes it a cache hit");
+    assert_eq!(scene.site_names(), BTreeSet::from(["dest".into()]));
+    assert_eq!(
+        upgraded.entry(&scene.dest()).unpacked.unwrap().identity.as_deref(),
+        Some("v1")
+    );
+}
+
+fn json_sidecar(identity: &str, report: &UnpackReport) -> Vec<u8> {
+    let report = serde_json::to_value(report).unwrap();
+    serde_json::to_vec(&serde_json::json!({"version": 1, "identity": identity, "report": report})).unwrap()
+}
+
+#[test]
+fn a_users_tree_put_where_an_unpacked_one_was_is_never_replaced() {
+    let scene = Scene::new();
+    scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
+    // The user removes the tree and puts their own there (made first: a new inode, not the old one's).
+    let mine = scene.site().join("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::write(mine.join("mine.txt"), b"mine").unwrap();
+    fs::remove_dir_all(scene.dest()).unwrap();
+    fs::rename(&mine, scene.dest()).unwrap();
+    assert!(
+        scene.record().is_some(),
+        "the store still remembers the tree it put there"
+    );
+
+    let err = scene.refuse(&scene.archive("b.tar", &sample_tar()));
+
+    assert!(matches!(&err, Error::DestinationExists { .. }), "{err}");
+    assert_eq!(fs::read(scene.dest().join("mine.txt")).unwrap(), b"mine");
+    assert!(!is_unpacked(&scene.store, &scene.dest(), "v1"));
+}
+
+#[test]
+fn an_unpack_into_a_destination_another_run_holds_is_refused() {
+    let scene = Scene::new();
+    let other_run = Store::open(&scene.tmp.path().join("state")).unwrap();
+    let _held = other_run.lock(&scene.dest()).unwrap();
+    let err = scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap_err();
+    assert!(
+        matches!(&err, Error::DestinationBusy { path } if path == &scene.dest()),
+        "{err}"
+    );
+    assert!(!scene.dest().exists());
+}
+
+#[test]
+fn a_killed_unpacks_staging_tree_is_removed_by_the_next_unpack() {
+    let scene = Scene::new();
+    {
+        // A run announces its staging tree, builds part of it, and dies (its store is dropped unclosed).
+        let killed = Store::open(&scene.tmp.path().join("state")).unwrap();
+        let _lock = killed.lock(&scene.dest()).unwrap();
+        killed
+            .append(&[xfd_core::store::Op::Staging { dest: scene.dest() }])
+            .unwrap();
+        fs::create_dir_all(scene.site().join(".dest.xfd-unpack-x1/model")).unwrap();
+    }
+    scene.store.refresh().unwrap();
+    assert!(scene.store.entry(&scene.dest()).staging);
+
+    scene.unpack(&scene.archive("a.tar", &sample_tar()), "v1").unwrap();
+
+    assert_eq!(scene.site_names(), BTreeSet::from(["dest".into()]));
+    assert!(!scene.store.entry(&scene.dest()).staging);
 }

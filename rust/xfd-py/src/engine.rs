@@ -63,9 +63,11 @@ pub struct PyEngine {
 #[pymethods]
 impl PyEngine {
     /// `stores` maps each store name of the plan to `(url, [(option, value), ...])`, credentials
-    /// resolved on this node.
+    /// resolved on this node. `state_dir` is the node store's directory (`None`: `~/.cache/xfd` under
+    /// the node root).
     #[new]
-    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, faults = "", node_labels = None))]
+    #[pyo3(signature = (plan_json, node_root, stores, *, peer_token = None, deep_verify = false, faults = "", node_labels = None, state_dir = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         plan_json: &str,
         node_root: PathBuf,
@@ -74,6 +76,7 @@ impl PyEngine {
         deep_verify: bool,
         faults: &str,
         node_labels: Option<BTreeMap<String, String>>,
+        state_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let peer_token = peer_token.unwrap_or_default();
         let plan = Plan::from_json(plan_json).map_err(to_py)?;
@@ -89,6 +92,7 @@ impl PyEngine {
             faults: Arc::new(faults.parse().map_err(to_py)?),
             node_labels: node_labels.unwrap_or_default(),
             retry: RetryPolicy::from_settings(&plan.settings),
+            state_dir: state_dir.unwrap_or_default(),
         };
         let engine = {
             let _guard = runtime().enter();

@@ -5,9 +5,9 @@
 //! written are capped (in total, per byte of archive, and by the free space that must remain) and so is
 //! the number of entries. A refused archive leaves nothing behind.
 //!
-//! The tree is built in a staging directory beside the destination and renamed into place whole; a
-//! sidecar file beside it (`.<name>.xfd-unpack.json`) records which archive identity is there, so a
-//! repeated unpack of the same identity is skipped. See `docs/unpack.md`.
+//! The tree is built in a staging directory beside the destination and renamed into place whole; the
+//! node store ([`crate::store`]) records which archive identity is there, so a repeated unpack of the
+//! same identity is skipped. See `docs/unpack.md`.
 
 mod entry_path;
 mod extract;
@@ -27,6 +27,7 @@ pub use format::{ArchiveFormat, detect};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
 use crate::plan::{PlanUnpack, Settings};
+use crate::store::Store;
 use publish::Destination;
 
 /// How to unpack. Every limit applies to the archive as it is read, not as it claims to be.
@@ -117,32 +118,55 @@ pub struct UnpackReport {
 
 /// Unpacks `archive` into the directory `destination`, replacing what an earlier unpack put there.
 ///
-/// `identity` names the archive's content (for example a plan's object id and etag); when the sidecar
-/// says `destination` already holds it, the call returns at once with `skipped: true`. An empty
-/// identity never matches. Blocking: call it from a blocking thread (see [`unpack_async`]).
-pub fn unpack(archive: &Path, destination: &Path, identity: &str, options: &UnpackOptions) -> Result<UnpackReport> {
+/// `identity` names the archive's content (for example a plan's object id and etag); when `store` says
+/// `destination` already holds it, the call returns at once with `skipped: true`. An empty identity
+/// never matches. The destination is locked in `store` for the call (another run unpacking into it:
+/// [`Error::DestinationBusy`]); what a crashed unpack of it left beside it is removed first. Blocking:
+/// call it from a blocking thread (see [`unpack_async`]).
+pub fn unpack(
+    store: &Arc<Store>,
+    archive: &Path,
+    destination: &Path,
+    identity: &str,
+    options: &UnpackOptions,
+) -> Result<UnpackReport> {
     let target = Destination::new(destination)?;
-    if let Some(report) = target.unpacked_report(identity) {
+    let _lock = store.lock(target.path())?;
+    store.refresh()?;
+    target.import_legacy(store)?;
+    // What a crashed unpack of this destination left: staging trees announced in the store, and those of
+    // the previous layout, which were not (both have xfd's names, and the lock is this call's).
+    target.remove_leftovers();
+    if store.entry(target.path()).staging {
+        target.forget_staging(store);
+    }
+    if let Some(report) = target.unpacked_report(store, identity) {
         return Ok(UnpackReport {
             skipped: true,
             ..report
         });
     }
     // Refuse a user's directory before spending time on the archive, and again before publishing.
-    target.check_replaceable(options.overwrite)?;
-    let staging = target.create_staging()?;
-    let (format, counts) = extract::extract(archive, options.format, staging.path(), options)?;
-    let report = UnpackReport {
-        format,
-        entries: counts.entries,
-        files: counts.files,
-        dirs: counts.dirs,
-        symlinks: counts.symlinks,
-        bytes_written: counts.bytes_written,
-        skipped: false,
-    };
-    target.publish(staging, identity, &report, options.overwrite)?;
-    Ok(report)
+    target.check_replaceable(store, options.overwrite)?;
+    let staging = target.create_staging(store)?;
+    let published = extract::extract(archive, options.format, staging.path(), options).and_then(|(format, counts)| {
+        let report = UnpackReport {
+            format,
+            entries: counts.entries,
+            files: counts.files,
+            dirs: counts.dirs,
+            symlinks: counts.symlinks,
+            bytes_written: counts.bytes_written,
+            skipped: false,
+        };
+        target.publish(store, staging, identity, &report, options.overwrite)?;
+        Ok(report)
+    });
+    if published.is_err() {
+        // The staging tree is gone (or, after a failed swap, kept on purpose and named in the error).
+        target.forget_staging(store);
+    }
+    published
 }
 
 /// Removes what a crashed unpack into `destination` left beside it (staging trees, a replaced tree
@@ -154,17 +178,18 @@ pub fn remove_leftovers(destination: &Path) -> Result<()> {
 
 /// [`unpack`] on tokio's blocking pool, so async callers never stall a reactor thread on disk.
 pub async fn unpack_async(
+    store: Arc<Store>,
     archive: PathBuf,
     destination: PathBuf,
     identity: String,
     options: UnpackOptions,
 ) -> Result<UnpackReport> {
-    tokio::task::spawn_blocking(move || unpack(&archive, &destination, &identity, &options))
+    tokio::task::spawn_blocking(move || unpack(&store, &archive, &destination, &identity, &options))
         .await
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Whether `destination` is a directory that an unpack of `identity` wrote (per its sidecar).
-pub fn is_unpacked(destination: &Path, identity: &str) -> bool {
-    Destination::new(destination).is_ok_and(|target| target.unpacked_report(identity).is_some())
+/// Whether `destination` is the directory an unpack of `identity` put there (per `store`).
+pub fn is_unpacked(store: &Store, destination: &Path, identity: &str) -> bool {
+    Destination::new(destination).is_ok_and(|target| target.unpacked_report(store, identity).is_some())
 }

@@ -1,8 +1,10 @@
-//! Putting an unpacked tree in place atomically, and the sidecar that remembers what is there.
+//! Putting an unpacked tree in place atomically, and the store record that remembers what is there.
 //!
 //! Readers of a destination see either the previous tree or the new one, never a half-written one: the
 //! tree is built in a staging directory beside the destination (same file system, so `rename` is
-//! atomic) and swapped in whole.
+//! atomic) and swapped in whole. What is there is recorded in the node store ([`crate::store`]), not
+//! beside the tree: after a successful unpack the destination's directory holds the tree and nothing
+//! else of xfd's.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Permissions};
@@ -10,25 +12,24 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tempfile::TempDir;
 
 use super::UnpackReport;
 use crate::error::{Error, Result};
+use crate::store::{Facet, FileStamp, Op, Store, UnpackRecord};
 
-/// Bump when the sidecar's meaning changes; an older or newer sidecar then never matches an identity.
-const SIDECAR_VERSION: u32 = 1;
 const STAGING_INFIX: &str = ".xfd-unpack-";
 const REPLACED_INFIX: &str = ".xfd-unpack-old-";
-const SIDECAR_SUFFIX: &str = ".xfd-unpack.json";
+/// The previous layout's record beside the tree, imported into the store once.
+const LEGACY_SIDECAR_SUFFIX: &str = ".xfd-unpack.json";
+const LEGACY_SIDECAR_VERSION: u32 = 1;
 /// The published tree's top directory; the staging directory is created private (0700).
 const PUBLISHED_DIR_MODE: u32 = 0o755;
-const SIDECAR_MODE: u32 = 0o644;
 
-/// What the sidecar records. `identity` is `None` while a publish is in flight: the destination then
-/// belongs to xfd but holds no known content, so the next unpack replaces it rather than refusing.
-#[derive(Debug, Serialize, Deserialize)]
-struct Sidecar {
+/// The sidecar of the previous layout. `identity` is `None` while a publish was in flight.
+#[derive(Debug, Deserialize)]
+struct LegacySidecar {
     version: u32,
     identity: Option<String>,
     report: Option<UnpackReport>,
@@ -59,70 +60,121 @@ impl Destination {
         })
     }
 
-    /// The report of the unpack that wrote the destination, if it was for `identity` and the
-    /// destination is still a directory.
-    pub(super) fn unpacked_report(&self, identity: &str) -> Option<UnpackReport> {
-        if identity.is_empty() || !fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir()) {
-            return None;
-        }
-        let sidecar = self.read_sidecar()?;
-        let matches = sidecar.version == SIDECAR_VERSION && sidecar.identity.as_deref() == Some(identity);
-        matches.then_some(sidecar.report).flatten()
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 
-    /// Refuses a destination that holds something xfd did not write, unless `overwrite`.
-    pub(super) fn check_replaceable(&self, overwrite: bool) -> Result<()> {
+    /// The report of the unpack that wrote the destination, if it was for `identity` and the
+    /// destination is still the tree it put there.
+    pub(super) fn unpacked_report(&self, store: &Store, identity: &str) -> Option<UnpackReport> {
+        if identity.is_empty() {
+            return None;
+        }
+        let meta = fs::symlink_metadata(&self.path).ok().filter(fs::Metadata::is_dir)?;
+        let record = store.entry(&self.path).unpacked?;
+        let matches = record.identity.as_deref() == Some(identity) && record.owns(&meta);
+        matches.then_some(record.report).flatten()
+    }
+
+    /// Refuses a destination that holds something xfd did not put there, unless `overwrite`.
+    pub(super) fn check_replaceable(&self, store: &Store, overwrite: bool) -> Result<()> {
         match fs::symlink_metadata(&self.path) {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("stat", &self.path, e)),
-            Ok(_) if overwrite || self.read_sidecar().is_some() => Ok(()),
+            Ok(meta) if overwrite || store.entry(&self.path).unpacked.is_some_and(|r| r.owns(&meta)) => Ok(()),
             Ok(_) => Err(Error::DestinationExists {
                 path: self.path.clone(),
             }),
         }
     }
 
-    /// An empty directory beside the destination, removed when dropped unless published.
-    pub(super) fn create_staging(&self) -> Result<TempDir> {
+    /// An empty directory beside the destination, removed when dropped unless published. Announced in
+    /// the store before it is created, so a killed unpack's staging tree is found by the next run.
+    pub(super) fn create_staging(&self, store: &Store) -> Result<TempDir> {
         crate::assembly::create_dirs(&self.parent)?;
+        store.append(&[Op::Staging {
+            dest: self.path.clone(),
+        }])?;
         self.hidden_temp_dir(STAGING_INFIX)
     }
 
-    /// Swaps the staging tree in as the destination and records `identity` in the sidecar.
+    /// Forgets the staging announcement once the staging tree is gone (a failed unpack).
+    pub(super) fn forget_staging(&self, store: &Store) {
+        let _ = store.append(&[Op::forget(&self.path, Facet::Staging)]);
+    }
+
+    /// Swaps the staging tree in as the destination and records `identity` in the store.
     pub(super) fn publish(
         &self,
+        store: &Store,
         staging: TempDir,
         identity: &str,
         report: &UnpackReport,
         overwrite: bool,
     ) -> Result<()> {
-        self.check_replaceable(overwrite)?;
-        let previous = self.read_sidecar();
-        // Claim first: after a crash mid-swap the destination is still known to be xfd's.
-        self.write_sidecar(&Sidecar {
-            version: SIDECAR_VERSION,
+        self.check_replaceable(store, overwrite)?;
+        let previous = store.entry(&self.path).unpacked;
+        let staged = fs::symlink_metadata(staging.path()).map_err(|e| Error::io("stat", staging.path(), e))?;
+        let mut trees = vec![FileStamp::of(&staged)];
+        if let Ok(current) = fs::symlink_metadata(&self.path) {
+            trees.push(FileStamp::of(&current));
+        }
+        // Claim first (on disk before the swap): after a crash mid-swap, whichever of the two trees is
+        // at the destination is still known to be xfd's.
+        let claim = UnpackRecord {
             identity: None,
             report: None,
-        })?;
+            trees,
+        };
+        store.append_durable(&[self.recorded(claim)])?;
         if let Err(e) = self.swap_in(staging) {
-            self.restore_sidecar(previous);
+            self.restore_record(store, previous);
             return Err(e);
         }
-        self.write_sidecar(&Sidecar {
-            version: SIDECAR_VERSION,
+        let published = fs::symlink_metadata(&self.path).map_err(|e| Error::io("stat", &self.path, e))?;
+        let record = UnpackRecord {
             identity: Some(identity.to_owned()),
             report: Some(report.clone()),
-        })
+            trees: vec![FileStamp::of(&published)],
+        };
+        store.append_durable(&[self.recorded(record)])
+    }
+
+    fn recorded(&self, record: UnpackRecord) -> Op {
+        Op::Unpacked {
+            dest: self.path.clone(),
+            record,
+        }
     }
 
     /// Best effort after a failed swap, whose error is the one to report: the destination is unchanged,
-    /// so its sidecar goes back to what it was (none for a user's tree, which must not look like xfd's).
-    fn restore_sidecar(&self, previous: Option<Sidecar>) {
-        if let Some(previous) = previous {
-            let _ = self.write_sidecar(&previous);
-        } else {
-            let _ = fs::remove_file(self.sidecar_path());
+    /// so its record goes back to what it was (none for a user's tree, which must not look like xfd's).
+    fn restore_record(&self, store: &Store, previous: Option<UnpackRecord>) {
+        let _ = match previous {
+            Some(previous) => store.append(&[self.recorded(previous)]),
+            None => store.append(&[Op::forget(&self.path, Facet::Unpacked)]),
+        };
+    }
+
+    /// Imports the previous layout's sidecar beside the tree (`.<name>.xfd-unpack.json`) into the store,
+    /// then removes it. The caller holds the destination's lock.
+    pub(super) fn import_legacy(&self, store: &Store) -> Result<()> {
+        let path = self.parent.join(self.hidden_name(LEGACY_SIDECAR_SUFFIX));
+        let Ok(bytes) = fs::read(&path) else {
+            return Ok(());
+        };
+        let sidecar = serde_json::from_slice::<LegacySidecar>(&bytes).ok();
+        if let Some(sidecar) = sidecar.filter(|s| s.version == LEGACY_SIDECAR_VERSION)
+            && store.entry(&self.path).unpacked.is_none()
+        {
+            let record = UnpackRecord {
+                identity: sidecar.identity,
+                report: sidecar.report,
+                trees: Vec::new(),
+            };
+            store.append_durable(&[self.recorded(record)])?;
         }
+        fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))
     }
 
     fn swap_in(&self, staging: TempDir) -> Result<()> {
@@ -168,38 +220,13 @@ impl Destination {
         Error::io("rename", &self.path, io::Error::new(cause.kind(), message))
     }
 
-    /// Removes staging and replaced trees (and sidecar temp files) a crashed unpack of this destination
-    /// left beside it. Only for a caller that knows no other unpack of it runs now (the engine holds
-    /// the destination's lock); the names are xfd's own (`.<name>.xfd-unpack-*`).
+    /// Removes staging and replaced trees (and the previous layout's sidecar temp files) a crashed unpack
+    /// of this destination left beside it. Only for a caller that knows no other unpack of it runs now
+    /// (it holds the destination's lock); the names are xfd's own (`.<name>.xfd-unpack-*`).
     pub(super) fn remove_leftovers(&self) {
         let staging = self.hidden_name(STAGING_INFIX);
-        let sidecar_temp = self.hidden_name(&format!("{SIDECAR_SUFFIX}."));
+        let sidecar_temp = self.hidden_name(&format!("{LEGACY_SIDECAR_SUFFIX}."));
         crate::assembly::remove_entries_named(&self.parent, &[&staging, &sidecar_temp]);
-    }
-
-    fn read_sidecar(&self) -> Option<Sidecar> {
-        let bytes = fs::read(self.sidecar_path()).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Writes the sidecar atomically: a temporary file, flushed to disk, renamed over the old one.
-    fn write_sidecar(&self, sidecar: &Sidecar) -> Result<()> {
-        let path = self.sidecar_path();
-        let mut temp = tempfile::Builder::new()
-            .prefix(&self.hidden_name(&format!("{SIDECAR_SUFFIX}.")))
-            .tempfile_in(&self.parent)
-            .map_err(|e| Error::io("create", &self.parent, e))?;
-        let written = serde_json::to_writer_pretty(temp.as_file_mut(), sidecar)
-            .map_err(io::Error::from)
-            .and_then(|()| temp.as_file().set_permissions(Permissions::from_mode(SIDECAR_MODE)))
-            .and_then(|()| temp.as_file().sync_all());
-        written.map_err(|e| Error::io("write", temp.path(), e))?;
-        temp.persist(&path).map_err(|e| Error::io("rename", &path, e.error))?;
-        sync_dir(&self.parent)
-    }
-
-    fn sidecar_path(&self) -> PathBuf {
-        self.parent.join(self.hidden_name(SIDECAR_SUFFIX))
     }
 
     fn hidden_temp_dir(&self, infix: &str) -> Result<TempDir> {
