@@ -847,12 +847,7 @@ impl Engine {
     fn register(&self, chunk_id: &str, path: &Path, digest: ChunkDigest) {
         let (_, chunk) = &self.chunks[chunk_id];
         if let Ok(id) = ChunkId::parse(chunk_id) {
-            let served = ServedChunk {
-                path: path.to_owned(),
-                offset: chunk.offset,
-                length: chunk.length,
-                digest,
-            };
+            let served = ServedChunk::in_file(path.to_owned(), chunk.offset, chunk.length, digest);
             self.registry.insert(id, served);
         }
     }

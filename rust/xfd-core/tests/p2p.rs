@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use xfd_core::p2p::{
-    ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, ServedChunk, ServerConfig, generate_token,
+    ChunkId, ClientConfig, MemoryRegistry, P2pClient, P2pServer, Segment, ServedChunk, ServerConfig, generate_token,
 };
 use xfd_core::{ChunkDigest, Error};
 
@@ -64,15 +65,50 @@ impl Node {
         std::fs::write(&path, content).unwrap();
         path
     }
+
+    /// Writes one file per `(content, range)` and registers those ranges of them, one after the other, as
+    /// one chunk (a bundle when each range is its whole file). Returns the id and the chunk's bytes.
+    fn serve_files(&self, files: &[(Vec<u8>, Range<usize>)]) -> (ChunkId, Vec<u8>) {
+        let id = next_id();
+        let mut bytes = Vec::new();
+        let mut segments = Vec::new();
+        for (index, (content, range)) in files.iter().enumerate() {
+            let path = self.member(&id, index);
+            std::fs::write(&path, content).unwrap();
+            bytes.extend_from_slice(&content[range.clone()]);
+            let (offset, length) = (range.start as u64, range.len() as u64);
+            segments.push(Segment { path, offset, length });
+        }
+        let chunk = ServedChunk::in_files(segments, ChunkDigest::of_bytes(&bytes));
+        self.registry.insert(id, chunk);
+        (id, bytes)
+    }
+
+    /// The file holding segment `index` of a chunk registered by [`Node::serve_files`].
+    fn member(&self, id: &ChunkId, index: usize) -> PathBuf {
+        self.dir.path().join(format!("{id}.{index}"))
+    }
+}
+
+/// A file registered whole.
+fn whole(content: Vec<u8>) -> (Vec<u8>, Range<usize>) {
+    let range = 0..content.len();
+    (content, range)
+}
+
+/// A whole file, a range inside a bigger file, an empty file and a small one: 1.8 MiB, so the first
+/// block read ends inside the second segment.
+fn mixed_segments() -> Vec<(Vec<u8>, Range<usize>)> {
+    vec![
+        whole(pattern(300_000, 1)),
+        (pattern(2_000_000, 2), 12_345..1_512_345),
+        whole(Vec::new()),
+        whole(pattern(777, 3)),
+    ]
 }
 
 fn served(path: PathBuf, offset: usize, bytes: &[u8], digest: ChunkDigest) -> ServedChunk {
-    ServedChunk {
-        path,
-        offset: offset as u64,
-        length: bytes.len() as u64,
-        digest,
-    }
+    ServedChunk::in_file(path, offset as u64, bytes.len() as u64, digest)
 }
 
 fn next_id() -> ChunkId {
@@ -518,6 +554,88 @@ async fn a_file_shorter_than_registered_aborts_the_body() {
     })
     .await;
     assert!(node.server.stats().bytes_served <= MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_spread_over_several_files_is_served_in_order() {
+    let node = Node::start().await;
+    let (id, bytes) = node.serve_files(&mixed_segments());
+
+    fetch_whole(&client(), &node, &id, &bytes).await.unwrap();
+
+    assert_eq!(node.server.stats().bytes_served, bytes.len() as u64);
+    assert_eq!(node.server.stats().chunk_responses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_across_segments_is_read_from_each_of_them() {
+    let node = Node::start().await;
+    let (id, bytes) = node.serve_files(&mixed_segments());
+    let end = bytes.len() as u64;
+    // First into second file; from inside the second file's range, past the empty file, into the last.
+    for range in [299_000..301_000, 1_799_000..end - 100] {
+        let dest = destination(2000);
+
+        let report = client()
+            .fetch_range(node.addr(), &id, range.clone(), dest.clone(), 0)
+            .await
+            .unwrap();
+
+        let (start, end) = (range.start as usize, range.end as usize);
+        assert_eq!(report.bytes, range.end - range.start);
+        assert_eq!(read_all(&dest)[..end - start], bytes[start..end], "{range:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_of_300_small_files_is_served_as_one_chunk() {
+    let node = Node::start().await;
+    let files: Vec<_> = (0..300).map(|i| whole(pattern(1024, i as u8 ^ 0x40))).collect();
+    let (id, bytes) = node.serve_files(&files);
+
+    fetch_whole(&client(), &node, &id, &bytes).await.unwrap();
+
+    assert_eq!(node.server.stats().bytes_served, 300 * 1024);
+    assert_eq!(node.server.stats().chunk_responses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_missing_a_member_file_is_not_found() {
+    let node = Node::start().await;
+    let files: Vec<_> = (0..3).map(|i| whole(pattern(1000 + i, i as u8))).collect();
+    let (id, bytes) = node.serve_files(&files);
+    std::fs::remove_file(node.member(&id, 1)).unwrap();
+
+    let err = fetch_whole(&client(), &node, &id, &bytes).await.unwrap_err();
+
+    assert!(
+        matches!(&err, Error::ChunkNotOnPeer { chunk, .. } if *chunk == id),
+        "{err}"
+    );
+    let stats = node.server.stats();
+    assert_eq!(
+        (stats.refused.not_found, stats.read_failures, stats.bytes_served),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_member_shorter_than_its_segment_aborts_the_body() {
+    let node = Node::start().await;
+    let files: Vec<_> = (0..3).map(|i| whole(pattern(5000, i))).collect();
+    let (id, bytes) = node.serve_files(&files);
+    std::fs::write(node.member(&id, 1), pattern(4000, 1)).unwrap();
+
+    let err = fetch_whole(&client(), &node, &id, &bytes).await.unwrap_err();
+
+    assert!(
+        matches!(err, Error::PeerShortBody { received, expected, .. } if received < expected),
+        "{err}"
+    );
+    wait_for("the read failure to be counted", || {
+        node.server.stats().read_failures == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,28 +48,39 @@ pub(crate) struct ChunkBody {
     counters: Arc<Counters>,
 }
 
-/// Where a streamed range comes from.
-pub(crate) struct FileRange {
-    pub(crate) file: Arc<File>,
+/// One range of an open file.
+pub(crate) struct OpenSegment {
+    pub(crate) file: File,
     pub(crate) offset: u64,
     pub(crate) length: u64,
+}
+
+/// Where a streamed range comes from: ranges of open files, sent one after the other.
+pub(crate) struct ChunkSource {
+    pub(crate) segments: Arc<[OpenSegment]>,
     /// Longest wait for the client to take one block before the response is given up.
     pub(crate) send_timeout: Duration,
     /// Test fault injection (see [`crate::faults`]): how this response misbehaves, if at all.
     pub(crate) fault: Option<Action>,
 }
 
+impl ChunkSource {
+    fn length(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.length).sum()
+    }
+}
+
 impl ChunkBody {
     /// Starts reading `source` in the background and returns the body that yields it.
     pub(crate) fn spawn(
-        source: FileRange,
+        source: ChunkSource,
         limiter: Option<Arc<EgressLimiter>>,
         counters: Arc<Counters>,
         slot: OwnedSemaphorePermit,
     ) -> Self {
         // One block queued while the next is read: enough to keep the socket busy, and bounded.
         let (sender, blocks) = mpsc::channel(1);
-        let remaining = source.length;
+        let remaining = source.length();
         tokio::spawn(read_blocks(source, limiter, sender, slot));
         ChunkBody {
             blocks,
@@ -81,19 +92,20 @@ impl ChunkBody {
 
 /// Reads `source` block by block into `sender`; stops early when the body is dropped.
 async fn read_blocks(
-    source: FileRange,
+    source: ChunkSource,
     limiter: Option<Arc<EgressLimiter>>,
     sender: mpsc::Sender<io::Result<Bytes>>,
     _slot: OwnedSemaphorePermit,
 ) {
     let block_size = limiter.as_ref().map_or(READ_BLOCK, |l| l.block_size(READ_BLOCK));
+    let length = source.length();
     let mut done = 0u64;
-    while done < source.length {
-        let want = (source.length - done).min(block_size as u64) as usize;
+    while done < length {
+        let want = (length - done).min(block_size as u64) as usize;
         if let Some(limiter) = &limiter {
             limiter.acquire(want as u64).await;
         }
-        let mut block = read_block(source.file.clone(), source.offset + done, want).await;
+        let mut block = read_block(source.segments.clone(), done, want).await;
         if source.fault == Some(Action::Corrupt) {
             block = block.map(flip_first_byte);
         }
@@ -131,17 +143,41 @@ fn flip_first_byte(block: Bytes) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// One positional read on the blocking pool. A file shorter than announced is an error, never padding:
-/// the body is then aborted and the client sees a truncated transfer.
-async fn read_block(file: Arc<File>, position: u64, length: usize) -> io::Result<Bytes> {
+/// Bytes `position..position + length` of the segments laid end to end, in one call on the blocking pool
+/// however many segments they span (one block of a bundle covers hundreds of small files).
+async fn read_block(segments: Arc<[OpenSegment]>, position: u64, length: usize) -> io::Result<Bytes> {
     let read = move || {
         let mut buffer = vec![0u8; length];
-        file.read_exact_at(&mut buffer, position)?;
+        read_span(&segments, position, &mut buffer)?;
         Ok(Bytes::from(buffer))
     };
     tokio::task::spawn_blocking(read)
         .await
         .unwrap_or_else(|join| Err(io::Error::other(join)))
+}
+
+/// Positional reads filling `buffer` from `position` of the segments laid end to end. A file shorter
+/// than its segment is an error, never padding: the body is then aborted and the client sees a
+/// truncated transfer.
+fn read_span(segments: &[OpenSegment], position: u64, buffer: &mut [u8]) -> io::Result<()> {
+    let (mut skip, mut filled) = (position, 0);
+    for segment in segments {
+        if filled == buffer.len() {
+            break;
+        }
+        if skip >= segment.length {
+            skip -= segment.length;
+            continue;
+        }
+        let n = (segment.length - skip).min((buffer.len() - filled) as u64) as usize;
+        let part = &mut buffer[filled..filled + n];
+        segment.file.read_exact_at(part, segment.offset.saturating_add(skip))?;
+        filled += n;
+        skip = 0;
+    }
+    // The source's length is the sum of its segments, so a block never reaches past the last one.
+    debug_assert_eq!(filled, buffer.len());
+    Ok(())
 }
 
 impl Body for ServerBody {

@@ -22,7 +22,7 @@ mod writer;
 
 pub use chunk_id::ChunkId;
 pub use client::{ClientConfig, FetchReport, P2pClient};
-pub use registry::{ChunkRegistry, MemoryRegistry, ServedChunk};
+pub use registry::{ChunkRegistry, MemoryRegistry, Segment, ServedChunk};
 pub use server::{P2pServer, RefusedCounts, ServerConfig, ServerStats};
 
 /// Response header carrying the BLAKE3 digest (lower-case hex) of the whole chunk, also on 206.

@@ -7,17 +7,43 @@ use std::sync::RwLock;
 use super::ChunkId;
 use crate::hash::ChunkDigest;
 
+/// One range of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub path: PathBuf,
+    /// Offset of the range's first byte in `path`.
+    pub offset: u64,
+    pub length: u64,
+}
+
 /// Where a verified chunk's bytes lie on this node, and their digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedChunk {
-    /// The file holding the chunk (usually the artifact being assembled).
-    pub path: PathBuf,
-    /// Offset of the chunk's first byte in `path`.
-    pub offset: u64,
-    /// Length of the chunk in bytes.
+    /// Where the chunk's bytes lie, in order: one range of one file for a chunk of a file; one whole file
+    /// per member for a bundle of small files.
+    pub segments: Vec<Segment>,
+    /// Sum of the segments' lengths.
     pub length: u64,
-    /// BLAKE3 digest of the whole chunk, sent to clients as `x-xfd-blake3`.
+    /// BLAKE3 digest of the whole chunk (the concatenation of its segments), sent to clients as
+    /// `x-xfd-blake3`.
     pub digest: ChunkDigest,
+}
+
+impl ServedChunk {
+    /// A chunk that is `length` bytes of `path` from `offset` (usually of the artifact being assembled).
+    pub fn in_file(path: PathBuf, offset: u64, length: u64, digest: ChunkDigest) -> ServedChunk {
+        ServedChunk::in_files(vec![Segment { path, offset, length }], digest)
+    }
+
+    /// A chunk whose bytes are `segments` one after the other.
+    pub fn in_files(segments: Vec<Segment>, digest: ChunkDigest) -> ServedChunk {
+        let length = segments.iter().map(|segment| segment.length).sum();
+        ServedChunk {
+            segments,
+            length,
+            digest,
+        }
+    }
 }
 
 /// The engine's answer to "may this chunk be served, and from where?".

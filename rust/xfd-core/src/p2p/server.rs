@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,10 +20,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::admission::{Admission, Budgets, Ticket};
-use super::body::{ChunkBody, FileRange, ServerBody};
+use super::body::{ChunkBody, ChunkSource, OpenSegment, ServerBody};
 use super::limiter::EgressLimiter;
 use super::range::parse_range;
-use super::{ChunkId, ChunkRegistry, DIGEST_HEADER, ServedChunk};
+use super::{ChunkId, ChunkRegistry, DIGEST_HEADER, Segment, ServedChunk};
 use crate::error::{Error, Result};
 use crate::faults::{Faults, Point};
 
@@ -151,7 +150,7 @@ pub struct RefusedCounts {
     pub unauthorized: u64,
     /// 400: malformed chunk id.
     pub bad_request: u64,
-    /// 404: unknown path, or a chunk that is not verified here (or whose file cannot be opened).
+    /// 404: unknown path, or a chunk that is not verified here (or one of whose files cannot be opened).
     pub not_found: u64,
     /// 416: a `Range` header that is not one range inside the chunk.
     pub range_not_satisfiable: u64,
@@ -429,14 +428,12 @@ impl State {
         let chunk = self.registry.verified(id).ok_or(Refusal::NotFound)?;
         let span = requested_span(headers, chunk.length)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
-        let file = open_chunk_file(chunk.path.clone()).await.map_err(|_| {
+        let segments = open_segments(segments_in(&chunk.segments, &span)).await.map_err(|_| {
             self.counters.read_failures.fetch_add(1, Ordering::Relaxed);
             Refusal::NotFound
         })?;
-        let source = FileRange {
-            file: Arc::new(file),
-            offset: chunk.offset.saturating_add(span.start),
-            length: span.end - span.start,
+        let source = ChunkSource {
+            segments: segments.into(),
             send_timeout: self.send_timeout,
             fault: self.faults.at(Point::Serve),
         };
@@ -532,8 +529,39 @@ fn requested_span(headers: &HeaderMap, chunk_length: u64) -> Result<Range<u64>, 
         .ok_or(Refusal::RangeNotSatisfiable { chunk_length })
 }
 
-async fn open_chunk_file(path: PathBuf) -> std::io::Result<File> {
-    tokio::task::spawn_blocking(move || File::open(path))
+/// The parts of `segments` that hold bytes `span` of the segments laid end to end, in order.
+fn segments_in(segments: &[Segment], span: &Range<u64>) -> Vec<Segment> {
+    let mut start = 0u64;
+    let mut parts = Vec::new();
+    for segment in segments {
+        let end = start + segment.length;
+        let (from, to) = (span.start.max(start), span.end.min(end));
+        if from < to {
+            parts.push(Segment {
+                path: segment.path.clone(),
+                offset: segment.offset.saturating_add(from - start),
+                length: to - from,
+            });
+        }
+        start = end;
+    }
+    parts
+}
+
+/// Opens the files of `segments`, all in one call on the blocking pool (a bundle has hundreds).
+async fn open_segments(segments: Vec<Segment>) -> std::io::Result<Vec<OpenSegment>> {
+    let open = move || {
+        let open_one = |segment: Segment| {
+            let file = File::open(&segment.path)?;
+            Ok(OpenSegment {
+                file,
+                offset: segment.offset,
+                length: segment.length,
+            })
+        };
+        segments.into_iter().map(open_one).collect()
+    };
+    tokio::task::spawn_blocking(open)
         .await
         .unwrap_or_else(|join| Err(std::io::Error::other(join)))
 }
