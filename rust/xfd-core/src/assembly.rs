@@ -29,6 +29,9 @@ use crate::store::{Facet, Op, Store};
 
 pub use crate::store::{FileRecord, FileStamp};
 
+mod batch;
+pub use batch::{SmallFile, publish_small};
+
 /// Everything that makes a file "the same": where it came from and which version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {
@@ -173,6 +176,15 @@ pub fn deep_verify(destination: &Path, target: &FileTarget, record: &FileRecord)
     Ok(true)
 }
 
+/// What must hold before a file is assembled for `target`: its directory exists (made now), a publish a
+/// crash interrupted is settled, and no user's file is in the way (unless `overwrite`).
+pub fn check_destination(store: &Store, target: &FileTarget) -> Result<()> {
+    let parent = target.destination.parent().unwrap_or(Path::new("/"));
+    create_dirs(parent)?;
+    recover_interrupted_publish(store, target)?;
+    refuse_foreign(store, target)
+}
+
 /// A file being assembled from chunks, in its part file beside the destination.
 pub struct PartFile {
     store: Arc<Store>,
@@ -186,10 +198,7 @@ impl PartFile {
     /// or creates it preallocated, announced in the store first. Refuses a destination that holds a
     /// user's file unless `overwrite`. The caller holds the destination's lock.
     pub fn open(store: &Arc<Store>, target: FileTarget) -> Result<PartFile> {
-        let parent = target.destination.parent().unwrap_or(Path::new("/"));
-        create_dirs(parent)?;
-        recover_interrupted_publish(store, &target)?;
-        refuse_foreign(store, &target)?;
+        check_destination(store, &target)?;
         let part = part_path(&target.destination);
         let recorded = store.entry(&target.destination).part;
         let resumed = resumable_chunks(&target, &part, recorded.as_ref());

@@ -10,7 +10,7 @@
 //! Each object has its own lock, so chunks of different objects never wait for each other; disk work
 //! that syncs or hashes runs on tokio's blocking pool.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,9 @@ use crate::plan::{Plan, PlanChunk, PlanFile, PlanObject};
 use crate::sink::FencedFile;
 use crate::store::{self, DestinationLock, Store};
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
+
+mod bundle;
+use bundle::{BundleSource, BundleWork};
 
 /// How one node runs a plan.
 #[derive(Clone, Debug, Default)]
@@ -181,6 +184,10 @@ pub struct Engine {
     stores: BTreeMap<String, OpenedStore>,
     objects: BTreeMap<String, Arc<Mutex<ObjectWork>>>,
     chunks: HashMap<String, (String, PlanChunk)>,
+    /// This node's bundles of small objects, by id: scheduled, fetched and served as one chunk each.
+    bundles: HashMap<String, Arc<BundleWork>>,
+    /// Objects that travel in a bundle: never fetched, resumed or served on their own.
+    members: HashSet<String>,
     registry: Arc<MemoryRegistry>,
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
     peers: Option<P2pClient>,
@@ -234,12 +241,15 @@ impl Engine {
             };
             objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
         }
+        let (bundles, members) = bundle::bundles_of(&plan, &objects)?;
         Ok(Engine {
             plan,
             store,
             stores,
             objects,
             chunks,
+            bundles,
+            members,
             registry: Arc::new(MemoryRegistry::new()),
             events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
             peers: peer_client(&config)?,
@@ -270,22 +280,29 @@ impl Engine {
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
         let mut report = ScanReport::default();
-        for work in self.objects.values() {
+        for (id, work) in &self.objects {
             let work = work.clone();
             let store = self.store.clone();
             let deep = self.config.deep_verify;
             let faults = self.config.faults.clone();
-            let found =
-                tokio::task::spawn_blocking(move || scan_object(&store, &mut work.lock().unwrap(), deep, &faults))
-                    .await
-                    .map_err(|e| Error::Task(e.to_string()))??;
-            self.absorb(found, &mut report);
+            let member = self.members.contains(id);
+            let found = tokio::task::spawn_blocking(move || {
+                scan_object(&store, &mut work.lock().unwrap(), member, deep, &faults)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+            self.absorb(found, member, &mut report);
         }
+        self.scan_bundles(&mut report).await?;
         Ok(report)
     }
 
-    fn absorb(&self, found: ScanFound, report: &mut ScanReport) {
+    /// Serves and reports what the scan of one object found; a bundle's member is served and reported
+    /// with its bundle ([`Engine::scan_bundles`]).
+    fn absorb(&self, found: ScanFound, member: bool, report: &mut ScanReport) {
         match found {
+            ScanFound::Missing => {}
+            ScanFound::Cached { .. } if member => report.cached_files += 1,
             ScanFound::Cached {
                 path,
                 digests,
@@ -333,7 +350,10 @@ impl Engine {
 
     /// Fetches one chunk from the origin into its part file. Failures are also emitted as events.
     pub async fn fetch_from_origin(&self, chunk_id: &str) -> Result<ChunkDone> {
-        let result = self.origin_fetch(chunk_id).await;
+        let result = match self.bundles.get(chunk_id) {
+            Some(bundle) => self.fetch_bundle(bundle, BundleSource::Origin).await,
+            None => self.origin_fetch(chunk_id).await,
+        };
         result.map_err(|error| self.failed(chunk_id, Source::Origin, None, error))
     }
 
@@ -404,7 +424,10 @@ impl Engine {
         peer: SocketAddr,
         expected: Option<ChunkDigest>,
     ) -> Result<ChunkDone> {
-        let result = self.peer_fetch(chunk_id, peer, expected).await;
+        let result = match self.bundles.get(chunk_id) {
+            Some(bundle) => self.fetch_bundle(bundle, BundleSource::Peer(peer, expected)).await,
+            None => self.peer_fetch(chunk_id, peer, expected).await,
+        };
         result.map_err(|error| self.failed(chunk_id, Source::Peer, Some(peer.to_string()), error))
     }
 
@@ -866,6 +889,8 @@ impl Drop for Engine {
 }
 
 enum ScanFound {
+    /// Not here yet; its part file is made when its first chunk arrives.
+    Missing,
     Cached {
         object_id: String,
         path: PathBuf,
@@ -896,7 +921,13 @@ fn take_destinations(store: &Arc<Store>, works: &[Arc<Mutex<ObjectWork>>]) -> Re
     Ok(())
 }
 
-fn scan_object(store: &Arc<Store>, work: &mut ObjectWork, deep_verify: bool, faults: &Faults) -> Result<ScanFound> {
+fn scan_object(
+    store: &Arc<Store>,
+    work: &mut ObjectWork,
+    member: bool,
+    deep_verify: bool,
+    faults: &Faults,
+) -> Result<ScanFound> {
     let object_id = work.object.id.clone();
     if let Some((index, record)) = find_cache_hit(store, work, deep_verify)? {
         let source = work.targets[index].destination.clone();
@@ -923,7 +954,15 @@ fn scan_object(store: &Arc<Store>, work: &mut ObjectWork, deep_verify: bool, fau
             digests,
         });
     }
-    let part = PartFile::open(store, work.targets[0].clone())?;
+    let target = &work.targets[0];
+    let nothing_to_resume = store.entry(&target.destination).part.is_none();
+    if member || (nothing_to_resume && !work.object.chunks.is_empty()) {
+        // No part file (nor file descriptor) before a chunk arrives: a plan of 100,000 files must not
+        // hold 100,000 open files. What opening it would refuse is refused now all the same.
+        assembly::check_destination(store, target)?;
+        return Ok(ScanFound::Missing);
+    }
+    let part = PartFile::open(store, target.clone())?;
     let digests = part.done().clone();
     let path = part.path();
     work.part = Some(part);

@@ -20,6 +20,9 @@ pub struct Plan {
     pub files: Vec<PlanFile>,
     #[serde(default)]
     pub unpacks: Vec<PlanUnpack>,
+    /// Small objects packed into one transfer unit each (absent in plans that predate bundles).
+    #[serde(default)]
+    pub bundles: Vec<PlanBundle>,
 }
 
 /// The manifest's chunk size: bytes, or `"auto"` (a size per file). Informative only: every chunk's
@@ -154,6 +157,17 @@ pub struct PlanUnpack {
     pub max_ratio: Option<f64>,
 }
 
+/// Small objects that travel as one unit: fetched from the origin with one GET per member, shared
+/// between peers as one chunk (the members' bytes concatenated in order, `length` bytes, one digest),
+/// scheduled as one item. Each member is an object of one chunk that covers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBundle {
+    pub id: String,
+    pub length: u64,
+    pub members: Vec<String>,
+}
+
 impl Plan {
     /// Parses and checks a plan: its format, and that every file and unpack names a known object.
     pub fn from_json(text: &str) -> Result<Plan> {
@@ -187,6 +201,7 @@ impl Plan {
                 unpack.to, unpack.max_ratio
             )));
         }
+        check_bundles(&plan, &index)?;
         Ok(plan)
     }
 
@@ -210,6 +225,43 @@ impl Plan {
         }
         PlanIndex { objects, files }
     }
+}
+
+/// Every member of a bundle is a known object of one chunk that covers it, in no other bundle, and a
+/// bundle's length is its members' sizes added up: the engine cuts a bundle's bytes by these.
+fn check_bundles(plan: &Plan, index: &PlanIndex<'_>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for bundle in &plan.bundles {
+        let mut length = 0u64;
+        for member in &bundle.members {
+            let problem = match index.object(member) {
+                None => Some("is not an object of the plan"),
+                Some(object) if !is_whole_chunk(object) => Some("is not an object of one whole chunk"),
+                Some(_) if !seen.insert(member.as_str()) => Some("is in another bundle too"),
+                Some(object) => {
+                    length += object.size;
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                return Err(Error::InvalidPlan(format!(
+                    "bundle {}: member {member} {problem}",
+                    bundle.id
+                )));
+            }
+        }
+        if length != bundle.length {
+            return Err(Error::InvalidPlan(format!(
+                "bundle {} has length {}, its members add up to {length}",
+                bundle.id, bundle.length
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_whole_chunk(object: &PlanObject) -> bool {
+    matches!(object.chunks.as_slice(), [chunk] if chunk.offset == 0 && chunk.length == object.size && object.size > 0)
 }
 
 /// Lookups into a [`Plan`], borrowed from it (see [`Plan::index`]).
@@ -355,5 +407,46 @@ mod tests {
         assert_eq!(new.settings.disk_reserve, 0);
         let err = plan("", r#", "max_ratio": 0"#).unwrap_err();
         assert!(err.contains("max_ratio") && err.contains("positive"), "{err}");
+    }
+
+    fn plan_with_bundle(members: &str, length: u64) -> Result<Plan, String> {
+        let object = |id: &str, size: u64, chunks: &str| {
+            format!(
+                r#"{{"id": "{id}", "store": "s", "key": "{id}", "size": {size}, "etag": null, "version": null,
+                "last_modified": null, "chunks": [{chunks}]}}"#
+            )
+        };
+        let whole = |size: u64| format!(r#"{{"id": "c{size}", "index": 0, "offset": 0, "length": {size}}}"#);
+        let objects = [
+            object("a", 10, &whole(10)),
+            object("b", 5, &whole(5)),
+            object("split", 4, &format!("{}, {}", whole(2), whole(2))),
+        ];
+        let text = format!(
+            r#"{{"format": "xfd.plan/1", "settings": {{"chunk_size": "auto", "node_parallelism": 8,
+            "upload_slots": 8, "origin_parallelism": 32, "overwrite": false}}, "stores": {{}},
+            "objects": [{}], "files": [], "bundles": [{{"id": "b1", "length": {length}, "members": [{members}]}}]}}"#,
+            objects.join(",")
+        );
+        Plan::from_json(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_bundle_is_made_of_known_whole_chunk_objects_and_its_length_adds_up() {
+        assert_eq!(
+            plan_with_bundle(r#""a", "b""#, 15).unwrap().bundles[0].members,
+            ["a", "b"]
+        );
+        let err = plan_with_bundle(r#""a", "b""#, 16).unwrap_err();
+        assert!(err.contains("has length 16, its members add up to 15"), "{err}");
+        let err = plan_with_bundle(r#""a", "gone""#, 10).unwrap_err();
+        assert!(err.contains("member gone is not an object of the plan"), "{err}");
+        let err = plan_with_bundle(r#""a", "split""#, 14).unwrap_err();
+        assert!(
+            err.contains("member split is not an object of one whole chunk"),
+            "{err}"
+        );
+        let err = plan_with_bundle(r#""a", "a""#, 20).unwrap_err();
+        assert!(err.contains("member a is in another bundle too"), "{err}");
     }
 }

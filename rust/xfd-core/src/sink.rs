@@ -22,6 +22,38 @@ impl PositionalWrite for File {
     }
 }
 
+/// Bytes gathered in memory at their positions: a bundle of small objects, held until it is verified
+/// whole and its members are published (a bundle is at most a few MiB).
+pub struct MemoryBuffer {
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+impl MemoryBuffer {
+    pub fn new(length: usize) -> Self {
+        MemoryBuffer {
+            bytes: std::sync::Mutex::new(vec![0; length]),
+        }
+    }
+
+    /// The bytes written so far (zeros where nothing was written), leaving the buffer empty.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+impl PositionalWrite for MemoryBuffer {
+    fn write_block_at(&self, block: &[u8], position: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = usize::try_from(position).map_err(io::Error::other)?;
+        let region = start
+            .checked_add(block.len())
+            .and_then(|end| bytes.get_mut(start..end))
+            .ok_or_else(|| io::Error::other("write past the end of the buffer"))?;
+        region.copy_from_slice(block);
+        Ok(())
+    }
+}
+
 /// A file whose writers can be shut out for good. See the module documentation.
 pub struct FencedFile {
     file: Arc<File>,
@@ -56,6 +88,15 @@ impl PositionalWrite for FencedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_buffer_takes_writes_at_their_positions_and_refuses_writes_past_its_end() {
+        let buffer = MemoryBuffer::new(6);
+        buffer.write_block_at(b"def", 3).unwrap();
+        buffer.write_block_at(b"abc", 0).unwrap();
+        assert!(buffer.write_block_at(b"xy", 5).is_err());
+        assert_eq!(buffer.take(), b"abcdef");
+    }
 
     #[test]
     fn a_closed_fence_refuses_every_later_write() {

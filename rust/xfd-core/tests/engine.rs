@@ -727,3 +727,179 @@ async fn sidecars_of_the_previous_layout_are_imported_once_and_removed() {
         "and it stays one, from the store"
     );
 }
+
+// --- bundles of small files ------------------------------------------------------------------------
+
+/// `count` small objects of different sizes under `d/`, for `/data/d/...`, packed into bundles of at
+/// most 256 members in key order (as the planner packs them).
+async fn small_files_plan(origin: &Path, count: usize) -> (Plan, Vec<Vec<u8>>) {
+    let contents: Vec<Vec<u8>> = (0..count).map(|i| bytes(1 + (i * 37) % 3000, i as u8)).collect();
+    let keys: Vec<String> = (0..count).map(|i| format!("d/f{i:04}")).collect();
+    let destinations: Vec<[String; 1]> = keys.iter().map(|k| [format!("/data/{k}")]).collect();
+    let destination_refs: Vec<[&str; 1]> = destinations.iter().map(|[d]| [d.as_str()]).collect();
+    let objects: Vec<(&str, Vec<u8>, &[&str])> = keys
+        .iter()
+        .zip(&contents)
+        .zip(&destination_refs)
+        .map(|((key, data), to)| (key.as_str(), data.clone(), &to[..]))
+        .collect();
+    let mut plan = plan_for(origin, &objects, None).await;
+    let members: Vec<&xfd_core::plan::PlanObject> = plan.objects.iter().collect();
+    let bundles = members
+        .chunks(256)
+        .enumerate()
+        .map(|(index, group)| xfd_core::plan::PlanBundle {
+            id: format!("b{index:031x}"),
+            length: group.iter().map(|o| o.size).sum(),
+            members: group.iter().map(|o| o.id.clone()).collect(),
+        })
+        .collect();
+    plan.bundles = bundles;
+    let plan = Plan::from_json(&serde_json::to_string(&plan).unwrap()).unwrap();
+    assert_eq!(plan.bundles.len(), count.div_ceil(256));
+    (plan, contents)
+}
+
+fn bundle_digests(events: Vec<Event>) -> BTreeMap<String, String> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ChunkDone { chunk_id, digest, .. } => Some((chunk_id, digest)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn published_files(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::FilePublished { .. }))
+        .count()
+}
+
+fn assert_small_files(root: &Path, contents: &[Vec<u8>]) {
+    for (i, data) in contents.iter().enumerate() {
+        assert_eq!(
+            &fs::read(root.join(format!("data/d/f{i:04}"))).unwrap(),
+            data,
+            "file {i}"
+        );
+    }
+    assert_eq!(
+        xfd_names(root),
+        Vec::<PathBuf>::new(),
+        "nothing of xfd's beside the files"
+    );
+}
+
+#[tokio::test]
+async fn small_files_travel_as_bundles_from_the_origin_once_then_from_a_peer() {
+    let origin = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (plan, contents) = small_files_plan(origin.path(), 300).await;
+    let total: u64 = contents.iter().map(|c| c.len() as u64).sum();
+    let seeder = engine(&plan, root_a.path());
+    assert!(seeder.scan().await.unwrap().held.is_empty());
+    for bundle in &plan.bundles {
+        let done = seeder.fetch_from_origin(&bundle.id).await.unwrap();
+        assert_eq!(done.bytes, bundle.length);
+    }
+    assert_small_files(root_a.path(), &contents);
+    assert_eq!(seeder.origin_bytes(), total, "each member's bytes from the origin once");
+    let events = seeder.drain_events();
+    assert_eq!(published_files(&events), 300);
+    let digests = bundle_digests(events);
+    assert_eq!(digests.len(), 2, "one delivery per bundle: {digests:?}");
+    let address = seeder.start_server(LOOPBACK, 0, 4, None).await.unwrap();
+
+    fs::remove_dir_all(origin.path()).unwrap(); // only the peer can help now
+    let leecher = engine(&plan, root_b.path());
+    leecher.scan().await.unwrap();
+    for bundle in &plan.bundles {
+        let expected = xfd_core::ChunkDigest::from_hex(&digests[&bundle.id]);
+        leecher.fetch_from_peer(&bundle.id, address, expected).await.unwrap();
+    }
+    assert_small_files(root_b.path(), &contents);
+    assert_eq!(leecher.origin_bytes(), 0);
+    assert_eq!(seeder.server_stats().unwrap().bytes_served, total);
+    assert!(leecher.is_complete());
+    seeder.stop_server(std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_rerun_holds_whole_bundles_and_fetches_only_the_members_that_went_missing() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (plan, contents) = small_files_plan(origin.path(), 300).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    for bundle in &plan.bundles {
+        first.fetch_from_origin(&bundle.id).await.unwrap();
+    }
+    let digests = bundle_digests(first.drain_events());
+    drop(first);
+
+    let lost = [3usize, 100, 255];
+    for i in lost {
+        fs::remove_file(root.path().join(format!("data/d/f{i:04}"))).unwrap();
+    }
+    let second = engine(&plan, root.path());
+    let scan = second.scan().await.unwrap();
+    assert_eq!(scan.cached_files, 297);
+    let (whole, broken) = (&plan.bundles[1].id, &plan.bundles[0].id);
+    assert_eq!(scan.held, BTreeMap::from([(whole.clone(), digests[whole].clone())]));
+    let done = second.fetch_from_origin(broken).await.unwrap();
+    assert_eq!(done.digest, digests[broken], "the same bundle, whatever was read back");
+    let refetched: u64 = lost.iter().map(|&i| contents[i].len() as u64).sum();
+    assert_eq!(
+        second.origin_bytes(),
+        refetched,
+        "only the missing members from the origin"
+    );
+    assert_eq!(published_files(&second.drain_events()), 3);
+    assert_small_files(root.path(), &contents);
+}
+
+#[tokio::test]
+async fn a_changed_member_is_fetched_again_not_shared_as_it_is_now() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (plan, contents) = small_files_plan(origin.path(), 10).await;
+    let first = engine(&plan, root.path());
+    first.scan().await.unwrap();
+    first.fetch_from_origin(&plan.bundles[0].id).await.unwrap();
+    let digest = bundle_digests(first.drain_events())[&plan.bundles[0].id].clone();
+    drop(first);
+
+    // One member goes missing; once the next run has found the others, one of them is edited in place.
+    fs::remove_file(root.path().join("data/d/f0001")).unwrap();
+    let second = engine(&plan, root.path());
+    assert_eq!(second.scan().await.unwrap().cached_files, 9);
+    let edited = root.path().join("data/d/f0002");
+    let mut changed = contents[2].clone();
+    changed[0] ^= 0xFF;
+    fs::write(&edited, &changed).unwrap();
+    let done = second.fetch_from_origin(&plan.bundles[0].id).await.unwrap();
+    assert_eq!(
+        done.digest, digest,
+        "the bundle as the origin has it, not with the edit"
+    );
+    let expected = (contents[1].len() + contents[2].len()) as u64;
+    assert_eq!(
+        second.origin_bytes(),
+        expected,
+        "the edited member came from the origin"
+    );
+    assert_eq!(fs::read(root.path().join("data/d/f0001")).unwrap(), contents[1]);
+}
+
+#[tokio::test]
+async fn a_node_that_gets_only_some_members_of_a_bundle_refuses_the_plan() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (mut plan, _) = small_files_plan(origin.path(), 4).await;
+    plan.files[0].nodes = BTreeMap::from([("gpu".to_string(), "a100".to_string())]);
+    let refused = Engine::new(plan.clone(), config(&plan, root.path(), false)).map(|_| ());
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("gets 3 of its 4 members"), "{message}");
+}
