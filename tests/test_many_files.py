@@ -8,6 +8,7 @@ scanning the objects reads n^2 / 2 of them: 200 million at 20,000 files). Compil
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -95,13 +96,15 @@ def test_a_prefix_of_20000_files_summarizes_reading_each_file_a_few_times(plan):
     assert len(plan.files) == len(plan.objects) == FILES
     summary = within_budget(plan, Plan.summary)
     unique = human_size((FILES - EXTRA) * KiB + EXTRA * 2 * KiB)
+    # One group (one store, no node selectors): runs of 256 in key order, data then extra.
     assert summary.splitlines() == [
-        f"plan: 2 artifacts, {FILES} files, {FILES} unique objects, {unique} unique, {FILES} chunks of up to 2.0 KiB",
+        f"plan: 2 artifacts, {FILES} files, {FILES} unique objects, {unique} unique, {FILES} chunks of up to 2.0 KiB; "
+        f"{FILES} small files packed into 79 bundles",
         f"  data: {FILES - EXTRA} files, {human_size((FILES - EXTRA) * KiB)}",
         f"  more: {EXTRA} files, {human_size(EXTRA * 2 * KiB)}",
     ]
     assert within_budget(plan, repr) == (f"<Plan 2 artifacts, {FILES} files, {FILES} unique objects, {unique} "
-                                         f"unique, {FILES} chunks>")
+                                         f"unique, {FILES} chunks; {FILES} small files packed into 79 bundles>")
 
 
 def test_20000_object_artifacts_summarize_reading_each_file_a_few_times():
@@ -113,6 +116,23 @@ def test_20000_object_artifacts_summarize_reading_each_file_a_few_times():
     assert len(lines) == FILES + 1
     assert lines[1:3] == ["  k/00000: 1 file, 1.0 KiB", "  k/00001: 1 file, 2.0 KiB"]
     assert lines[-1] == f"  k/{FILES - 1:05d}: 1 file, 2.0 KiB"
+
+
+def test_100000_small_files_travel_in_391_bundles_and_every_step_reads_each_file_a_few_times():
+    many = 100_000
+    plan = _assemble(manifest(), [[found("data", i, KiB) for i in range(many)], [found("extra", 0, KiB)]])
+    assert len(plan.files) == len(plan.objects) == many + 1
+    # Runs of 256 (256 KiB each) in key order: 391 bundles, the last of 161 members; nothing left alone.
+    assert len(plan.bundles) == 391 == -(-(many + 1) // 256)
+    assert sorted(len(b.members) for b in plan.bundles)[:2] == [161, 256]
+    assert sorted({m for b in plan.bundles for m in b.members}) == sorted(o.id for o in plan.objects)
+    assert within_budget(plan, lambda p: p.unit_sizes) == {b.id: b.length for b in plan.bundles}
+    assert sorted(within_budget(plan, lambda p: p.chunks_for({"zone": "a"}))) == sorted(b.id for b in plan.bundles)
+    summary = within_budget(plan, Plan.summary)
+    assert summary.splitlines()[0].endswith(f"; {many + 1} small files packed into 391 bundles")
+    assert within_budget(plan, repr).endswith(f"{many + 1} chunks; {many + 1} small files packed into 391 bundles>")
+    assert f"{many + 1} small files packed into 391 bundles</p>" in within_budget(plan, Plan._repr_html_)
+    assert len(json.loads(within_budget(plan, Plan.to_json))["bundles"]) == 391
 
 
 def test_the_notebook_repr_of_20000_files_shows_200_reading_each_file_a_few_times(plan):

@@ -308,6 +308,7 @@ def test_unpack_limits_and_the_disk_reserve_reach_the_plan_and_the_engine(s3, bu
     assert json.loads(builder_for(s3, bucket).object("m", "model.bin", to="/m").build().plan().to_json())[
         "settings"]["disk_reserve"] == 1 << 30
     node_engine(plan, manifest.stores, tmp_path).close()  # the engine reads these plans
+    node_engine(plan.to_json(), manifest.stores, tmp_path).close()  # and their text, as node agents hand it over
 
 
 def test_a_plain_http_endpoint_without_allow_http_says_what_to_set(s3, bucket, filled):
@@ -327,7 +328,12 @@ def test_plans_objects_and_the_manifest_have_one_line_reprs(s3, bucket, filled):
     manifest = builder_for(s3, bucket).object("m", "model.bin", to="/m").prefix("m", "tok", to="/t").build()
     plan = manifest.plan()
     assert repr(manifest) == "<Manifest 1 store, 2 artifacts: model.bin, tok>"
-    assert repr(plan) == "<Plan 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks>"
+    # The four small files of tok travel as one bundle; model.bin as its own 4 chunks.
+    assert repr(plan) == ("<Plan 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks; "
+                          "4 small files packed into 1 bundle>")
+    assert sorted(plan.object(m).key for b in plan.bundles for m in b.members) == [
+        "tok/a.json", "tok/skip.tmp.json", "tok/sub/b.json", "tok/sub/c.txt"]
+    assert plan.unit_count == 5 and sum(plan.unit_sizes.values()) == plan.unique_bytes
     model = next(o for o in plan.objects if o.key == "model.bin")
     assert repr(model) == "<PlanObject m:model.bin, 3.0 MiB in 4 chunks>"
     assert "\n" not in repr(plan) and "Chunk(" not in repr(plan)

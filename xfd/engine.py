@@ -9,7 +9,7 @@ on the node.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from xfd import _core
@@ -40,11 +40,12 @@ def resolved_options(name: str, store: Store, environ: Mapping[str, str] | None 
 
 
 def store_arguments(
-    plan: Plan, stores: Mapping[str, Store], environ: Mapping[str, str] | None = None
+    names: Iterable[str], stores: Mapping[str, Store], environ: Mapping[str, str] | None = None
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
-    """``(url, [(option, value), ...])`` per store of the plan, with environment templates resolved."""
+    """``(url, [(option, value), ...])`` per store of ``names`` that ``stores`` defines, with environment
+    templates resolved. The engine opens a store the plan names and this lacks with the plan's URL alone."""
     return {name: (stores[name].url, list(resolved_options(name, stores[name], environ).items()))
-            for name in plan.stores}
+            for name in names if name in stores}
 
 
 def state_dir(node_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Path:
@@ -63,7 +64,7 @@ def state_dir(node_root: str | os.PathLike[str], environ: Mapping[str, str] | No
 
 
 def node_engine(
-    plan: Plan,
+    plan: Plan | str,
     stores: Mapping[str, Store],
     node_root: str | os.PathLike[str],
     *,
@@ -75,10 +76,15 @@ def node_engine(
 ) -> _core.Engine:
     """An engine that puts ``plan``'s files under ``node_root`` on this node.
 
+    ``plan`` may be the plan's JSON text, handed to the engine as it is (a node agent gets the text: parsing a
+    plan of 100,000 files in Python to write it again took seconds); every store of ``stores`` is then given,
+    and the engine opens those the plan names.
+
     ``peer_token`` is the run's secret for peer transfers (empty: no peer server, no peer fetches).
     ``faults`` is fault injection for the reliability tests (see docs/reliability.md); empty otherwise.
     The engine keeps its records in :func:`state_dir` (from ``environ``), never beside the files.
     """
-    return _core.Engine(plan.to_json(), str(Path(node_root)), store_arguments(plan, stores, environ),
+    plan_json, names = (plan, stores) if isinstance(plan, str) else (plan.to_json(), plan.stores)
+    return _core.Engine(plan_json, str(Path(node_root)), store_arguments(names, stores, environ),
                         peer_token=peer_token, deep_verify=deep_verify, faults=faults,
                         node_labels=dict(node_labels or {}), state_dir=str(state_dir(node_root, environ)))

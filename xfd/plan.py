@@ -2,7 +2,8 @@
 
 The plan is what the runtime executes: every object the manifest names, resolved against its store
 (size, ETag, version), cut into chunks, deduplicated, with the files and unpack steps each node must
-produce. It is plain, versioned, JSON-serializable data and deterministic: the same manifest against the
+produce. Small objects are packed into bundles, so that thousands of small files travel as a few
+transfers. It is plain, versioned, JSON-serializable data and deterministic: the same manifest against the
 same store contents gives the same plan, byte for byte, on every machine.
 """
 
@@ -33,6 +34,13 @@ RESOLVE_CONCURRENCY = 64
 # The longest file name, in bytes, that Linux file systems (ext4, XFS, btrfs, ...) accept: a longer key segment
 # would only fail at write time, on every node.
 NAME_MAX = 255
+# Bundles: objects of one chunk up to BUNDLE_MEMBER_MAX bytes travel together, up to BUNDLE_MAX_MEMBERS of them
+# and BUNDLE_MAX_BYTES in all per bundle. A transfer costs a scheduling decision, a peer request and a record
+# whatever its size: 100,000 files of 1 KiB are about 400 bundles instead of 100,000 transfers. The caps keep a
+# bundle about the size of an ordinary chunk (16 MiB), so that it spreads between peers like one.
+BUNDLE_MEMBER_MAX = 1 << 20
+BUNDLE_MAX_MEMBERS = 256
+BUNDLE_MAX_BYTES = 16 << 20
 
 
 @attrs.frozen
@@ -103,6 +111,18 @@ class PlanStore:
 
 
 @attrs.frozen
+class PlanBundle:
+    """Small objects that travel as one unit: fetched from the origin together (a GET per member) and sent
+    between peers as one transfer. Its bytes are its members' bytes concatenated in member order; ``length``
+    is their sum. Each member keeps its one chunk in the plan's ``objects``."""
+
+    id: str
+    length: int
+    members: tuple[str, ...]
+    """Object ids, in the order their bytes are concatenated."""
+
+
+@attrs.frozen
 class Plan:
     """The compiled, deterministic work of a distribution. See the module docstring."""
 
@@ -111,6 +131,7 @@ class Plan:
     objects: tuple[PlanObject, ...]
     files: tuple[PlanFile, ...]
     unpacks: tuple[PlanUnpack, ...] = ()
+    bundles: tuple[PlanBundle, ...] = ()
     format: str = PLAN_FORMAT
 
     @property
@@ -120,7 +141,27 @@ class Plan:
 
     @property
     def chunk_count(self) -> int:
+        """Chunks of all objects, bundled or not."""
         return sum(len(o.chunks) for o in self.objects)
+
+    @property
+    def unit_count(self) -> int:
+        """Transfer units: chunks of the objects outside bundles, and bundles."""
+        return len(self.unit_sizes)
+
+    @functools.cached_property
+    def unit_sizes(self) -> dict[str, int]:
+        """What the scheduler and the progress count, unit id -> bytes: every chunk of every object outside
+        bundles (in object order), then every bundle. Their bytes add up to :attr:`unique_bytes`."""
+        bundled = self._bundle_of
+        sizes = {c.id: c.length for o in self.objects if o.id not in bundled for c in o.chunks}
+        sizes.update((b.id, b.length) for b in self.bundles)
+        return sizes
+
+    @functools.cached_property
+    def _bundle_of(self) -> dict[str, str]:
+        """Member object id -> its bundle's id."""
+        return {member: bundle.id for bundle in self.bundles for member in bundle.members}
 
     def object(self, object_id: str) -> PlanObject:
         """The object ``object_id`` names: one dict lookup (the index is built on first use)."""
@@ -139,9 +180,13 @@ class Plan:
         return by_id
 
     def chunks_for(self, labels: Mapping[str, str]) -> list[str]:
-        """Chunk ids a node with these Ray labels needs (every chunk when no artifact targets nodes)."""
+        """Unit ids (see :attr:`unit_sizes`) a node with these Ray labels needs: every unit when no artifact
+        targets nodes. A bundle's members all go to the same nodes, so a node needs all of it or none."""
         wanted = {f.object_id for f in self.files if f.applies_to(labels)}
-        return [c.id for o in self.objects if o.id in wanted for c in o.chunks]
+        bundled = self._bundle_of
+        units = [c.id for o in self.objects if o.id in wanted and o.id not in bundled for c in o.chunks]
+        units += [b.id for b in self.bundles if any(member in wanted for member in b.members)]
+        return units
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(_CONVERTER.unstructure(self), indent=indent, sort_keys=True)
@@ -161,7 +206,7 @@ class Plan:
             per_artifact[file.artifact] = (count + 1, size + self.object(file.object_id).size)
         lines = [
             f"plan: {self._counts(len(per_artifact))} of up to "
-            f"{human_size(max((c.length for o in self.objects for c in o.chunks), default=0))}"
+            f"{human_size(max((c.length for o in self.objects for c in o.chunks), default=0))}{self._bundled()}"
         ]
         for name, (count, size) in sorted(per_artifact.items()):
             lines.append(f"  {name}: {counted(count, 'file')}, {human_size(size)}")
@@ -173,12 +218,20 @@ class Plan:
                 f"{counted(len(self.objects), 'unique object')}, {human_size(self.unique_bytes)} unique, "
                 f"{counted(self.chunk_count, 'chunk')}")
 
+    def _bundled(self) -> str:
+        """``; 20000 small files packed into 79 bundles``, or nothing when the plan has no bundles."""
+        if not self.bundles:
+            return ""
+        bundled = self._bundle_of
+        files = sum(1 for f in self.files if f.object_id in bundled)
+        return f"; {counted(files, 'small file')} packed into {counted(len(self.bundles), 'bundle')}"
+
     def __str__(self) -> str:
         return self.summary()
 
     def __repr__(self) -> str:
         """One line; :meth:`summary` has a line per artifact, :meth:`to_json` everything."""
-        return f"<Plan {self._counts(len({f.artifact for f in self.files}))}>"
+        return f"<Plan {self._counts(len({f.artifact for f in self.files}))}{self._bundled()}>"
 
     def _repr_html_(self) -> str:
         from xfd.notebook.reprs import plan_html
@@ -380,6 +433,7 @@ def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
         objects=tuple(sorted(objects.values(), key=lambda o: o.id)),
         files=tuple(sorted(files.values(), key=lambda f: f.destination)),
         unpacks=tuple(unpacks),
+        bundles=_bundles(objects.values(), files.values()),
     )
 
 
@@ -400,6 +454,55 @@ def _plan_object(manifest: Manifest, store_name: str, item: _Found, objects: dic
                              item.last_modified, chunks)
     objects[(location, item.key)] = plan_object
     return plan_object
+
+
+def _bundles(objects: Iterable[PlanObject], files: Iterable[PlanFile]) -> tuple[PlanBundle, ...]:
+    """Packs the small objects (one chunk, 1 byte to BUNDLE_MEMBER_MAX) into bundles, sorted by id.
+
+    Objects are grouped by store and by the node selectors of the files that use them, so that every node needs
+    all of a bundle or none of it; each group, sorted by key, is cut into consecutive runs within the caps. A run
+    of one object stays an ordinary object: a bundle of one would only rename its chunk.
+    """
+    selectors: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for file in files:
+        selector = tuple(sorted(file.nodes.items())) if file.nodes else ()
+        selectors.setdefault(file.object_id, set()).add(selector)
+    groups: dict[tuple[str, tuple[tuple[tuple[str, str], ...], ...]], list[PlanObject]] = {}
+    for plan_object in objects:
+        if _bundleable(plan_object):
+            group = (plan_object.store, tuple(sorted(selectors.get(plan_object.id, ()))))
+            groups.setdefault(group, []).append(plan_object)
+    bundles = [_bundle(run) for members in groups.values()
+               for run in _runs(sorted(members, key=lambda o: (o.key, o.id))) if len(run) > 1]
+    return tuple(sorted(bundles, key=lambda b: b.id))
+
+
+def _bundleable(plan_object: PlanObject) -> bool:
+    chunks = plan_object.chunks
+    return (1 <= plan_object.size <= BUNDLE_MEMBER_MAX and len(chunks) == 1
+            and chunks[0].offset == 0 and chunks[0].length == plan_object.size)
+
+
+def _runs(members: list[PlanObject]) -> Iterable[list[PlanObject]]:
+    """Consecutive runs of ``members``: a run takes the next member while it has fewer than BUNDLE_MAX_MEMBERS
+    and stays within BUNDLE_MAX_BYTES with it."""
+    run: list[PlanObject] = []
+    length = 0
+    for member in members:
+        if run and (len(run) >= BUNDLE_MAX_MEMBERS or length + member.size > BUNDLE_MAX_BYTES):
+            yield run
+            run, length = [], 0
+        run.append(member)
+        length += member.size
+    if run:
+        yield run
+
+
+def _bundle(members: list[PlanObject]) -> PlanBundle:
+    # The members' chunk ids name their bytes (store, key, ETag, version, size): the bundle's id changes
+    # exactly when one member or the membership does.
+    return PlanBundle(id=_digest("bundle\0" + "\0".join(m.chunks[0].id for m in members)),
+                      length=sum(m.size for m in members), members=tuple(m.id for m in members))
 
 
 def _digest(text: str) -> str:

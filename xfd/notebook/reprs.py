@@ -43,7 +43,7 @@ def manifest_html(manifest: Manifest) -> str:
 def plan_html(plan: Plan) -> str:
     header = (
         f"<p><b>Plan</b>: {counted(len(plan.files), 'file')}, {counted(len(plan.objects), 'unique object')}, "
-        f"{escape(human_size(plan.unique_bytes))}, {counted(plan.chunk_count, 'chunk')}</p>"
+        f"{escape(human_size(plan.unique_bytes))}, {counted(plan.chunk_count, 'chunk')}{escape(plan._bundled())}</p>"
     )
     shown = [(f, plan.object(f.object_id)) for f in plan.files[:200]]
     files = table(

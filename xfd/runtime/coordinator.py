@@ -62,7 +62,7 @@ class Coordinator:
         self.progress_interval_s = progress_interval_s
         self.faults = dict(faults or {})
         self.cancel = cancel or threading.Event()
-        self.chunk_sizes = {c.id: c.length for o in plan.objects for c in o.chunks}
+        self.chunk_sizes = plan.unit_sizes
         self.progress = ProgressModel(self.chunk_sizes, plan.unique_bytes)
         self.agents: dict[str, Any] = {}
         self.endpoints: dict[str, tuple[str, int]] = {}
