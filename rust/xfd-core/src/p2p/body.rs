@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::Segment;
 use super::limiter::EgressLimiter;
 use super::server::Counters;
 use crate::faults::Action;
@@ -48,16 +49,10 @@ pub(crate) struct ChunkBody {
     counters: Arc<Counters>,
 }
 
-/// One range of an open file.
-pub(crate) struct OpenSegment {
-    pub(crate) file: File,
-    pub(crate) offset: u64,
-    pub(crate) length: u64,
-}
-
-/// Where a streamed range comes from: ranges of open files, sent one after the other.
+/// Where a streamed range comes from: ranges of files, sent one after the other.
 pub(crate) struct ChunkSource {
-    pub(crate) segments: Arc<[OpenSegment]>,
+    /// Checked to exist and be long enough when the request came; opened only while a block is read.
+    pub(crate) segments: Arc<[Segment]>,
     /// Longest wait for the client to take one block before the response is given up.
     pub(crate) send_timeout: Duration,
     /// Test fault injection (see [`crate::faults`]): how this response misbehaves, if at all.
@@ -99,13 +94,17 @@ async fn read_blocks(
 ) {
     let block_size = limiter.as_ref().map_or(READ_BLOCK, |l| l.block_size(READ_BLOCK));
     let length = source.length();
-    let mut done = 0u64;
+    let (mut done, mut kept) = (0u64, None);
     while done < length {
         let want = (length - done).min(block_size as u64) as usize;
         if let Some(limiter) = &limiter {
             limiter.acquire(want as u64).await;
         }
-        let mut block = read_block(source.segments.clone(), done, want).await;
+        let read = read_block(source.segments.clone(), done, want, kept.take()).await;
+        let mut block = read.map(|(bytes, still_open)| {
+            kept = still_open;
+            bytes
+        });
         if source.fault == Some(Action::Corrupt) {
             block = block.map(flip_first_byte);
         }
@@ -143,25 +142,47 @@ fn flip_first_byte(block: Bytes) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// The file of segment `index`, left open by a block that ended inside that segment for the next block.
+struct KeptFile {
+    index: usize,
+    file: File,
+}
+
 /// Bytes `position..position + length` of the segments laid end to end, in one call on the blocking pool
-/// however many segments they span (one block of a bundle covers hundreds of small files).
-async fn read_block(segments: Arc<[OpenSegment]>, position: u64, length: usize) -> io::Result<Bytes> {
+/// however many segments they span (one block of a bundle covers hundreds of small files). Returns the
+/// file the block ended inside, if any, to be passed back with the next block.
+async fn read_block(
+    segments: Arc<[Segment]>,
+    position: u64,
+    length: usize,
+    kept: Option<KeptFile>,
+) -> io::Result<(Bytes, Option<KeptFile>)> {
     let read = move || {
         let mut buffer = vec![0u8; length];
-        read_span(&segments, position, &mut buffer)?;
-        Ok(Bytes::from(buffer))
+        let kept = read_span(&segments, position, &mut buffer, kept)?;
+        Ok((Bytes::from(buffer), kept))
     };
     tokio::task::spawn_blocking(read)
         .await
         .unwrap_or_else(|join| Err(io::Error::other(join)))
 }
 
-/// Positional reads filling `buffer` from `position` of the segments laid end to end. A file shorter
-/// than its segment is an error, never padding: the body is then aborted and the client sees a
-/// truncated transfer.
-fn read_span(segments: &[OpenSegment], position: u64, buffer: &mut [u8]) -> io::Result<()> {
+/// Positional reads filling `buffer` from `position` of the segments laid end to end.
+///
+/// Each file is opened when the block reaches it and closed when the block is done with it, so a
+/// response holds at most one file open however many members its bundle has (8 upload slots x 256
+/// files would exceed the usual limit of 1,024 open files). Only the file the block ends inside stays
+/// open, returned for the next block: a large segment is read block after block from one open file.
+/// A file missing or shorter than its segment is an error, never padding: the body is then aborted and
+/// the client sees a truncated transfer.
+fn read_span(
+    segments: &[Segment],
+    position: u64,
+    buffer: &mut [u8],
+    mut kept: Option<KeptFile>,
+) -> io::Result<Option<KeptFile>> {
     let (mut skip, mut filled) = (position, 0);
-    for segment in segments {
+    for (index, segment) in segments.iter().enumerate() {
         if filled == buffer.len() {
             break;
         }
@@ -170,14 +191,21 @@ fn read_span(segments: &[OpenSegment], position: u64, buffer: &mut [u8]) -> io::
             continue;
         }
         let n = (segment.length - skip).min((buffer.len() - filled) as u64) as usize;
-        let part = &mut buffer[filled..filled + n];
-        segment.file.read_exact_at(part, segment.offset.saturating_add(skip))?;
+        let file = match kept.take() {
+            Some(kept) if kept.index == index => kept.file,
+            _ => File::open(&segment.path)?,
+        };
+        file.read_exact_at(&mut buffer[filled..filled + n], segment.offset.saturating_add(skip))?;
         filled += n;
+        if skip + (n as u64) < segment.length {
+            // The buffer is full and this segment goes on: the next block starts in the same file.
+            return Ok(Some(KeptFile { index, file }));
+        }
         skip = 0;
     }
     // The source's length is the sum of its segments, so a block never reaches past the last one.
     debug_assert_eq!(filled, buffer.len());
-    Ok(())
+    Ok(None)
 }
 
 impl Body for ServerBody {

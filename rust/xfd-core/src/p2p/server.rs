@@ -1,7 +1,7 @@
 //! The peer server: serves verified chunks of this node to other nodes over HTTP/1.1.
 
 use std::convert::Infallible;
-use std::fs::File;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::admission::{Admission, Budgets, Ticket};
-use super::body::{ChunkBody, ChunkSource, OpenSegment, ServerBody};
+use super::body::{ChunkBody, ChunkSource, ServerBody};
 use super::limiter::EgressLimiter;
 use super::range::parse_range;
 use super::{ChunkId, ChunkRegistry, DIGEST_HEADER, Segment, ServedChunk};
@@ -150,7 +150,8 @@ pub struct RefusedCounts {
     pub unauthorized: u64,
     /// 400: malformed chunk id.
     pub bad_request: u64,
-    /// 404: unknown path, or a chunk that is not verified here (or one of whose files cannot be opened).
+    /// 404: unknown path, or a chunk that is not verified here (or one of whose files is missing or
+    /// shorter than the registry says).
     pub not_found: u64,
     /// 416: a `Range` header that is not one range inside the chunk.
     pub range_not_satisfiable: u64,
@@ -188,7 +189,8 @@ pub struct ServerStats {
     pub bytes_served: u64,
     /// Chunk responses started (200 and 206).
     pub chunk_responses: u64,
-    /// Chunk files that could not be opened, or ended early (the response was aborted).
+    /// Chunk files missing or too short when a request came (answered 404), or that could not be
+    /// opened or ended early while a response streamed (the response was aborted).
     pub read_failures: u64,
     /// Chunk responses streaming right now (upload slots in use).
     pub active_uploads: usize,
@@ -428,7 +430,7 @@ impl State {
         let chunk = self.registry.verified(id).ok_or(Refusal::NotFound)?;
         let span = requested_span(headers, chunk.length)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
-        let segments = open_segments(segments_in(&chunk.segments, &span)).await.map_err(|_| {
+        let segments = check_segments(segments_in(&chunk.segments, &span)).await.map_err(|_| {
             self.counters.read_failures.fetch_add(1, Ordering::Relaxed);
             Refusal::NotFound
         })?;
@@ -548,22 +550,21 @@ fn segments_in(segments: &[Segment], span: &Range<u64>) -> Vec<Segment> {
     parts
 }
 
-/// Opens the files of `segments`, all in one call on the blocking pool (a bundle has hundreds).
-async fn open_segments(segments: Vec<Segment>) -> std::io::Result<Vec<OpenSegment>> {
-    let open = move || {
-        let open_one = |segment: Segment| {
-            let file = File::open(&segment.path)?;
-            Ok(OpenSegment {
-                file,
-                offset: segment.offset,
-                length: segment.length,
-            })
-        };
-        segments.into_iter().map(open_one).collect()
+/// Checks that the file of every segment exists and holds the segment's bytes, with one stat each, all
+/// in one call on the blocking pool (a bundle has hundreds). The files are opened only later, while
+/// the blocks that cover them are read, so a response never holds all of a bundle's files open.
+async fn check_segments(segments: Vec<Segment>) -> io::Result<Vec<Segment>> {
+    let check = move || {
+        for segment in &segments {
+            if std::fs::metadata(&segment.path)?.len() < segment.offset.saturating_add(segment.length) {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(segments)
     };
-    tokio::task::spawn_blocking(open)
+    tokio::task::spawn_blocking(check)
         .await
-        .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+        .unwrap_or_else(|join| Err(io::Error::other(join)))
 }
 
 /// A header value from text the server built itself (digits, hex, ASCII punctuation).
