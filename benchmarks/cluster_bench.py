@@ -40,8 +40,11 @@ import psutil
 
 from benchmarks.systems import IN_FLIGHT, PIECE, Item, Workload, run_naive, run_ray_broadcast, run_xfd
 
+KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
+# Prefixes of 1 KiB objects: a tokenizer or dataset directory (many-small), and 100,000 files (100k).
+SMALL_FILES = {"many-small": 5_000, "100k": 100_000}
 BUCKET = "bench"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +87,21 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
         obstore.put(store, key, blocks, chunk_size=PIECE)
         return Item(key, size, f"/bench/{key}")
 
+    def put_small(prefix: str, count: int, size: int) -> tuple[Item, ...]:
+        # 64 uploads at once: 100,000 objects one by one would take longer than the benchmark itself.
+        async def upload() -> tuple[Item, ...]:
+            gate = asyncio.Semaphore(64)
+
+            async def one(index: int) -> Item:
+                key = f"{prefix}f-{index:06d}.bin"
+                async with gate:
+                    await obstore.put_async(store, key, os.urandom(size))
+                return Item(key, size, f"/bench/{key}")
+
+            return tuple(await asyncio.gather(*(one(i) for i in range(count))))
+
+        return asyncio.run(upload())
+
     workloads: dict[str, Workload] = {}
     for name in names:
         if name in ("file-1g", "file-4g"):
@@ -109,6 +127,10 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
             item = Item("archive.tar.gz", len(data), "/bench/archive.tar.gz", unpack_to="/bench/archive")
             workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to,
                                                         "unpack": item.unpack_to},))
+        elif name in SMALL_FILES:
+            prefix = f"{name}/"
+            items = put_small(prefix, SMALL_FILES[name], KiB)
+            workloads[name] = Workload(name, items, ({"kind": "prefix", "prefix": prefix, "to": f"/bench/{prefix}"},))
         elif name == "mixed":
             big = put_random("mixed/weights.bin", 256 * MiB)
             small = tuple(put_random(f"mixed/tok/part-{i:03d}.bin", 2 * MiB) for i in range(100))
@@ -136,6 +158,8 @@ class WorkerSampler:
     def __init__(self, title: str = "ray::") -> None:
         self.title = title
         self.peak_rss_own = 0
+        self.peak_rss_driver = 0
+        self._driver = psutil.Process()
         self.peak_rss: dict[int, int] = {}
         self.cpu: dict[int, float] = {}
         self.cpu_before: dict[int, float] = {}
@@ -155,6 +179,7 @@ class WorkerSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.peak_rss_driver = max(self.peak_rss_driver, self._driver.memory_info().rss)
             for proc in self._workers():
                 try:
                     rss = proc.memory_info().rss
@@ -241,6 +266,7 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
         "system": system, "workload": workload.name, "nodes": n, "cap_mbps": cap / 1e6, "wall_s": wall,
         "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
         "peak_worker_rss_mib": sampler.peak_rss_own / MiB,
+        "peak_driver_rss_mib": sampler.peak_rss_driver / MiB,
         # The whole machine's CPU, busy / available during the run (every process: servers included).
         "box_cpu_busy": 1 - idle / total if total else 0.0,
         "box_iowait": (box_after.iowait - box_before.iowait) / total if total else 0.0,
@@ -371,14 +397,16 @@ def table(records: list[dict[str, Any]]) -> str:
     for r in records:
         groups.setdefault((r["workload"], r["cap_mbps"], r["nodes"], r["system"]), []).append(r)
     lines = ["| workload | origin cap | N | system | median wall | origin / unique | efficiency | "
-             "xfd startup | peak worker RSS | CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "xfd startup | peak worker RSS | peak driver RSS | CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (workload, cap, n, system), runs in groups.items():
         wall = statistics.median(r["wall_s"] for r in runs)
         median_run = min(runs, key=lambda r: abs(r["wall_s"] - wall))
         lines.append(
             f"| {workload} | {f'{cap:.0f} MB/s' if cap else 'none'} | {n} | {system} | {wall:.2f} s "
             f"({len(runs)} runs) | {median_run['origin_ratio']:.2f}x | {median_run['efficiency']:.2f} | "
-            f"{_startup(runs)} | {max(r['peak_worker_rss_mib'] for r in runs):.0f} MiB | {median_run['cpu_s']:.1f} |"
+            f"{_startup(runs)} | {max(r['peak_worker_rss_mib'] for r in runs):.0f} MiB | "
+            f"{max(r.get('peak_driver_rss_mib', 0) for r in runs):.0f} MiB | {median_run['cpu_s']:.1f} |"
         )
     u = {r["u_origin_mbps"] for r in records if not r["cap_mbps"]}
     if records:

@@ -2,8 +2,9 @@
 
 - :func:`run_xfd`: ``Manifest.distribute`` (origin once, then peer to peer).
 - :func:`run_naive`: every node pulls every object itself from the origin with obstore, 8 ranged GETs
-  of 64 MiB in flight per object and 8 objects at once, written with ``pwrite`` and ``fsync``ed, then
-  renamed into place; archives extracted with :mod:`tarfile`. What users write by hand today.
+  of 64 MiB in flight per object and 8 objects at once (64 at once when every object is small: one
+  GET each), written with ``pwrite`` and ``fsync``ed, then renamed into place; archives extracted with
+  :mod:`tarfile`. What users write by hand today.
 - :func:`run_ray_broadcast`: the driver pulls every object once (the same ranged GETs) and ``ray.put``s
   it in 64 MiB pieces; a task on every node ``ray.get``s the pieces and writes them. Ray's object store
   moves the bytes between nodes.
@@ -28,6 +29,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 MiB = 1 << 20
 PIECE = 64 * MiB
 IN_FLIGHT = 8
+# Objects in flight when all are small: a user's script for a directory of small files keeps many GETs
+# going, since each costs a round trip and hardly any bandwidth.
+SMALL_IN_FLIGHT = 64
+SMALL = 1 << 20
 
 
 @attrs.frozen
@@ -94,7 +99,8 @@ def _naive_node(workload: Workload, store: Any) -> None:
     root = _root()
 
     async def fetch_all() -> None:
-        gate = asyncio.Semaphore(IN_FLIGHT)
+        small = all(item.size <= SMALL for item in workload.items)
+        gate = asyncio.Semaphore(SMALL_IN_FLIGHT if small else IN_FLIGHT)
 
         async def one(item: Item) -> None:
             async with gate:
