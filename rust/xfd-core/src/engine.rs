@@ -908,12 +908,22 @@ enum ScanFound {
 /// runs recorded meanwhile, imports what the previous layout kept beside them, and removes what killed
 /// runs left beside the node's other destinations.
 fn take_destinations(store: &Arc<Store>, works: &[Arc<Mutex<ObjectWork>>]) -> Result<()> {
-    let mut destinations = Vec::new();
-    for work in works {
-        let mut work = work.lock().unwrap();
-        work.lock_destinations(store)?;
-        destinations.extend(work.targets.iter().map(|t| t.destination.clone()));
+    let mut guards: Vec<_> = works.iter().map(|w| w.lock().unwrap()).collect();
+    let destinations: Vec<PathBuf> = guards
+        .iter()
+        .filter(|w| w.locks.is_empty())
+        .flat_map(|w| w.targets.iter().map(|t| t.destination.clone()))
+        .collect();
+    let paths: Vec<&Path> = destinations.iter().map(PathBuf::as_path).collect();
+    // All at once: one pass over the store's log for the whole plan.
+    let mut locks = store
+        .try_lock_all(&paths)?
+        .map_err(|path| Error::DestinationBusy { path })?
+        .into_iter();
+    for work in guards.iter_mut().filter(|w| w.locks.is_empty()) {
+        work.locks = locks.by_ref().take(work.targets.len()).collect();
     }
+    drop(guards);
     store.refresh()?;
     let destinations: Vec<&Path> = destinations.iter().map(PathBuf::as_path).collect();
     store::import_beside(store, &destinations)?;

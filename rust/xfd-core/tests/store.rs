@@ -209,3 +209,43 @@ fn only_xfds_own_part_name_is_ever_removed() {
     assert_eq!(fs::read(&users).unwrap(), b"mine");
     assert!(store.entry(&dest).part.is_none());
 }
+
+/// Kernel byte-range locks on `file` right now, from `/proc/locks` (its inode; one line per lock).
+fn kernel_locks_on(file: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(":{} ", fs::metadata(file).unwrap().ino());
+    let locks = fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().filter(|line| line.contains(&inode)).count()
+}
+
+#[test]
+fn a_run_holds_many_destinations_with_one_kernel_lock_and_other_runs_are_refused_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let destinations: Vec<PathBuf> = (0..20_000)
+        .map(|i| PathBuf::from(format!("/d/{}/f{i}", i % 20)))
+        .collect();
+    let paths: Vec<&Path> = destinations.iter().map(PathBuf::as_path).collect();
+    let first = Store::open(dir.path()).unwrap();
+    let held = first.try_lock_all(&paths).unwrap().unwrap();
+    assert_eq!(held.len(), 20_000);
+    // One lock per destination made every lock request walk all of them: 20,000 took 10 s.
+    assert_eq!(kernel_locks_on(&dir.path().join("locks")), 1, "the run's own byte only");
+
+    let second = Store::open(dir.path()).unwrap();
+    let asked = [Path::new("/elsewhere"), paths[12_345]];
+    assert_eq!(second.try_lock_all(&asked).unwrap().unwrap_err(), paths[12_345]);
+    assert!(
+        second.try_lock(Path::new("/elsewhere")).unwrap().is_some(),
+        "refused ones take nothing"
+    );
+    assert!(second.try_lock(paths[7]).unwrap().is_none());
+    assert!(
+        first.try_lock(paths[7]).unwrap().is_none(),
+        "never twice through one store"
+    );
+
+    drop(held); // the run ends: its claims mean nothing from now on
+    assert!(second.try_lock(paths[7]).unwrap().is_some());
+    let again = first.try_lock_all(&paths[8..]).unwrap();
+    assert!(again.is_ok(), "the first store's new run takes what it let go");
+}

@@ -6,8 +6,10 @@
 //!   in flight, the part file being assembled beside it and the chunks already in it, an unpacked tree.
 //!   Each append is one `write` of whole lines; a line torn by a crash is skipped when read. The log is
 //!   compacted (rewritten, synced, renamed) once it holds far more lines than live entries.
-//! - `locks`: one byte-range lock per destination (`F_OFD_SETLK`), taken for as long as a run writes it.
-//!   The kernel drops a dead process's locks: there are no stale lock files.
+//! - `locks`: one byte-range lock (`F_OFD_SETLK`) per live run, its *run slot*; a run claims the
+//!   destinations it writes in the log (`claim` lines naming its slot), and a claim holds while its run's
+//!   byte is locked. The kernel drops a dead process's locks: there are no stale locks, and a dead run's
+//!   claims mean nothing. (One kernel lock per destination was quadratic: see `locks.rs`.)
 //!
 //! A file at a destination is xfd's only when the store records it as published there and it is still
 //! that file (same inode, same birth time where the file system keeps one): a record outlives the file
@@ -36,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::unpack::UnpackReport;
 
 pub use legacy::import_beside;
-use locks::{LOG_SLOT, LockFile, slot_of};
+use locks::{LOG_SLOT, LockFile, new_run_slot, slot_of};
 use log::Log;
 
 /// What xfd put (or is putting) at a destination file.
@@ -137,6 +139,9 @@ pub struct Entry {
     pub unpacked: Option<UnpackRecord>,
     /// An unpack builds (or built, before a crash) staging trees beside the destination.
     pub staging: bool,
+    /// The run slot of the last run that claimed the destination: it holds it while that slot is locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<u64>,
 }
 
 impl Entry {
@@ -180,7 +185,10 @@ impl Entry {
             });
         }
         if self.staging {
-            ops.push(Op::Staging { dest });
+            ops.push(Op::Staging { dest: dest.clone() });
+        }
+        if let Some(run) = self.claim {
+            ops.push(Op::Claim { dest, run });
         }
         ops
     }
@@ -209,6 +217,8 @@ pub enum Op {
     Unpacked { dest: PathBuf, record: UnpackRecord },
     /// An unpack is about to build a staging tree beside `dest`.
     Staging { dest: PathBuf },
+    /// The run whose run slot is `run` writes `dest` for as long as it holds that slot.
+    Claim { dest: PathBuf, run: u64 },
     /// `what` is over: the file or tree is no longer xfd's, the part file or staging tree is gone, the
     /// publish in flight did not happen.
     Forget { dest: PathBuf, what: Facet },
@@ -250,6 +260,7 @@ fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
             entry.staging = false;
         }
         Op::Staging { .. } => entry.staging = true,
+        Op::Claim { run, .. } => entry.claim = Some(run),
         Op::Forget { what, .. } => match what {
             Facet::Published => entry.published = None,
             Facet::Publishing => entry.publishing = None,
@@ -272,6 +283,7 @@ impl Op {
             | Op::Chunks { dest, .. }
             | Op::Unpacked { dest, .. }
             | Op::Staging { dest }
+            | Op::Claim { dest, .. }
             | Op::Forget { dest, .. } => dest,
         }
     }
@@ -290,8 +302,17 @@ pub struct Store {
     dir: PathBuf,
     locks: LockFile,
     log: Mutex<Log>,
-    /// Lock bytes this store holds, so that it never takes (or releases) one twice.
-    held: Mutex<HashSet<u64>>,
+    /// The destinations this store holds, and the run slot it holds them under.
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Destination numbers ([`slot_of`]): a destination is never taken twice through one store.
+    destinations: HashSet<u64>,
+    /// Locked while `destinations` is not empty; a new one for each stretch (the claims of a slot that
+    /// was let go must never count again).
+    run: Option<u64>,
 }
 
 /// A destination held by one store: no other run writes it while this lives. Dropping it lets go.
@@ -311,11 +332,14 @@ impl DestinationLock {
 
 impl Drop for DestinationLock {
     fn drop(&mut self) {
-        // Both under the set's lock: a lock taken meanwhile through this store (the same open file, so
-        // the kernel would not refuse it) must not be the one released here.
+        // Under the set's lock: a destination taken meanwhile must not find its run slot let go.
         let mut held = self.store.held.lock().unwrap();
-        self.store.locks.unlock(self.slot);
-        held.remove(&self.slot);
+        held.destinations.remove(&self.slot);
+        if held.destinations.is_empty()
+            && let Some(run) = held.run.take()
+        {
+            self.store.locks.unlock(run);
+        }
     }
 }
 
@@ -331,7 +355,7 @@ impl Store {
             dir: dir.to_owned(),
             locks,
             log: Mutex::new(log),
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(Held::default()),
         }))
     }
 
@@ -353,20 +377,86 @@ impl Store {
 
     /// The destination's lock, or `None` when someone holds it.
     pub fn try_lock(self: &Arc<Self>, destination: &Path) -> Result<Option<DestinationLock>> {
-        let slot = slot_of(destination);
+        Ok(self
+            .try_lock_all(&[destination])?
+            .ok()
+            .and_then(|mut locks| locks.pop()))
+    }
+
+    /// Takes every destination's lock together, in one pass over the log: `Err(path)` names the first
+    /// one another live run (or this store) holds, and then none is taken.
+    pub fn try_lock_all(
+        self: &Arc<Self>,
+        destinations: &[&Path],
+    ) -> Result<std::result::Result<Vec<DestinationLock>, PathBuf>> {
         let mut held = self.held.lock().unwrap();
-        if held.contains(&slot) {
-            return Ok(None);
+        let slots: Vec<u64> = destinations.iter().map(|d| slot_of(d)).collect();
+        let mut asked = HashSet::with_capacity(slots.len());
+        if let Some(i) = (0..slots.len()).find(|&i| held.destinations.contains(&slots[i]) || !asked.insert(slots[i])) {
+            return Ok(Err(destinations[i].to_owned()));
         }
-        let path = self.dir.join("locks");
-        if !self.locks.try_lock(slot).map_err(|e| Error::io("lock", &path, e))? {
-            return Ok(None);
+        let run = match held.run {
+            Some(run) => run,
+            None => self.take_run_slot()?,
+        };
+        let claimed = self
+            .with_log(|log| self.claim(log, destinations, run))
+            .map_err(|e| Error::io("lock", self.log_path(), e));
+        if !matches!(claimed, Ok(None)) {
+            if held.run.is_none() {
+                self.locks.unlock(run); // taken for this request only
+            }
+            return claimed.map(|busy| Err(busy.expect("checked above")));
         }
-        held.insert(slot);
-        Ok(Some(DestinationLock {
+        held.run = Some(run);
+        held.destinations.extend(slots.iter().copied());
+        let locks = slots.into_iter().map(|slot| DestinationLock {
             store: self.clone(),
             slot,
-        }))
+        });
+        Ok(Ok(locks.collect()))
+    }
+
+    /// Locks a new run slot (random: two stores never pick the same one but by a 2^-61 chance, retried).
+    fn take_run_slot(&self) -> Result<u64> {
+        let path = self.dir.join("locks");
+        loop {
+            let slot = new_run_slot();
+            if self.locks.try_lock(slot).map_err(|e| Error::io("lock", &path, e))? {
+                return Ok(slot);
+            }
+        }
+    }
+
+    /// Under the log's lock: `None` once every destination is claimed for `run`, or the first one a live
+    /// run of another store claims (nothing claimed then).
+    fn claim(&self, log: &mut Log, destinations: &[&Path], run: u64) -> std::io::Result<Option<PathBuf>> {
+        log.refresh()?;
+        let mut alive: HashMap<u64, bool> = HashMap::new();
+        for destination in destinations {
+            let Some(other) = log.entries.get(*destination).and_then(|e| e.claim) else {
+                continue;
+            };
+            if other == run {
+                continue;
+            }
+            let live = match alive.get(&other) {
+                Some(live) => *live,
+                None => *alive.entry(other).or_insert(self.locks.held_elsewhere(other)?),
+            };
+            if live {
+                return Ok(Some(destination.to_path_buf()));
+            }
+        }
+        let claims: Vec<Op> = destinations
+            .iter()
+            .map(|d| Op::Claim {
+                dest: d.to_path_buf(),
+                run,
+            })
+            .collect();
+        log.append(&claims)?;
+        Ok(None)
     }
 
     /// What the store knows about `destination` (an empty entry when nothing).
@@ -465,18 +555,21 @@ impl Store {
     }
 
     fn write(&self, ops: &[Op]) -> Result<Arc<std::fs::File>> {
+        let written = self.with_log(|log| log.append(ops).map(|()| log.file()));
+        written.map_err(|e| Error::io("write", self.log_path(), e))
+    }
+
+    /// Runs `work` on the log with the log's lock held (other processes' appends wait), then compacts
+    /// the log if it grew far past its live entries.
+    fn with_log<T>(&self, work: impl FnOnce(&mut Log) -> std::io::Result<T>) -> std::io::Result<T> {
         let mut log = self.log.lock().unwrap();
-        let path = self.log_path();
-        self.locks
-            .lock_wait(LOG_SLOT)
-            .map_err(|e| Error::io("lock", self.dir.join("locks"), e))?;
-        let written = log.append(ops);
-        if written.is_ok() && log.needs_compaction() {
+        self.locks.lock_wait(LOG_SLOT)?;
+        let done = work(&mut log);
+        if done.is_ok() && log.needs_compaction() {
             // Best effort: a failed compaction leaves the complete log as it was.
             let _ = log.compact();
         }
         self.locks.unlock(LOG_SLOT);
-        written.map_err(|e| Error::io("write", &path, e))?;
-        Ok(log.file())
+        done
     }
 }
