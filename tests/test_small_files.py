@@ -88,3 +88,35 @@ def test_a_rerun_brings_back_deleted_small_files_from_a_peer(cluster, s3, bucket
     by_ip = {n.ip: n for n in report.nodes}
     others = [n for n in cluster.nodes if n.root != lost_root]
     assert all(by_ip[n.ip].peer_bytes == 0 for n in others), "the other nodes were all cache hits"
+
+
+@pytest.mark.parametrize("fault", ["publish:abort@2", "chunk-recorded:abort@3"])
+def test_a_node_killed_mid_bundle_damages_no_file_and_a_rerun_completes(cluster, s3, bucket, small_files, origin,
+                                                                        fault):
+    """``publish``: the agent dies with its second bundle's members written and synced and their publish
+    record on disk, before the renames; ``chunk-recorded``: right after its third bundle was published."""
+    from xfd.runtime import describe_nodes
+
+    clear_roots(cluster)
+    manifest = manifest_for(s3, bucket, origin.endpoint)
+    plan = manifest.plan()
+    victim = sorted(describe_nodes(), key=lambda n: n.ip)[1]
+    report = manifest.distribute(plan=plan, progress=None, faults={victim.node_id: fault})
+
+    assert report.lost_nodes == (victim.ip,), report.summary()
+    assert report.ok, report.summary()
+    for node in cluster.nodes:
+        if node.ip != victim.ip:
+            assert_files(node.root, small_files)
+    victim_root = next(n.root for n in cluster.nodes if n.ip == victim.ip)
+    shown = [p for p in victim_root.rglob("*.json") if not p.name.startswith(".")]
+    for path in shown:  # whatever the killed node shows is whole
+        key = "vocab/" + str(path.relative_to(victim_root / "tok"))
+        assert path.read_bytes() == small_files[key], key
+
+    origin.reset()
+    rerun = manifest.distribute(plan=plan, progress=None)
+    assert rerun.ok, rerun.summary()
+    for node in cluster.nodes:
+        assert_files(node.root, small_files)
+    assert origin.traffic().get_bytes == 0, "the rerun takes what is missing from peers"
