@@ -11,8 +11,8 @@ import attrs
 
 from xfd.engine import store_arguments
 from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
-from xfd.plan import (BUNDLE_MAX_BYTES, BUNDLE_MAX_MEMBERS, BUNDLE_MEMBER_MAX, Plan, PlanBundle, _assemble,
-                      _digest, _Found)
+from xfd.plan import (BUNDLE_MAX_BYTES, BUNDLE_MAX_MEMBERS, BUNDLE_MEMBER_MAX, BUNDLE_MIN_MEMBERS, BUNDLES_PER_GROUP,
+                      Plan, PlanBundle, _assemble, _digest, _Found)
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -61,12 +61,20 @@ def test_an_object_of_several_small_chunks_is_never_a_member():
 
 
 def test_bundles_hold_at_most_256_members():
-    plan = compile_plan(prefix("d", [KiB] * (2 * BUNDLE_MAX_MEMBERS + 88)))
+    count = BUNDLES_PER_GROUP * BUNDLE_MAX_MEMBERS + 88
+    plan = compile_plan(prefix("d", [KiB] * count))
     runs = sorted(members_by_key(plan))
-    assert [len(run) for run in runs] == [BUNDLE_MAX_MEMBERS, BUNDLE_MAX_MEMBERS, 88]
+    assert [len(run) for run in runs] == [BUNDLE_MAX_MEMBERS] * BUNDLES_PER_GROUP + [88]
     # Consecutive runs of the keys in order: every object in exactly one bundle.
-    assert sum(runs, []) == [f"d/f{i:05d}" for i in range(2 * BUNDLE_MAX_MEMBERS + 88)]
-    assert [b.length for b in sorted(plan.bundles, key=lambda b: -len(b.members))] == [256 * KiB, 256 * KiB, 88 * KiB]
+    assert sum(runs, []) == [f"d/f{i:05d}" for i in range(count)]
+    assert sorted(b.length for b in plan.bundles) == [88 * KiB] + [256 * KiB] * BUNDLES_PER_GROUP
+
+
+def test_fewer_small_files_are_cut_into_enough_bundles_for_parallel_fetches():
+    # 200 files: 8 bundles of 25, so that the origin's parallel fetches and the nodes all have work.
+    assert [len(run) for run in members_by_key(compile_plan(prefix("d", [KiB] * 200)))] == [25] * 8
+    # Never fewer than 16 members a bundle: 20 files are 16 + 4.
+    assert sorted(len(run) for run in members_by_key(compile_plan(prefix("d", [KiB] * 20)))) == [4, 16]
 
 
 def test_bundles_hold_at_most_16_mib():
@@ -80,12 +88,12 @@ def test_bundles_hold_at_most_16_mib():
 
 
 def test_a_single_member_is_left_an_ordinary_object():
-    # The 257th object of "d" is left over; "alone" is the only object for its nodes.
-    plan = compile_plan(prefix("d", [KiB] * (BUNDLE_MAX_MEMBERS + 1)), prefix("alone", [10], nodes={"a": "b"}))
-    assert [len(run) for run in members_by_key(plan)] == [BUNDLE_MAX_MEMBERS]
+    # The 17th object of "d" is left over; "alone" is the only object for its nodes.
+    plan = compile_plan(prefix("d", [KiB] * (BUNDLE_MIN_MEMBERS + 1)), prefix("alone", [10], nodes={"a": "b"}))
+    assert [len(run) for run in members_by_key(plan)] == [BUNDLE_MIN_MEMBERS]
     bundled = {m for b in plan.bundles for m in b.members}
     left = sorted(o.key for o in plan.objects if o.id not in bundled)
-    assert left == ["alone/f00000", f"d/f{BUNDLE_MAX_MEMBERS:05d}"]
+    assert left == ["alone/f00000", f"d/f{BUNDLE_MIN_MEMBERS:05d}"]
     assert set(plan.unit_sizes) == {b.id for b in plan.bundles} | {
         o.chunks[0].id for o in plan.objects if o.key in left}
 
@@ -161,11 +169,11 @@ def test_bundles_survive_json_and_plans_without_them_still_load():
 def test_summary_repr_and_notebook_table_say_how_many_files_are_bundled():
     plan = compile_plan(prefix("d", [KiB] * 300), prefix("one", [5], nodes={"a": "b"}), prefix("big", [40 * MiB]))
     header = ("302 files, 302 unique objects, 40.3 MiB unique, 304 chunks of up to 16.0 MiB; "
-              "300 small files packed into 2 bundles")
+              "300 small files packed into 8 bundles")
     assert plan.summary().splitlines()[0] == f"plan: 3 artifacts, {header}"
     assert repr(plan) == ("<Plan 3 artifacts, 302 files, 302 unique objects, 40.3 MiB unique, 304 chunks; "
-                          "300 small files packed into 2 bundles>")
-    assert "304 chunks; 300 small files packed into 2 bundles</p>" in plan._repr_html_()
+                          "300 small files packed into 8 bundles>")
+    assert "304 chunks; 300 small files packed into 8 bundles</p>" in plan._repr_html_()
     plain = compile_plan(prefix("one", [5]))
     assert "bundle" not in plain.summary() + repr(plain) + plain._repr_html_()
 

@@ -57,7 +57,7 @@ def test_small_files_travel_in_bundles_once_from_the_origin(cluster, s3, bucket,
     clear_roots(cluster)
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
-    assert len(plan.bundles) == 5 and plan.unit_count == 5, "1,200 files are 5 transfers (256 each at most)"
+    assert len(plan.bundles) == 8 and plan.unit_count == 8, "1,200 files are 8 transfers of 150"
     origin.reset()
     report = manifest.distribute(plan=plan, progress=None)
 
