@@ -1,13 +1,12 @@
 """``Manifest.distribute()``: plan, start agents on the chosen nodes, run, report.
 
-Embedded default: with no Ray running, a local Ray starts (one node, this machine); with
-``address="auto"``, an address, or ``RAY_ADDRESS`` set, xfd joins that cluster. The same call works on
-a laptop and on a hundred nodes.
+Ray is reached exactly as a Ray script reaches it: the running session, ``address`` / ``RAY_ADDRESS``,
+the cluster ``ray start`` started on this machine, else a new local Ray with Ray's own defaults. The
+same call works on a laptop and on a hundred nodes.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,33 +23,21 @@ if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
     from xfd.plan import Plan
 
-# A local Ray started by xfd claims this much shared memory: xfd moves files, not Ray objects, so
-# Ray's default (30% of RAM) would only take memory from the user's work.
-LOCAL_OBJECT_STORE_BYTES = 256 << 20
 # After an interrupt, how long to wait for the agents to stop before handing the interrupt on anyway.
 STOP_AFTER_INTERRUPT_S = 30.0
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connects to Ray as Ray's own scripts do: the running session, ``address``, ``RAY_ADDRESS``, or the
-    cluster that ``ray start`` started on this machine; with none of them, a new local instance."""
-    if ray.is_initialized():
-        return
-    address = address or _running_cluster()
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level="WARNING")
+    """Connects to Ray as a Ray script does, by Ray's own rules: the running session, else ``address``,
+    ``RAY_ADDRESS``, or the cluster the last ``ray start`` on this machine started, else a new local Ray.
 
-
-def _running_cluster() -> str | None:
-    """What ``ray.init()`` without an address would join: ``RAY_ADDRESS``, else the cluster the last
-    ``ray start`` on this machine started, if it still runs. Resources of a new instance (the object
-    store's size) may only be given when nothing is found: Ray refuses them when joining."""
-    from ray._private.services import get_ray_address_from_environment
-
-    return get_ray_address_from_environment(None, None)
+    Nothing of xfd's own is passed: a Ray that starts here belongs to the user's process (their tasks
+    run in it after the distribution), so it gets Ray's defaults, as their own ``ray.init()`` would
+    give it. Only where xfd owns the cluster (``xfd demo``, :class:`~xfd.runtime.LocalCluster`) does it
+    choose settings.
+    """
+    if not ray.is_initialized():
+        ray.init(address=address)
 
 
 def select_nodes(nodes: Iterable[str] | Mapping[str, str] | None) -> list[str]:
