@@ -777,14 +777,11 @@ impl Engine {
         if part.done().contains_key(&chunk.id) {
             return Ok(None);
         }
-        let object = &work.object;
-        let identity = ObjectIdentity {
-            key: object.key.clone(),
-            size: object.size,
-            etag: object.etag.clone(),
-            version: object.version.clone(),
-        };
-        Ok(Some((part.file(), identity, object.store.clone())))
+        Ok(Some((
+            part.file(),
+            identity_of(&work.object),
+            work.object.store.clone(),
+        )))
     }
 
     fn started(&self, chunk: &PlanChunk, source: Source, peer: Option<String>) {
@@ -1183,6 +1180,16 @@ fn targets_of(plan: &Plan, object: &PlanObject, files: &[&PlanFile], config: &En
             })
         })
         .collect()
+}
+
+/// What the origin must still be serving for `object`'s bytes to be the plan's.
+fn identity_of(object: &PlanObject) -> ObjectIdentity {
+    ObjectIdentity {
+        key: object.key.clone(),
+        size: object.size,
+        etag: object.etag.clone(),
+        version: object.version.clone(),
+    }
 }
 
 /// `destination` (absolute, from the plan) under the node root; never outside it.

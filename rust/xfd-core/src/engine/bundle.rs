@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{ChunkDone, Engine, Event, ObjectWork, ScanReport, Source};
+use super::{ChunkDone, Engine, Event, ObjectWork, ScanReport, Source, identity_of};
 use crate::assembly::{self, SmallFile};
 use crate::error::{Error, Result};
 use crate::faults::Point;
 use crate::hash::ChunkDigest;
-use crate::origin::{self, ObjectIdentity};
+use crate::origin;
 use crate::p2p::{ChunkId, Segment, ServedChunk};
 use crate::plan::{Plan, PlanBundle};
 use crate::sink::{MemoryBuffer, PositionalWrite};
@@ -268,12 +268,7 @@ impl Engine {
         let (identity, store_name, local) = {
             let work = member.work.lock().unwrap();
             let object = &work.object;
-            let identity = ObjectIdentity {
-                key: object.key.clone(),
-                size: object.size,
-                etag: object.etag.clone(),
-                version: object.version.clone(),
-            };
+            let identity = identity_of(object);
             let local = work.published.as_ref().and_then(|record| {
                 let chunk = object.chunks.first()?;
                 let digest = record.chunks.get(&chunk.id)?.clone();
