@@ -14,7 +14,7 @@ from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Sto
 from xfd.plan import (BUNDLE_MAX_BYTES, BUNDLE_MAX_MEMBERS, BUNDLE_MEMBER_MAX, BUNDLE_MIN_MEMBERS, BUNDLES_PER_GROUP,
                       Plan, PlanBundle, _assemble, _digest, _Found)
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+KiB, MiB = 1 << 10, 1 << 20
 
 
 def found(key: str, size: int) -> _Found:
@@ -199,19 +199,3 @@ def test_a_bundle_is_rebuilt_with_new_ids_when_one_member_changes():
     after = compile_plan((artifact, changed)).bundles
     assert len(before) == len(after) == 1 and before[0].id != after[0].id
     assert before[0].members[0] == after[0].members[0] and before[0].members[1] != after[0].members[1]
-
-
-def test_the_origin_serves_as_many_units_at_once_as_keep_its_request_budget_busy():
-    from xfd.runtime.coordinator import origin_units
-
-    def units(*parts, chunk_size="auto") -> int:
-        return origin_units(compile_plan(*parts, settings=Settings(chunk_size=chunk_size)))
-
-    # 32 requests in flight (origin_parallelism), 8 at most per unit (origin_chunk_streams).
-    assert units(prefix("big", [GiB]), chunk_size=64 * MiB) == 4, "64 MiB chunks: 8 ranged GETs each"
-    assert units(prefix("big", [GiB]), chunk_size=32 * MiB) == 8, "32 MiB chunks: 4 GETs each"
-    assert units(prefix("big", [GiB]), chunk_size=8 * MiB) == 32, "8 MiB chunks: one GET each"
-    assert units(prefix("small", [KiB] * 5000)) == 4, "bundles of 256: 8 member GETs at a time each"
-    # The demo's mix: 16 chunks of 8 MiB and one small chunk (1 GET each), 8 bundles of 25 (8 each).
-    demo = units(prefix("w", [128 * MiB]), prefix("one", [3 * MiB]), prefix("tok", [KiB] * 200), chunk_size=8 * MiB)
-    assert demo == int(32 * 25 / (17 + 8 * 8)) == 9

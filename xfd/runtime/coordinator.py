@@ -18,7 +18,6 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from xfd import _core
 from xfd.errors import DistributionCancelled
 from xfd.manifest.model import Store
 from xfd.plan import Plan
@@ -117,7 +116,8 @@ class Coordinator:
         needs = {node_id: self.plan.chunks_for(info["labels"]) for node_id, info in infos.items()}
         scheduler = Scheduler(
             self.chunk_sizes, list(self.agents),
-            origin_parallelism=origin_units(self.plan),
+            # The scheduler counts chunks; each origin chunk takes up to origin_chunk_streams GETs.
+            origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
             download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
         )
         for node_id in failed | refused:
@@ -330,23 +330,6 @@ class Coordinator:
             unpacked=self.unpacked,
             startup_seconds=self.startup_seconds,
         )
-
-
-def origin_units(plan: Plan) -> int:
-    """Units the origin may serve at once so that, on average over the plan's units, ``origin_parallelism``
-    requests are in flight: the scheduler counts units, and a unit takes as many GETs as the engine makes
-    for it (a chunk one per ORIGIN_MIN_SUBRANGE bytes, a bundle one per member, each up to
-    ``origin_chunk_streams`` at once). Counting every unit as ``origin_chunk_streams`` GETs left most of the
-    budget idle with chunks of 8 MiB (one GET each)."""
-    settings = plan.settings
-    most = settings.origin_chunk_streams
-    sizes = plan.unit_sizes
-    if not sizes:
-        return max(1, settings.origin_parallelism // most)
-    members = {b.id: len(b.members) for b in plan.bundles}
-    streams = sum(min(most, members[unit]) if unit in members
-                  else min(most, max(1, length // _core.ORIGIN_MIN_SUBRANGE)) for unit, length in sizes.items())
-    return max(1, int(settings.origin_parallelism * len(sizes) / streams))
 
 
 def _node_ip(node_id: str) -> str:

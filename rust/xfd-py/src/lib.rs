@@ -22,9 +22,6 @@ fn hash_file_range(py: Python<'_>, path: PathBuf, offset: u64, length: Option<u6
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", xfd_core::VERSION)?;
-    // The shortest origin sub-range: a chunk takes one ranged GET per this many bytes, up to
-    // `origin_chunk_streams` (the coordinator budgets the origin's requests with it).
-    m.add("ORIGIN_MIN_SUBRANGE", xfd_core::origin::MIN_SUBRANGE)?;
     m.add_function(wrap_pyfunction!(hash_file_range, m)?)?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<scheduler::PyScheduler>()?;
