@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,17 +14,18 @@ from cosmos_xenna.pipelines import v1 as pipelines
 from xfd.nodes import localize
 from xfd.sandbox import CountingProxy, LocalS3
 from xfd.sandbox.samples import tar_gz
-from xfd.xenna import download_distributed, download_for_stages
+from xfd.xenna import XennaNotFoundError, XennaPermissionError, download_distributed, download_for_stages
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(600)
 
 
-def s3_config(s3: LocalS3, bucket: str, endpoint: str) -> fd.ObjectStoreConfig:
+def s3_config(s3: LocalS3, bucket: str, endpoint: str, path: str = "") -> fd.ObjectStoreConfig:
     """What a Xenna user writes for an S3-compatible server (MinIO-style), through the counting proxy."""
     config = fd.ObjectStoreConfig.make_for_s3(bucket, endpoint=endpoint, access_key_id=s3.access_key_id,
                                               secret_access_key=s3.secret_access_key, region="us-east-1")
     config.config_args["allow_http"] = "true"
+    config.uri += path
     return config
 
 
@@ -47,22 +49,32 @@ def test_download_distributed_puts_every_request_on_every_node(cluster, s3, buck
     other_bucket = f"{bucket}-b"
     s3.create_bucket(other_bucket)
     put(s3, bucket, {"models/w.bin": weights, "tok/a.json": b"{}", "tok/sub/b.txt": b"b" * 999})
-    put(s3, other_bucket, {"sets/ds.tar.gz": tar_gz({"x.txt": b"x" * 4000, "sub/y.txt": b"y"})})
-    configs = fd.ObjectStoreConfigByProfile(profiles={None: s3_config(s3, bucket, origin.endpoint),
-                                                      "datasets": s3_config(s3, other_bucket, origin.endpoint)})
+    put(s3, other_bucket, {"sets/ds.tar.gz": tar_gz({"x.txt": b"x" * 4000, "sub/y.txt": b"y"}),
+                           "sets/ds.bin": tar_gz({"z.txt": b"z"})})
+    configs = fd.ObjectStoreConfigByProfile(profiles={
+        None: s3_config(s3, bucket, origin.endpoint),
+        "datasets": s3_config(s3, other_bucket, origin.endpoint, path="sets"),  # keys below s3://bucket/sets
+    })
     requests = [
         fd.DownloadRequest(fd.ObjectDownloadRequest(uri="models/w.bin", destination=Path("/xenna/w.bin"))),
         fd.DownloadRequest(fd.PrefixDownloadRequest(uri="tok/", destination=Path("/xenna/tok-slash"))),
         fd.DownloadRequest(fd.PrefixDownloadRequest(uri="tok", destination=Path("/xenna/tok-bare"))),
         fd.DownloadRequest(fd.ObjectDownloadRequest(
-            uri="sets/ds.tar.gz", destination=Path("/xenna/ds.tar.gz"), profile_name="datasets",
+            uri="ds.tar.gz", destination=Path("/xenna/ds.tar.gz"), profile_name="datasets",
             unpack_options=fd.UnpackOptions(Path("/xenna/ds"), fd.UnpackMethod.TAR_GZ))),
+        # AUTO on a name without an archive suffix: xfd tells the format from the bytes (Xenna, from the name).
+        fd.DownloadRequest(fd.ObjectDownloadRequest(
+            uri="ds.bin", destination=Path("/xenna/ds.bin"), profile_name="datasets",
+            unpack_options=fd.UnpackOptions(Path("/xenna/ds-auto")))),
         fd.DownloadRequest(fd.ObjectDownloadRequest(uri="models/w.bin", destination=Path("/xenna/w.bin"))),
     ]
+    level = logging.getLogger("xfd").level
     origin.reset()
-    report = download_distributed(requests, configs, chunk_size_bytes=1 * MiB, progress="none")
+    report = download_distributed(requests, configs, chunk_size_bytes=1 * MiB, verbose=True, display_rate_s=1.0,
+                                  progress="none")
+    assert logging.getLogger("xfd").level == level  # verbose for this download only
     assert report.ok and len(report.nodes) == len(cluster.nodes)
-    assert object_bytes(origin) == report.unique_bytes  # each byte from the origin once
+    assert object_bytes(origin) == report.unique_bytes  # each byte from the origin once, the repeat too
     for root_path in on_every_node(cluster, "/xenna"):
         assert (root_path / "w.bin").read_bytes() == weights
         for tok in ("tok-slash", "tok-bare"):
@@ -70,6 +82,27 @@ def test_download_distributed_puts_every_request_on_every_node(cluster, s3, buck
             assert (root_path / tok / "sub" / "b.txt").read_bytes() == b"b" * 999
         assert (root_path / "ds" / "x.txt").read_bytes() == b"x" * 4000
         assert (root_path / "ds" / "sub" / "y.txt").read_bytes() == b"y"
+        assert (root_path / "ds-auto" / "z.txt").read_bytes() == b"z"
+
+
+def test_missing_objects_and_refused_access_raise_the_builtin_errors_xenna_raises(cluster, s3, bucket, origin):
+    put(s3, bucket, {"models/w.bin": b"w"})
+    config = s3_config(s3, bucket, origin.endpoint)
+
+    def request(uri: str, prefix: bool = False) -> fd.DownloadRequest:
+        kind = fd.PrefixDownloadRequest if prefix else fd.ObjectDownloadRequest
+        return fd.DownloadRequest(kind(uri=uri, destination=Path("/xenna/errors")))
+
+    with pytest.raises(FileNotFoundError, match="models/missing.bin does not exist") as caught:
+        download_distributed([request("models/missing.bin")], config, progress="none")
+    assert isinstance(caught.value, XennaNotFoundError)
+    with pytest.raises(FileNotFoundError, match="no objects under"):
+        download_distributed([request("nothing/", prefix=True)], config, progress="none")
+    origin.refuse(f"/{bucket}/models/")
+    with pytest.raises(PermissionError, match="denied") as caught:
+        download_distributed([request("models/w.bin")], config, progress="none")
+    assert isinstance(caught.value, XennaPermissionError)
+    assert object_bytes(origin) == 0  # all refused while planning: nothing downloaded
 
 
 class WeightsStage(pipelines.Stage):

@@ -47,7 +47,8 @@ STORE_OPTIONS: Mapping[str, frozenset[str]] = {
     "az": frozenset(
         "account_name account_key client_id client_secret credential_type tenant_id authority_host sas_key "
         "token use_emulator use_fabric_endpoint encryption_key endpoint msi_endpoint object_id "
-        "msi_resource_id federated_token_file use_azure_cli skip_signature disable_tagging".split()
+        "msi_resource_id federated_token_file use_azure_cli skip_signature disable_tagging fabric_token_service_url "
+        "fabric_workload_host fabric_session_token fabric_cluster_identifier".split()
     ),
     "https": frozenset(),
     "http": frozenset(),

@@ -42,6 +42,7 @@ class LocalCluster:
         cpus_per_node: int = 1,
         object_store_memory: int = 100 * MiB,
         first_ip: int = 2,
+        include_dashboard: bool = False,
     ) -> None:
         if not 1 <= num_nodes <= 250 - first_ip:
             raise ConfigError(f"num_nodes must be between 1 and {250 - first_ip}, got {num_nodes}")
@@ -53,6 +54,8 @@ class LocalCluster:
         self.cpus_per_node = cpus_per_node
         self.object_store_memory = object_store_memory
         self.first_ip = first_ip
+        # Off by default (one process less per cluster); Ray's state API, which Xenna's pipelines read, needs it.
+        self.include_dashboard = include_dashboard
         self.nodes: list[SimulatedNode] = []
         self._cluster: Cluster | None = None
 
@@ -92,7 +95,7 @@ class LocalCluster:
             labels={NODE_ROOT_LABEL: str(root)},
         )
         if index == 0:
-            args["include_dashboard"] = False
+            args["include_dashboard"] = self.include_dashboard
         handle = self._cluster.add_node(**args)
         node = SimulatedNode(ip=ip, root=root, handle=handle)
         self.nodes.append(node)
