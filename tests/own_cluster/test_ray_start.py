@@ -44,13 +44,16 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def stop(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM lets the session's services (all in its process group) end on their own; the `ray start
+    --block` leader does not exit on it (it waited out a 20 s grace on every run), so SIGKILL ends what is
+    left after 3 s (or, if the leader did exit, whatever of the group outlived it)."""
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 20.0)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
         try:
-            process.wait(20)
+            process.wait(grace)
             time.sleep(1)  # the session's other processes end with their leader's signal handler
         except subprocess.TimeoutExpired:
             continue
