@@ -241,7 +241,7 @@ impl Engine {
             };
             objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
         }
-        let (bundles, members) = bundle::bundles_of(&plan, &objects)?;
+        let (bundles, members) = bundle::bundles_of(&plan, &index, &objects)?;
         Ok(Engine {
             plan,
             store,

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{FileRecord, FileStamp, FileTarget, create_dirs, part_path, recover_interrupted_publish, refuse_foreign};
+use super::{FileRecord, FileStamp, FileTarget, check_destination, part_path};
 use crate::error::{Error, Result};
 use crate::faults::{Faults, Point};
 use crate::store::{Facet, Op, Store};
@@ -89,15 +89,9 @@ pub fn publish_small(store: &Store, files: &[SmallFile<'_>], faults: &Faults) ->
 /// What a lone publish checks first, for every file: its directory can be made, a publish a crash
 /// interrupted is settled, no user's file is in the way, the optional SHA-256 matches.
 fn check_all(store: &Store, files: &[SmallFile<'_>]) -> Result<()> {
-    let mut made = BTreeSet::new();
     for file in files {
         let target = file.target;
-        let parent = target.destination.parent().unwrap_or(Path::new("/"));
-        if made.insert(parent) {
-            create_dirs(parent)?;
-        }
-        recover_interrupted_publish(store, target)?;
-        refuse_foreign(store, target)?;
+        check_destination(store, target)?;
         if fs::symlink_metadata(&target.destination).is_ok_and(|m| m.is_dir()) {
             return Err(Error::DestinationExists {
                 path: target.destination.clone(),

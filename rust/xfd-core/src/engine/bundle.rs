@@ -22,7 +22,7 @@ use crate::faults::Point;
 use crate::hash::ChunkDigest;
 use crate::origin;
 use crate::p2p::{ChunkId, Segment, ServedChunk};
-use crate::plan::{Plan, PlanBundle};
+use crate::plan::{Plan, PlanBundle, PlanIndex};
 use crate::sink::{MemoryBuffer, PositionalWrite};
 use crate::store::Store;
 
@@ -54,10 +54,13 @@ pub(super) type NodeBundles = (HashMap<String, Arc<BundleWork>>, HashSet<String>
 
 /// The bundles of `plan` whose members this node gets (those in `objects`), and the ids of their member
 /// objects. A node gets every member of a bundle or none: the planner groups members by node selector.
-pub(super) fn bundles_of(plan: &Plan, objects: &BTreeMap<String, Arc<Mutex<ObjectWork>>>) -> Result<NodeBundles> {
+pub(super) fn bundles_of(
+    plan: &Plan,
+    index: &PlanIndex<'_>,
+    objects: &BTreeMap<String, Arc<Mutex<ObjectWork>>>,
+) -> Result<NodeBundles> {
     let mut bundles = HashMap::new();
     let mut members = HashSet::new();
-    let index = plan.index();
     for bundle in &plan.bundles {
         let here = bundle.members.iter().filter(|id| objects.contains_key(*id)).count();
         if here == 0 {
@@ -70,7 +73,7 @@ pub(super) fn bundles_of(plan: &Plan, objects: &BTreeMap<String, Arc<Mutex<Objec
                 bundle.members.len()
             )));
         }
-        bundles.insert(bundle.id.clone(), Arc::new(BundleWork::new(bundle, &index, objects)));
+        bundles.insert(bundle.id.clone(), Arc::new(BundleWork::new(bundle, index, objects)));
         members.extend(bundle.members.iter().cloned());
     }
     Ok((bundles, members))
@@ -79,7 +82,7 @@ pub(super) fn bundles_of(plan: &Plan, objects: &BTreeMap<String, Arc<Mutex<Objec
 impl BundleWork {
     fn new(
         bundle: &PlanBundle,
-        index: &crate::plan::PlanIndex<'_>,
+        index: &PlanIndex<'_>,
         objects: &BTreeMap<String, Arc<Mutex<ObjectWork>>>,
     ) -> BundleWork {
         let mut offset = 0;
