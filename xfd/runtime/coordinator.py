@@ -193,8 +193,14 @@ class Coordinator:
             kind = event["kind"]
             if kind == "chunk_done":
                 transfer = self._pop_transfer(node_id, event)
-                self.digests.setdefault(event["chunk_id"], event["digest"])
-                if transfer is not None:
+                if event["digest"]:  # a transfer that found its chunk already here may know no digest
+                    self.digests.setdefault(event["chunk_id"], event["digest"])
+                if transfer is None:
+                    # A transfer set aside (its source was declared lost, or it lost an endgame race)
+                    # that delivered all the same: the node holds the chunk, and a transfer started again
+                    # for it must not be waited for as if the chunk were still missing.
+                    scheduler.held(node_id, [event["chunk_id"]])
+                else:
                     for loser in scheduler.finished(transfer):
                         # The slower copy is shut out by the engine's fence; it will report nothing more.
                         losers = self.active.get((loser.chunk, loser.node), [])

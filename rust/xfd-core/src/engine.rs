@@ -32,7 +32,9 @@ use crate::store::{self, DestinationLock, Store};
 use crate::unpack::{self, ArchiveFormat, UnpackOptions};
 
 mod bundle;
+mod linked;
 use bundle::{BundleSource, BundleWork};
+pub use linked::{LinkedEngine, Running};
 
 /// How one node runs a plan.
 #[derive(Clone, Debug, Default)]
@@ -190,6 +192,8 @@ pub struct Engine {
     members: HashSet<String>,
     registry: Arc<MemoryRegistry>,
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
+    /// Where outcomes also go when the engine is on a control link (see [`Engine::tap_reports`]).
+    tap: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::control::wire::Report>>>,
     peers: Option<P2pClient>,
     server: Mutex<Option<P2pServer>>,
     /// Chunks being written now: a second fetch of one of them is refused, so a chunk's region in
@@ -252,6 +256,7 @@ impl Engine {
             members,
             registry: Arc::new(MemoryRegistry::new()),
             events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
+            tap: Mutex::new(None),
             peers: peer_client(&config)?,
             server: Mutex::new(None),
             writing: Mutex::new(Default::default()),
@@ -354,7 +359,7 @@ impl Engine {
             Some(bundle) => self.fetch_bundle(bundle, BundleSource::Origin).await,
             None => self.origin_fetch(chunk_id).await,
         };
-        result.map_err(|error| self.failed(chunk_id, Source::Origin, None, error))
+        self.outcome(chunk_id, Source::Origin, None, result)
     }
 
     async fn origin_fetch(&self, chunk_id: &str) -> Result<ChunkDone> {
@@ -428,7 +433,36 @@ impl Engine {
             Some(bundle) => self.fetch_bundle(bundle, BundleSource::Peer(peer, expected)).await,
             None => self.peer_fetch(chunk_id, peer, expected).await,
         };
-        result.map_err(|error| self.failed(chunk_id, Source::Peer, Some(peer.to_string()), error))
+        self.outcome(chunk_id, Source::Peer, Some(peer.to_string()), result)
+    }
+
+    /// Reports the outcome of a transfer the coordinator asked for: every one reports exactly once.
+    /// A transfer that found its chunk already here (an earlier transfer of it finished first, one whose
+    /// report the coordinator set aside because its source had been declared lost) reports done too:
+    /// otherwise the coordinator would wait for it forever.
+    fn outcome(
+        &self,
+        chunk_id: &str,
+        source: Source,
+        peer: Option<String>,
+        result: Result<ChunkDone>,
+    ) -> Result<ChunkDone> {
+        match result {
+            Ok(done) if done.already_held => {
+                self.emit(Event::ChunkDone {
+                    chunk_id: done.chunk_id.clone(),
+                    object_id: self.chunks.get(chunk_id).map(|(o, _)| o.clone()).unwrap_or_default(),
+                    bytes: 0,
+                    source,
+                    peer,
+                    seconds: 0.0,
+                    digest: done.digest.clone(),
+                });
+                Ok(done)
+            }
+            Ok(done) => Ok(done),
+            Err(error) => Err(self.failed(chunk_id, source, peer, error)),
+        }
     }
 
     async fn peer_fetch(&self, chunk_id: &str, peer: SocketAddr, expected: Option<ChunkDigest>) -> Result<ChunkDone> {
@@ -873,6 +907,7 @@ impl Engine {
     }
 
     fn emit(&self, event: Event) {
+        self.tap(&event);
         let (queue, ready) = &*self.events;
         queue.lock().unwrap().push(event);
         ready.notify_all();

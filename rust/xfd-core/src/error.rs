@@ -94,6 +94,10 @@ pub enum Error {
     #[error("engine task failed: {0}")]
     Task(String),
 
+    /// The control link between a node and the coordinator failed (refused, broken, or a bad frame).
+    #[error("control link: {0}")]
+    Control(String),
+
     /// A string that names no archive format xfd knows.
     #[error("unknown archive format {value:?}; valid values are: auto, tar, tar.gz (or tgz), zip")]
     InvalidArchiveFormat { value: String },

@@ -4,6 +4,7 @@
 //! `xfd-py` only converts types and errors at the boundary.
 
 pub mod assembly;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod faults;

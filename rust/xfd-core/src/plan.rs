@@ -169,6 +169,24 @@ pub struct PlanBundle {
 }
 
 impl Plan {
+    /// What the scheduler counts, `(unit id, bytes)`: every chunk of every object outside bundles (in
+    /// object order), then every bundle; as the Python side's `Plan.unit_sizes`.
+    pub fn units(&self) -> Vec<(String, u64)> {
+        let bundled: std::collections::HashSet<&str> = self
+            .bundles
+            .iter()
+            .flat_map(|b| b.members.iter().map(String::as_str))
+            .collect();
+        let chunks = self
+            .objects
+            .iter()
+            .filter(|o| !bundled.contains(o.id.as_str()))
+            .flat_map(|o| o.chunks.iter().map(|c| (c.id.clone(), c.length)));
+        chunks
+            .chain(self.bundles.iter().map(|b| (b.id.clone(), b.length)))
+            .collect()
+    }
+
     /// Parses and checks a plan: its format, and that every file and unpack names a known object.
     pub fn from_json(text: &str) -> Result<Plan> {
         let plan: Plan = serde_json::from_str(text).map_err(|e| Error::InvalidPlan(e.to_string()))?;

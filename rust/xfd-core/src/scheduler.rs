@@ -352,25 +352,32 @@ impl Scheduler {
                 None => (0..chunks as u32).collect(),
                 Some(needs) => needs.get(node as usize).cloned().unwrap_or_default(),
             };
-            let mut state = NodeState {
-                alive: true,
-                ..NodeState::default()
-            };
-            for &chunk in &wanted {
-                if !state.wanting.contains(chunk) {
-                    state.wanting.add(chunk);
-                    scheduler.needers[chunk as usize].add(node);
-                    scheduler.open += 1;
-                }
-            }
-            scheduler.nodes.push(state);
-            scheduler.free.add(node);
-            scheduler.dirty.add(node);
+            scheduler.add_node(&wanted);
         }
-        scheduler.unseeded = (0..chunks as u32)
-            .filter(|&c| scheduler.needers[c as usize].len() > 0)
-            .collect();
         scheduler
+    }
+
+    /// A node joins the run (one whose agent came up late, or that joined the cluster late) and needs
+    /// `needs`; returns its index, the next one. Chunks already failed for good are not wanted again.
+    pub fn add_node(&mut self, needs: &[u32]) -> u32 {
+        let node = self.nodes.len() as u32;
+        let mut state = NodeState {
+            alive: true,
+            ..NodeState::default()
+        };
+        for &chunk in needs {
+            if state.wanting.contains(chunk) || self.failed.contains_key(&chunk) {
+                continue;
+            }
+            state.wanting.add(chunk);
+            self.needers[chunk as usize].add(node);
+            self.open += 1;
+            self.reseed_if_orphaned(chunk);
+        }
+        self.nodes.push(state);
+        self.free.add(node);
+        self.dirty.add(node);
+        node
     }
 
     // --- facts ---------------------------------------------------------------------------------------

@@ -245,9 +245,11 @@ async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
     );
     let done = second.fetch_from_origin(&plan.objects[0].chunks[0].id).await.unwrap();
     assert!(done.already_held);
+    assert_eq!(second.origin_bytes(), 0, "nothing fetched");
     let events = second.drain_events();
+    let (asked, scanned) = events.split_last().unwrap();
     assert!(
-        events.iter().all(|e| matches!(
+        scanned.iter().all(|e| matches!(
             e,
             Event::ChunkDone {
                 source: Source::Cache,
@@ -255,6 +257,17 @@ async fn a_second_run_is_all_cache_hits_and_fetches_nothing() {
             }
         )),
         "{events:?}"
+    );
+    assert!(
+        matches!(
+            asked,
+            Event::ChunkDone {
+                bytes: 0,
+                source: Source::Origin,
+                ..
+            }
+        ),
+        "the transfer asked for reports its unit held: {asked:?}"
     );
 }
 
@@ -902,4 +915,142 @@ async fn a_node_that_gets_only_some_members_of_a_bundle_refuses_the_plan() {
     let refused = Engine::new(plan.clone(), config(&plan, root.path(), false)).map(|_| ());
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("gets 3 of its 4 members"), "{message}");
+}
+
+/// Every transfer the coordinator asks for reports once. One that finds its unit already here (an
+/// earlier transfer of it, set aside by the coordinator because its source was declared lost, finished
+/// first) reports done too: a silent one left the coordinator waiting for it forever.
+#[tokio::test]
+async fn a_transfer_that_finds_its_unit_already_here_still_reports_done() {
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (plan, _) = small_files_plan(origin.path(), 20).await;
+    let node = engine(&plan, root.path());
+    node.scan().await.unwrap();
+    let bundle = &plan.bundles[0].id;
+    node.fetch_from_origin(bundle).await.unwrap();
+    let digest = bundle_digests(node.drain_events())[bundle].clone();
+
+    let again = node
+        .fetch_from_peer(bundle, "127.0.0.9:9".parse().unwrap(), None)
+        .await
+        .unwrap();
+    assert!(again.already_held);
+    let events = node.drain_events();
+    assert!(
+        matches!(&events[..], [Event::ChunkDone { chunk_id, digest: d, source: Source::Peer, peer: Some(_), .. }]
+            if chunk_id == bundle && *d == digest),
+        "{events:?}"
+    );
+
+    let big = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("big", bytes(3000, 1), &["/data/big"])], None).await;
+    let node = engine(&plan, big.path());
+    node.scan().await.unwrap();
+    let chunk = &plan.objects[0].chunks[0].id;
+    node.fetch_from_origin(chunk).await.unwrap();
+    node.drain_events();
+    assert!(node.fetch_from_origin(chunk).await.unwrap().already_held);
+    let events = node.drain_events();
+    assert!(
+        matches!(&events[..], [Event::ChunkDone { chunk_id, source: Source::Origin, .. }] if chunk_id == chunk),
+        "{events:?}"
+    );
+}
+
+/// Runs `plan` on one engine per root, each on a control link to a real coordinator; returns the final
+/// status once every node holds everything.
+async fn run_linked(plan: &Plan, roots: &[&Path]) -> xfd_core::control::server::Status {
+    use std::time::Duration;
+    use xfd_core::control::core::RunPlan;
+    use xfd_core::control::link::{self, LinkConfig};
+    use xfd_core::control::server::{Coordinator, CoordinatorConfig, Outcome};
+    use xfd_core::engine::LinkedEngine;
+
+    let coordinator = Coordinator::start(CoordinatorConfig {
+        plan: RunPlan {
+            units: plan.units(),
+            unique_bytes: plan.objects.iter().map(|o| o.size).sum(),
+            scheduler: xfd_core::scheduler::SchedulerConfig::default(),
+        },
+        token: TOKEN.into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        lost_after: Duration::from_secs(30),
+        snapshot_every: Duration::from_millis(50),
+        with_chunks: false,
+        expected: (0..roots.len()).map(|i| format!("node-{i}")).collect(),
+    })
+    .await
+    .unwrap();
+    let mut engines = Vec::new();
+    for (index, root) in roots.iter().enumerate() {
+        let engine = Arc::new(engine(plan, root));
+        let held = engine.scan().await.unwrap().held;
+        let address = engine.start_server(LOOPBACK, 0, 4, None).await.unwrap();
+        let reports = engine.tap_reports();
+        let worker = Arc::new(LinkedEngine {
+            engine: engine.clone(),
+            running: Default::default(),
+        });
+        let config = LinkConfig {
+            coordinator: coordinator.address(),
+            token: TOKEN.into(),
+            node: format!("node-{index}"),
+            heartbeat: Duration::from_millis(200),
+        };
+        tokio::spawn(link::run(config, reports, worker));
+        let needs = plan.units().into_iter().map(|(unit, _)| unit).collect();
+        let held = held.into_iter().collect();
+        coordinator
+            .join(&format!("node-{index}"), &address.to_string(), needs, held)
+            .unwrap();
+        engines.push(engine);
+    }
+    let waited = tokio::task::spawn_blocking(move || {
+        let status = coordinator.wait(Duration::from_secs(60));
+        (status, coordinator.end())
+    });
+    let (status, ended) = waited.await.unwrap();
+    assert_eq!(status.outcome, Some(Outcome::Finished), "{:?}", status.failures);
+    for engine in &engines {
+        assert!(engine.is_complete());
+        engine.stop_server(std::time::Duration::from_secs(1)).await;
+    }
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_control_links_get_every_unit_with_each_byte_from_the_origin_once() {
+    let origin = tempfile::tempdir().unwrap();
+    let roots: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (plan, contents) = small_files_plan(origin.path(), 600).await;
+    let total: u64 = contents.iter().map(|c| c.len() as u64).sum();
+    let paths: Vec<&Path> = roots.iter().map(|r| r.path()).collect();
+
+    let status = run_linked(&plan, &paths).await;
+
+    for root in &paths {
+        assert_small_files(root, &contents);
+    }
+    assert_eq!(
+        status.origin_bytes.values().sum::<u64>(),
+        total,
+        "each byte from the origin once"
+    );
+    assert_eq!(
+        status.deliveries,
+        3 * plan.bundles.len() as u64,
+        "one delivery per bundle and node"
+    );
+    assert!(
+        status
+            .snapshot
+            .nodes
+            .iter()
+            .all(|n| n.state == xfd_core::control::progress::NodeState::Done)
+    );
+
+    let again = run_linked(&plan, &paths).await; // a rerun: everything is a cache hit
+    assert_eq!(again.deliveries, 0);
+    assert_eq!(again.origin_bytes.values().sum::<u64>(), 0);
 }
