@@ -2,7 +2,7 @@
 import os
 from typing import Any, final
 
-__all__ = ["Engine", "Scheduler", "__version__", "hash_file_range"]
+__all__ = ["Coordinator", "Engine", "Scheduler", "__version__", "hash_file_range"]
 
 __version__: str
 
@@ -15,6 +15,51 @@ def hash_file_range(path: str | os.PathLike[str], offset: int = 0, length: int |
         FileNotFoundError, PermissionError, OSError: the file cannot be opened or read.
         xfd.errors.RangeError: the range does not lie inside the file.
     """
+
+
+@final
+class Coordinator:
+    """A run's coordinator (mirrors rust/xfd-py/src/coordinator.rs): a control server the agents link to,
+    and the scheduler on a thread of its own. Statuses are plain dicts: ``outcome`` (``None``, or
+    ``{"outcome": "finished"}`` / ``{"outcome": "stalled", "reason": ...}``), ``snapshot`` (nodes and units
+    by index), ``nodes`` (node ids by index), ``finished_at``, ``deliveries``, ``origin_refetches``,
+    ``failures``, ``origin_bytes`` (by node id), ``frames_in``, ``frames_out``."""
+
+    def __new__(
+        cls,
+        units: list[tuple[str, int]],
+        unique_bytes: int,
+        token: str,
+        bind: str,
+        expected: list[str],
+        *,
+        origin_parallelism: int,
+        download_slots: int,
+        upload_slots: int,
+        lost_after: float = 30.0,
+        snapshot_every: float = 0.25,
+        with_chunks: bool = False,
+    ) -> Coordinator:
+        """Starts the control server on ``bind`` (an IP; the port is chosen) and the coordinator thread.
+        The run is not over before every node of ``expected`` joined or was given up on."""
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` of the control server."""
+    def join(self, name: str, address: str, needs: list[str], held: list[tuple[str, str]]) -> None:
+        """A node's agent is up: it serves peers at ``address`` (``ip:port``), needs ``needs``, holds
+        ``held`` (unit, digest)."""
+    def add_failed(self, name: str, ip: str, reason: str, lost: bool) -> None:
+        """A node that takes no part: lost (its agent died) or failed (its engine refused the run)."""
+    def lose(self, name: str, reason: str) -> None:
+        """A node is gone (its agent's actor died)."""
+    def set_state(self, name: str, state: str, reason: str) -> None:
+        """``done``, ``failed`` or ``lost``, after the transfers (the unpack's outcome)."""
+    def wait(self, timeout: float) -> dict[str, Any]:
+        """Waits up to ``timeout`` seconds for the outcome; returns the status then."""
+    def status(self) -> dict[str, Any]:
+        """The latest status."""
+    def end(self) -> dict[str, Any]:
+        """Ends the run (every link is told) and returns the final status."""
 
 
 @final
@@ -54,6 +99,9 @@ class Engine:
         """Fetches one chunk from the peer at ``host:port``, verified against ``expected_digest``."""
     def submit_peer(self, transfers: list[tuple[str, str, int, str | None]]) -> None:
         """Starts ``(chunk_id, host, port, expected_digest)`` peer fetches in the background."""
+    def link(self, host: str, port: int, token: str, node: str, heartbeat: float = 1.0) -> None:
+        """Opens this node's control link to the coordinator at ``host:port`` (in the background): work
+        arrives over it and outcomes go back over it from then on. It ends with the run or the engine."""
     def start_server(
         self, bind: str, port: int = 0, upload_slots: int = 8, egress_bytes_per_sec: int | None = None
     ) -> tuple[str, int]:

@@ -1,9 +1,10 @@
 """The result of a distribution, per node and in total, and how close its transfers came to the ideal
-time at the rates the run itself reached (an estimate, not a bound: see :func:`ideal_seconds`)."""
+time at the rates the run itself reached (an estimate, not a bound: see ``ideal_seconds`` in
+``rust/xfd-core/src/control/progress.rs``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+
 
 import attrs
 
@@ -31,6 +32,9 @@ class NodeReport:
     state: str
     """done | lost | failed"""
     failures: tuple[str, ...] = ()
+    agent_seconds: float | None = None
+    """Time from the start of the run until this node's agent was up and the node joined the run (None:
+    it never did). Nodes join one by one, as their agents come up; none waits for the slowest."""
 
 
 @attrs.frozen(repr=False)
@@ -49,15 +53,18 @@ class Report:
     wall_seconds: float
     ideal_seconds: float
     """The time the transfers would take if the origin and every node moved bytes all the time at the best
-    rate each showed during the run (see :func:`ideal_seconds`): an estimate, not a bound."""
+    rate each showed during the run: max(O / u_origin, max R_i / d_node, sum R_i / (u_origin + N u_node))
+    over what the origin and each node had to move. An estimate, not a bound: a link never pushed to its
+    capacity shows a lower rate, and the ideal grows with it."""
     rates: dict[str, float]
     lost_nodes: tuple[str, ...] = ()
     failures: tuple[str, ...] = attrs.field(default=(), converter=lambda reasons: tuple(dict.fromkeys(reasons)))
     """Why the run failed, each reason once (a reason can be reported by several paths)."""
     unpacked: int = 0
     startup_seconds: float = 0.0
-    """Part of ``wall_seconds`` spent before the first transfer could start: starting one agent per node
-    (a Ray actor each) and learning what every node already holds."""
+    """Part of ``wall_seconds`` spent before the first transfer could start: until the first node's agent
+    was up (a Ray actor, which scans what the node already holds). Each node's own time is its
+    ``agent_seconds``."""
 
     @property
     def ok(self) -> bool:
@@ -88,10 +95,11 @@ class Report:
         lines = [f"{self._headline()}, {self.timing}"]
         for node in sorted(self.nodes, key=lambda n: n.ip):
             seconds = f"{node.seconds:.2f} s" if node.seconds is not None else "-"
+            agent = f" (agent up at {node.agent_seconds:.2f} s)" if node.agent_seconds is not None else ""
             lines.append(
                 f"  {node.ip:<15} {node.state:<6} origin {human_size(node.origin_bytes):>10}  "
                 f"peers {human_size(node.peer_bytes):>10}  cache {human_size(node.cache_bytes):>10}  "
-                f"served {human_size(node.served_bytes):>10}  {seconds}"
+                f"served {human_size(node.served_bytes):>10}  {seconds}{agent}"
             )
         if self.lost_nodes:
             lines.append(f"  lost {counted(len(self.lost_nodes), 'node')}: {', '.join(self.lost_nodes)}")
@@ -113,7 +121,7 @@ class Report:
         """Wall time, the part spent starting agents, and the efficiency when there is one to measure."""
         timing = f"{self.wall_seconds:.2f} s"
         if self.startup_seconds > 0:
-            timing += f" ({self.startup_seconds:.2f} s starting agents)"
+            timing += f" ({self.startup_seconds:.2f} s until the first agent was up)"
         if self.efficiency is not None:
             return (f"{timing}; efficiency {self.efficiency:.2f} against an ideal {self.ideal_seconds:.2f} s at "
                     "the run's own peak rates")
@@ -131,29 +139,6 @@ class Report:
         from xfd.notebook.reprs import report_html
 
         return report_html(self)
-
-
-def ideal_seconds(origin_bytes: int, received: Sequence[int], rates: Mapping[str, float]) -> float:
-    """max(O / u_origin, max R_i / d_node, sum R_i / (u_origin + N * u_node)), from the run's own rates.
-
-    O: bytes the origin had to serve (needed by some node, cached by none); R_i: bytes node i had to receive
-    (what it needed, less its cache); N: nodes; u_origin, d_node, u_node: the highest origin egress, one
-    node's download and one node's upload rate measured in the run. It is the time the transfers would take
-    if every link ran at its best observed rate all the time: how well the run used what it was seen to
-    reach. It is NOT a lower bound: a link that was never pushed to its capacity shows a lower rate, and the
-    ideal then grows with it. A bound needs capacities known from outside the run (a configured origin cap,
-    probed links), which is what ``docs/benchmarks.md`` uses.
-    """
-    u_origin, d_node = rates.get("origin", 0.0), rates.get("node_download", 0.0)
-    u_node = rates.get("node_upload", 0.0)
-    terms = [0.0]
-    if u_origin > 0:
-        terms.append(origin_bytes / u_origin)
-    if d_node > 0:
-        terms.append(max(received, default=0) / d_node)
-    if u_origin + len(received) * u_node > 0:
-        terms.append(sum(received) / (u_origin + len(received) * u_node))
-    return max(terms)
 
 
 def counted(count: int, noun: str) -> str:

@@ -1,9 +1,12 @@
-"""The coordinator: starts one agent per node, feeds their events to the scheduler, dispatches transfers.
+"""The coordinator's Python side: places one agent per node with Ray, runs the Rust coordinator, reports.
 
-Event-driven: each agent always has one outstanding ``events`` call; whichever returns first is
-handled at once (``ray.wait``), its finished chunks free slots, and the scheduler's next transfers are
-dispatched in the same step. There is no polling tick between a chunk finishing and the next one
-starting.
+Ray places, starts and stops the agents, carries their bootstrap (the plan, the run token, the
+coordinator's address) and tells of an agent's death. Everything else happens between the agents and the
+Rust coordinator (``xfd._core.Coordinator``, see ``rust/xfd-core/src/control.rs``): each agent opens a
+control link of its own to it and sends its outcomes in batches; the coordinator, on its own thread,
+schedules and sends each node its next transfers. No Ray call is made per transfer, and nothing here is
+on the transfers' path: this thread joins nodes as their agents come up, passes progress snapshots on at
+its own pace, and waits for the outcome.
 """
 
 from __future__ import annotations
@@ -11,30 +14,26 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from xfd import _core
 from xfd.errors import DistributionCancelled
 from xfd.manifest.model import Store
 from xfd.plan import Plan
-from xfd.progress import ProgressModel, Snapshot
+from xfd.progress import Snapshot
 from xfd.report import NodeReport, Report
-from xfd.runtime.agent import EVENT_WAIT_S
 from xfd.runtime.agent_pool import POOL, new_agent
 from xfd.runtime.cluster_nodes import alive_nodes
-from xfd.scheduler import ORIGIN, Scheduler, Transfer
 
-# A node whose agent has not answered an events call for this long is considered lost: an events call
-# returns within EVENT_WAIT_S when the agent is healthy.
+# A node whose agent sent nothing on its control link for this long is lost (an idle agent sends a
+# heartbeat every second). Measured by the Rust coordinator where frames arrive, never by this thread.
 LOST_AFTER_S = 30.0
-# Engine error kind -> scheduler failure kind. A peer that hung until the deadline is penalized like one
-# that served bad bytes: retrying it costs a whole deadline each time.
-_FAILURE_KINDS = {"integrity": "integrity", "stalled": "integrity", "peer": "peer", "origin": "origin",
-                  "busy": "peer", "fatal": "fatal"}
+# How often this thread looks at Ray (agents that came up or died) and passes progress on.
+STEP_S = 0.1
 
 
 class Coordinator:
@@ -52,6 +51,8 @@ class Coordinator:
         progress_interval_s: float = 0.25,
         faults: Mapping[str, str] | None = None,
         cancel: threading.Event | None = None,
+        with_chunks: bool = False,
+        lost_after_s: float = LOST_AFTER_S,
     ) -> None:
         self.plan = plan
         self.stores = dict(stores)
@@ -62,20 +63,16 @@ class Coordinator:
         self.progress_interval_s = progress_interval_s
         self.faults = dict(faults or {})
         self.cancel = cancel or threading.Event()
-        self.chunk_sizes = plan.unit_sizes
-        self.progress = ProgressModel(self.chunk_sizes, plan.unique_bytes)
+        self.with_chunks = with_chunks and on_progress is not None
+        self.lost_after_s = lost_after_s
         self.agents: dict[str, Any] = {}
-        self.endpoints: dict[str, tuple[str, int]] = {}
         self.ips: dict[str, str] = {}
-        self.by_address: dict[str, str] = {}
-        self.digests: dict[str, str] = {}
-        self.active: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
+        self.lost: set[str] = set()
         self.failures: list[str] = []
         self.unpacked = 0
-        self.startup_seconds = 0.0
-        self.lost: set[str] = set()
-        # Node -> bytes the origin served it, as its engine counted them (retries and cut transfers too).
-        self.origin_fetched: dict[str, int] = {}
+        # When each node's agent was up (seconds from the run's start), and when the first one was.
+        self.came_up: dict[str, float] = {}
+        self._units = list(plan.unit_sizes)
         self._last_progress = 0.0
 
     # --- the run ------------------------------------------------------------------------------------
@@ -83,258 +80,188 @@ class Coordinator:
     def run(self) -> Report:
         started = time.monotonic()
         token = secrets.token_hex(32)
+        control = self._start_control(token)
+        status: dict[str, Any] = {}
+        served: dict[str, int] = {}
+        origin: dict[str, int] = {}
         try:
-            scheduler = self._start_agents(token)
-            self.startup_seconds = time.monotonic() - started
-            self._loop(scheduler, started)
-            self._finish_nodes(scheduler)
+            watches = self._start_agents(control, token, started)
+            status = self._loop(control, watches, started)
+            if not self.failures and status.get("outcome") is not None:
+                self._finish_nodes(control)
         finally:
+            status = control.end()
             # A cancelled run stops uploads at once; otherwise peers get a moment to finish theirs.
-            served = self._stop_agents(grace=0.0 if self.cancel.is_set() else 2.0)
-        return self._report(scheduler, time.monotonic() - started, served)
+            served, origin = self._stop_agents(grace=0.0 if self.cancel.is_set() else 2.0)
+        return self._report(status, time.monotonic() - started, served, origin)
 
-    def _start_agents(self, token: str) -> Scheduler:
-        plan_json = self.plan.to_json()
+    def _start_control(self, token: str) -> Any:
         settings = self.plan.settings
-
-        def begin(node_id: str, agent: Any) -> Any:
-            return agent.begin.remote(plan_json, self.stores, token, deep_verify=self.deep_verify,
-                                      upload_slots=settings.upload_slots, fault=self.faults.get(node_id))
-
-        POOL.prune({node["NodeID"] for node in alive_nodes()})
-        starts: dict[str, tuple[Any, bool]] = {}
-        for node_id in self.node_ids:
-            self.agents[node_id], warm = POOL.take(node_id)
-            starts[node_id] = (begin(node_id, self.agents[node_id]), warm)
-        infos: dict[str, dict[str, Any]] = {}
-        failed: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        for node_id, (ref, warm) in starts.items():
-            outcome, value = self._begun(node_id, ref, warm, begin)
-            {"ok": infos, "lost": failed, "refused": refused}[outcome][node_id] = value
-        # Each node needs the chunks of the files whose node selector its labels match.
-        needs = {node_id: self.plan.chunks_for(info["labels"]) for node_id, info in infos.items()}
-        scheduler = Scheduler(
-            self.chunk_sizes, list(self.agents),
-            # The scheduler counts chunks; each origin chunk takes up to origin_chunk_streams GETs.
+        return _core.Coordinator(
+            list(self.plan.unit_sizes.items()), self.plan.unique_bytes, token, ray.util.get_node_ip_address(),
+            self.node_ids,
+            # The scheduler counts units; each origin chunk takes up to origin_chunk_streams GETs.
             origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
-            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots, needs=needs,
+            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots,
+            lost_after=self.lost_after_s, snapshot_every=min(self.progress_interval_s, 0.25),
+            with_chunks=self.with_chunks,
         )
-        for node_id in failed | refused:
-            self.ips[node_id] = _node_ip(node_id)
-            self.progress.add_node(node_id, self.ips[node_id], [])
-        for node_id, reason in failed.items():
-            # Listed in the report as lost, with the reason; the run goes on with the others.
-            self._lose(scheduler, node_id, reason)
-        for node_id, reason in refused.items():
-            # Not lost (the node is fine) but failed: the report is not ok and says why.
-            scheduler.node_lost(node_id)
-            self.progress.set_state(node_id, "failed", reason)
-            self.failures.append(f"{self.ips[node_id]}: {reason}")
-        for node_id, info in infos.items():
-            self.endpoints[node_id] = (info["ip"], info["port"])
-            self.ips[node_id] = info["ip"]
-            self.by_address[f"{info['ip']}:{info['port']}"] = node_id
-            self.progress.add_node(node_id, info["ip"], needs[node_id])
-            scheduler.held(node_id, info["held"])
-            self.digests.update(info["held"])
-            needed = set(needs[node_id])
-            for chunk in info["held"]:
-                if chunk in needed:
-                    self.progress.chunk_done(node_id, chunk, "cache", 0.0, counted_inflight=False)
-        return scheduler
 
-    def _begun(self, node_id: str, ref: Any, warm: bool, begin: Callable[[str, Any], Any]) -> tuple[str, Any]:
-        """``("ok", info)``, ``("lost", reason)`` when the agent died, or ``("refused", reason)`` when the
-        node's engine refused the run (a destination busy, unwritable, or holding a user's file)."""
-        try:
-            return "ok", ray.get(ref)
-        except RayActorError as error:
-            if not warm:
-                return "lost", f"agent failed to start: {_first_line(error)}"
-        except RayError as error:
-            return "refused", _first_line(error)
-        # A pooled agent died since its last run (its worker was killed): start a fresh one.
-        self.agents[node_id] = new_agent(node_id)
-        return self._begun(node_id, begin(node_id, self.agents[node_id]), False, begin)
+    def _start_agents(self, control: Any, token: str, started: float) -> dict[Any, str]:
+        """Starts every agent's run; each node joins as soon as its agent is up (see :meth:`_loop`).
+        Returns the refs of their pending ``begin`` calls."""
+        POOL.prune({node["NodeID"] for node in alive_nodes()})
+        self._begin_args = (self.plan.to_json(), self.stores, token, control.address)
+        self._started = started
+        begins: dict[Any, str] = {}
+        self._warm: dict[str, bool] = {}
+        for node_id in self.node_ids:
+            self.agents[node_id], self._warm[node_id] = POOL.take(node_id)
+            begins[self._begin(node_id)] = node_id
+        return begins
 
-    def _loop(self, scheduler: Scheduler, started: float) -> None:
-        pending: dict[Any, tuple[str, float]] = {}
-        for node_id in scheduler.nodes:
-            pending[self.agents[node_id].events.remote(EVENT_WAIT_S)] = (node_id, time.monotonic())
-        self._dispatch(scheduler, scheduler.next_transfers())
-        while not scheduler.done:
+    def _begin(self, node_id: str) -> Any:
+        plan_json, stores, token, (host, port) = self._begin_args
+        return self.agents[node_id].begin.remote(
+            plan_json, stores, token, deep_verify=self.deep_verify, upload_slots=self.plan.settings.upload_slots,
+            fault=self.faults.get(node_id), control=(host, port, node_id),
+        )
+
+    def _loop(self, control: Any, begins: dict[Any, str], started: float) -> dict[str, Any]:
+        """Joins nodes as their agents come up, loses those whose agent dies, passes progress on; returns
+        the coordinator's status once the run's outcome is known (or the run timed out)."""
+        watches: dict[Any, str] = {}
+        while True:
             if self.cancel.is_set():
                 raise DistributionCancelled("the distribution was cancelled")
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                 self.failures.append(f"timed out after {self.timeout_s:.0f} s")
-                return
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=EVENT_WAIT_S * 2)
+                return control.status()
+            refs = [*begins, *watches]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
             for ref in ready:
-                node_id, _ = pending.pop(ref)
-                if not scheduler.is_alive(node_id):
-                    continue
-                try:
-                    events = ray.get(ref)
-                except RayError as error:
-                    self._lose(scheduler, node_id, _first_line(error))
-                    continue
-                self._handle(scheduler, node_id, events)
-                pending[self.agents[node_id].events.remote(EVENT_WAIT_S)] = (node_id, time.monotonic())
-            self._lose_silent(scheduler, pending)
-            self._dispatch(scheduler, scheduler.next_transfers())
-            self._report_progress()
-            if not scheduler.active and not scheduler.done:
-                self.failures.append(self._stall_reason(scheduler))
-                return
-
-    def _handle(self, scheduler: Scheduler, node_id: str, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            kind = event["kind"]
-            if kind == "chunk_done":
-                transfer = self._pop_transfer(node_id, event)
-                if event["digest"]:  # a transfer that found its chunk already here may know no digest
-                    self.digests.setdefault(event["chunk_id"], event["digest"])
-                if transfer is None:
-                    # A transfer set aside (its source was declared lost, or it lost an endgame race)
-                    # that delivered all the same: the node holds the chunk, and a transfer started again
-                    # for it must not be waited for as if the chunk were still missing.
-                    scheduler.held(node_id, [event["chunk_id"]])
+                if ref in begins:
+                    self._agent_began(control, begins, watches, begins.pop(ref), ref)
                 else:
-                    for loser in scheduler.finished(transfer):
-                        # The slower copy is shut out by the engine's fence; it will report nothing more.
-                        losers = self.active.get((loser.chunk, loser.node), [])
-                        if loser in losers:
-                            losers.remove(loser)
-                            self.progress.transfer_dropped(loser.node)
-                    source = transfer.source if not transfer.from_origin else ""
-                    self.progress.chunk_done(node_id, event["chunk_id"], event["source"], event["seconds"], source)
-            elif kind == "origin_bytes":
-                self.origin_fetched[node_id] = event["bytes"]
-            elif kind == "chunk_failed":
-                transfer = self._pop_transfer(node_id, event)
-                failure = _FAILURE_KINDS.get(event["error_kind"], "fatal")
-                if transfer is not None:
-                    scheduler.failed(transfer, failure, event["error"])
-                # Fatal at once, or given up by the scheduler (the origin failed it round after round).
-                fatal = failure == "fatal" or scheduler.failure(event["chunk_id"]) is not None
-                self.progress.chunk_failed(node_id, event["chunk_id"], event["error"], fatal)
-                if fatal:
-                    self.failures.append(f"{self.ips[node_id]}: {event['error']}")
-        if scheduler.node_done(node_id):
-            self.progress.set_state(node_id, "done")
+                    self._agent_ended(control, watches.pop(ref), ref)
+            status = control.wait(STEP_S)
+            self._report_progress(status)
+            if status["outcome"] is not None:
+                return status
 
-    def _pop_transfer(self, node_id: str, event: dict[str, Any]) -> Transfer | None:
-        source = ORIGIN if event["source"] == "origin" else self.by_address.get(event.get("peer") or "", "")
-        transfers = self.active.get((event["chunk_id"], node_id), [])
-        for transfer in transfers:
-            if transfer.source == source:
-                transfers.remove(transfer)
-                return transfer
-        return None
-
-    def _dispatch(self, scheduler: Scheduler, transfers: list[Transfer]) -> None:
-        per_node: dict[str, tuple[list[str], list[tuple[str, str, int, str | None]]]] = defaultdict(lambda: ([], []))
-        for transfer in transfers:
-            self.active[(transfer.chunk, transfer.node)].append(transfer)
-            self.progress.started_transfer(transfer.node, transfer.chunk)
-            origin, peers = per_node[transfer.node]
-            if transfer.from_origin:
-                origin.append(transfer.chunk)
-            else:
-                host, port = self.endpoints[transfer.source]
-                peers.append((transfer.chunk, host, port, self.digests.get(transfer.chunk)))
-        for node_id, (origin, peers) in per_node.items():
-            self.agents[node_id].assign.remote(origin, peers)
-
-    def _lose(self, scheduler: Scheduler, node_id: str, reason: str) -> None:
-        self.lost.add(node_id)
-        dropped = scheduler.node_lost(node_id)
-        for transfer in dropped:
-            transfers = self.active.get((transfer.chunk, transfer.node), [])
-            if transfer in transfers:
-                transfers.remove(transfer)
-                self.progress.transfer_dropped(transfer.node)
-        self.progress.set_state(node_id, "lost", reason)
-        self.endpoints.pop(node_id, None)
-
-    def _lose_silent(self, scheduler: Scheduler, pending: dict[Any, tuple[str, float]]) -> None:
-        now = time.monotonic()
-        for ref, (node_id, issued) in list(pending.items()):
-            if now - issued > LOST_AFTER_S and scheduler.is_alive(node_id):
-                del pending[ref]
-                self._lose(scheduler, node_id, f"no answer for {LOST_AFTER_S:.0f} s")
-
-    def _stall_reason(self, scheduler: Scheduler) -> str:
-        if scheduler.failed_chunks:
-            chunk, reason = next(iter(scheduler.failed_chunks.items()))
-            return f"{len(scheduler.failed_chunks)} chunks cannot be delivered; first: {chunk}: {reason}"
-        return "no transfer can make progress (every holder of a missing chunk is gone or penalized)"
-
-    def _finish_nodes(self, scheduler: Scheduler) -> None:
-        if self.failures:
+    def _agent_began(self, control: Any, begins: dict[Any, str], watches: dict[Any, str], node_id: str,
+                     ref: Any) -> None:
+        try:
+            info = ray.get(ref)
+        except RayActorError as error:
+            if self._warm[node_id]:
+                # A pooled agent died since its last run (its worker was killed): start a fresh one.
+                self._warm[node_id] = False
+                self.agents[node_id] = new_agent(node_id)
+                begins[self._begin(node_id)] = node_id
+                return
+            self._not_taking_part(control, node_id, f"agent failed to start: {_first_line(error)}", lost=True)
             return
-        refs = {node_id: self.agents[node_id].finish.remote(self.plan.settings.overwrite) for node_id in scheduler.nodes}
+        except RayError as error:
+            # Not lost (the node is fine) but failed: its engine refused the run (a destination busy,
+            # unwritable, or holding a user's file); the report is not ok and says why.
+            self._not_taking_part(control, node_id, _first_line(error), lost=False)
+            return
+        self.ips[node_id] = info["ip"]
+        self.came_up[node_id] = time.monotonic() - self._started
+        # Each node needs the units of the files whose node selector its labels match.
+        needs = self.plan.chunks_for(info["labels"])
+        control.join(node_id, f"{info['ip']}:{info['port']}", needs, list(info["held"].items()))
+        watches[self.agents[node_id].until_stopped.remote()] = node_id
+
+    def _agent_ended(self, control: Any, node_id: str, ref: Any) -> None:
+        """An agent's ``until_stopped`` call returned: an error means its actor died."""
+        try:
+            ray.get(ref)
+        except RayError as error:
+            self.lost.add(node_id)
+            control.lose(node_id, _first_line(error))
+
+    def _not_taking_part(self, control: Any, node_id: str, reason: str, *, lost: bool) -> None:
+        self.ips[node_id] = _node_ip(node_id)
+        if lost:
+            self.lost.add(node_id)
+        control.add_failed(node_id, self.ips[node_id], reason, lost)
+
+    def _finish_nodes(self, control: Any) -> None:
+        """Runs the unpacks on every node that holds everything."""
+        status = control.status()
+        names = status["nodes"]
+        done = [names[n["node"]] for n in status["snapshot"]["nodes"] if n["state"] == "done"]
+        refs = {node_id: self.agents[node_id].finish.remote(self.plan.settings.overwrite) for node_id in done}
         for node_id, ref in refs.items():
             try:
                 self.unpacked += len(ray.get(ref))
-                self.progress.set_state(node_id, "done")
             except RayActorError as error:
-                self._lose(scheduler, node_id, _first_line(error))
+                self.lost.add(node_id)
+                control.set_state(node_id, "lost", _first_line(error))
             except RayError as error:
-                self.progress.set_state(node_id, "failed", _first_line(error))
-                self.failures.append(f"{self.ips[node_id]}: {_first_line(error)}")
+                control.set_state(node_id, "failed", _first_line(error))
 
-    def _stop_agents(self, grace: float) -> dict[str, int]:
+    def _stop_agents(self, grace: float) -> tuple[dict[str, int], dict[str, int]]:
+        """Stops every agent's run; returns the bytes each served and what the origin served each."""
         served: dict[str, int] = {}
+        origin: dict[str, int] = {}
         refs = {node_id: agent.stop.remote(grace) for node_id, agent in self.agents.items()}
         for node_id, ref in refs.items():
             try:
                 stats = ray.get(ref, timeout=10)
-                served[node_id] = (stats or {}).get("bytes_served", 0)
-                if stats:
-                    self.origin_fetched[node_id] = stats["origin_bytes"]
             except RayError:
                 ray.kill(self.agents[node_id], no_restart=True)
                 continue
+            if stats:
+                served[node_id] = stats.get("bytes_served", 0)
+                origin[node_id] = stats["origin_bytes"]
             if node_id in self.lost:
                 ray.kill(self.agents[node_id], no_restart=True)
             else:
                 POOL.give_back(node_id, self.agents[node_id])
-        return served
+        return served, origin
 
-    def _report_progress(self, force: bool = False) -> None:
+    def _report_progress(self, status: dict[str, Any], force: bool = False) -> None:
         now = time.monotonic()
         if self.on_progress is None or (not force and now - self._last_progress < self.progress_interval_s):
             return
         self._last_progress = now
-        self.on_progress(self.progress.snapshot(with_chunks=True))
+        self.on_progress(Snapshot.from_core(status, self._units))
 
-    def _report(self, scheduler: Scheduler, wall: float, served: Mapping[str, int]) -> Report:
-        self._report_progress(force=True)
-        snapshot = self.progress.snapshot()
-        rates = self.progress.peak_rates()
+    def _report(self, status: dict[str, Any], wall: float, served: Mapping[str, int],
+                origin: Mapping[str, int]) -> Report:
+        self._report_progress(status, force=True)
+        snapshot = Snapshot.from_core(status, self._units)
+        finished_at = dict(zip(status["nodes"], status["finished_at"], strict=True))
         nodes = tuple(
             NodeReport(
                 node_id=n.node_id, ip=n.ip, origin_bytes=n.origin_bytes, peer_bytes=n.peer_bytes,
                 cache_bytes=n.cache_bytes, served_bytes=served.get(n.node_id, n.served_bytes),
-                seconds=self.progress.finished_at(n.node_id), state=n.state if n.state != "running" else "failed",
-                failures=n.failures,
+                seconds=finished_at.get(n.node_id), state=n.state if n.state != "running" else "failed",
+                failures=n.failures, agent_seconds=self.came_up.get(n.node_id),
             )
             for n in snapshot.nodes
         )
+        # What the origin served each node, as its engine counted it: from the agent's last word when it
+        # stopped, else from its last report over the control link.
+        fetched = {**status["origin_bytes"], **origin}
+        failures = [*self.failures, *status["failures"]]
+        if status["outcome"] and status["outcome"]["outcome"] == "stalled":
+            failures.append(status["outcome"]["reason"])
         return Report(
             nodes=nodes,
             unique_bytes=self.plan.unique_bytes,
-            origin_bytes=sum(self.origin_fetched.values()),
-            origin_refetches=scheduler.origin_refetches,
+            origin_bytes=sum(fetched.values()),
+            origin_refetches=status["origin_refetches"],
             wall_seconds=wall,
             ideal_seconds=snapshot.ideal_s,
-            rates=rates,
+            rates=dict(snapshot.rates),
             lost_nodes=tuple(n.ip for n in nodes if n.state == "lost"),
-            failures=tuple(self.failures),
+            failures=tuple(failures),
             unpacked=self.unpacked,
-            startup_seconds=self.startup_seconds,
+            startup_seconds=min(self.came_up.values(), default=0.0),
         )
 
 

@@ -136,7 +136,7 @@ class Distribution:
         self._finished = threading.Event()
         self._coordinator = Coordinator(plan, manifest.stores, node_ids=node_ids, deep_verify=deep_verify,
                                         timeout_s=timeout, on_progress=self._on_progress, faults=faults,
-                                        cancel=self._cancel)
+                                        cancel=self._cancel, with_chunks=self.widget is not None)
         self._thread = threading.Thread(target=self._run, name="xfd-distribute", daemon=True)
         self._thread.start()
 

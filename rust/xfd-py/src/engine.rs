@@ -14,7 +14,8 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use xfd_core::ChunkDigest;
-use xfd_core::engine::{Engine, EngineConfig};
+use xfd_core::control::link::{self, LinkConfig};
+use xfd_core::engine::{Engine, EngineConfig, LinkedEngine, Running};
 use xfd_core::origin::{RetryPolicy, StoreConfig};
 use xfd_core::plan::Plan;
 use xfd_core::unpack::UnpackOptions;
@@ -55,9 +56,12 @@ pub(crate) fn to_python<'py, T: Serialize>(py: Python<'py>, value: &T) -> PyResu
 #[pyclass(name = "Engine", module = "xfd._core", frozen)]
 pub struct PyEngine {
     pub(crate) inner: Arc<Engine>,
-    /// Background transfers (`submit_*`), so that [`PyEngine::cancel`] can end them: an engine whose
-    /// run is over must not go on writing (or publishing) beside the next run's files.
-    running: Mutex<Vec<JoinHandle<()>>>,
+    /// Background transfers (`submit_*`, or started by the control link), so that [`PyEngine::cancel`]
+    /// can end them: an engine whose run is over must not go on writing (or publishing) beside the next
+    /// run's files.
+    running: Running,
+    /// The control link, while there is one.
+    link: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[pymethods]
@@ -100,7 +104,8 @@ impl PyEngine {
         };
         Ok(PyEngine {
             inner: Arc::new(engine),
-            running: Mutex::new(Vec::new()),
+            running: Running::default(),
+            link: Mutex::new(None),
         })
     }
 
@@ -135,6 +140,9 @@ impl PyEngine {
     /// being recorded or a file being published finishes first (that work is not interruptible).
     #[pyo3(signature = (grace = 10.0))]
     fn cancel(&self, py: Python<'_>, grace: f64) {
+        if let Some(link) = self.link.lock().unwrap().take() {
+            link.abort(); // no more work may arrive
+        }
         let running = std::mem::take(&mut *self.running.lock().unwrap());
         running.iter().for_each(JoinHandle::abort);
         let wait = async move {
@@ -186,6 +194,32 @@ impl PyEngine {
             self.track(runtime().spawn(async move {
                 let _ = engine.fetch_from_peer(&chunk_id, peer, expected).await;
             }));
+        }
+        Ok(())
+    }
+
+    /// Opens this node's control link to the coordinator at `host:port` and takes its work from then on;
+    /// outcomes go back over the link. The link runs in the background until the coordinator ends the
+    /// run or the engine is closed; a link that cannot connect or breaks ends with it (the coordinator
+    /// then counts the node as lost).
+    #[pyo3(signature = (host, port, token, node, heartbeat = 1.0))]
+    fn link(&self, host: &str, port: u16, token: String, node: String, heartbeat: f64) -> PyResult<()> {
+        let config = LinkConfig {
+            coordinator: socket_address(host, port)?,
+            token,
+            node,
+            heartbeat: Duration::from_secs_f64(heartbeat.max(0.01)),
+        };
+        let reports = self.inner.tap_reports();
+        let worker = Arc::new(LinkedEngine {
+            engine: self.inner.clone(),
+            running: self.running.clone(),
+        });
+        let task = runtime().spawn(async move {
+            let _ = link::run(config, reports, worker).await;
+        });
+        if let Some(previous) = self.link.lock().unwrap().replace(task) {
+            previous.abort();
         }
         Ok(())
     }

@@ -73,6 +73,8 @@ pub struct Status {
     pub snapshot: Arc<Snapshot>,
     /// Node names by index (snapshots name nodes by index).
     pub nodes: Vec<String>,
+    /// Seconds from the run's start until each node held everything, by index (`None`: not yet).
+    pub finished_at: Vec<Option<f64>>,
     pub deliveries: u64,
     pub origin_refetches: u64,
     pub failures: Vec<String>,
@@ -277,6 +279,9 @@ fn status_of(
         outcome,
         snapshot,
         nodes: core.node_names().map(str::to_owned).collect(),
+        finished_at: (0..core.node_names().count() as u32)
+            .map(|node| core.progress().finished_at(node))
+            .collect(),
         deliveries: core.deliveries(),
         origin_refetches: core.origin_refetches(),
         failures: core.failures().to_vec(),
