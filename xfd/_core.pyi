@@ -39,9 +39,12 @@ class Coordinator:
         lost_after: float = 30.0,
         snapshot_every: float = 0.25,
         with_chunks: bool = False,
+        origin_hold: float = 3.0,
     ) -> Coordinator:
         """Starts the control server on ``bind`` (an IP; the port is chosen) and the coordinator thread.
-        The run is not over before every node of ``expected`` joined or was given up on."""
+        The run is not over before every node of ``expected`` joined or was given up on. Transfers from
+        the origin wait until every expected node joined, or ``origin_hold`` seconds after the first did
+        (a node still starting may hold in its cache what an early one would fetch)."""
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)`` of the control server."""

@@ -317,6 +317,8 @@ pub struct Scheduler {
     failed: BTreeMap<u32, String>,
     lost: Vec<u32>,
     active: IndexSet<Transfer>,
+    /// While set, no transfer from the origin starts (see [`Scheduler::hold_origin`]).
+    origin_held: bool,
     rng: Rng,
 }
 
@@ -346,6 +348,7 @@ impl Scheduler {
             failed: BTreeMap::new(),
             lost: Vec::new(),
             active: IndexSet::default(),
+            origin_held: false,
         };
         for node in 0..nodes as u32 {
             let wanted: Vec<u32> = match needs {
@@ -518,6 +521,13 @@ impl Scheduler {
         dropped
     }
 
+    /// Holds back (or lets go) transfers from the origin; peer transfers go on. The coordinator holds
+    /// them while nodes are still joining: a unit one of them holds in its cache must not be fetched
+    /// from the origin by a node that joined before it.
+    pub fn hold_origin(&mut self, held: bool) {
+        self.origin_held = held;
+    }
+
     // --- decisions -----------------------------------------------------------------------------------
 
     /// Transfers to start now, within every slot limit.
@@ -585,7 +595,7 @@ impl Scheduler {
 
     fn origin_transfers(&mut self) -> Vec<Transfer> {
         let mut started = Vec::new();
-        if self.origin_busy >= self.config.origin_parallelism || self.unseeded.is_empty() {
+        if self.origin_held || self.origin_busy >= self.config.origin_parallelism || self.unseeded.is_empty() {
             return started; // the common case on a busy origin: no copying of candidates
         }
         let candidates_budget = 4 * self.config.origin_parallelism as usize;

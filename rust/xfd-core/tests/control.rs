@@ -29,6 +29,7 @@ async fn coordinator(lost_after: Duration, expected: &[&str]) -> Coordinator {
         snapshot_every: Duration::from_millis(20),
         with_chunks: false,
         expected: expected.iter().map(|n| n.to_string()).collect(),
+        origin_hold: Duration::from_secs(60),
     })
     .await
     .unwrap()
@@ -159,4 +160,44 @@ async fn ending_the_run_ends_every_link() {
         .unwrap()
         .unwrap();
     assert_eq!(ended.unwrap(), link::LinkEnd::Ended);
+}
+
+/// Nodes join one by one as their agents come up. A unit that a node still starting holds in its cache
+/// must come from it, not from the origin through a node that joined first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_transfers_wait_for_every_node_to_join() {
+    let coordinator = coordinator(Duration::from_secs(60), &["early", "cached"]).await;
+    let early = Arc::new(Idle::default());
+    let (_keep, reports) = mpsc::unbounded_channel::<Report>();
+    tokio::spawn(link::run(
+        link_config(&coordinator, "early", TOKEN),
+        reports,
+        early.clone(),
+    ));
+    let needs = vec!["u0".to_string(), "u1".to_string()];
+    coordinator.join("early", "127.0.0.2:1", needs.clone(), vec![]).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        early.0.lock().unwrap().is_empty(),
+        "nothing from the origin while a node is still starting"
+    );
+
+    let held = vec![
+        ("u0".to_string(), "d0".to_string()),
+        ("u1".to_string(), "d1".to_string()),
+    ];
+    coordinator.join("cached", "127.0.0.3:1", needs, held).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = early.0.lock().unwrap().clone();
+    let origin: Vec<_> = work.iter().flat_map(|w| w.origin.clone()).collect();
+    let mut peers: Vec<_> = work
+        .iter()
+        .flat_map(|w| w.peers.iter().map(|p| (p.unit.clone(), p.peer.clone())))
+        .collect();
+    peers.sort();
+    assert!(origin.is_empty(), "{work:?}");
+    assert_eq!(
+        peers,
+        vec![("u0".into(), "127.0.0.3:1".into()), ("u1".into(), "127.0.0.3:1".into())]
+    );
 }

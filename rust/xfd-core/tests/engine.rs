@@ -979,6 +979,7 @@ async fn run_linked(plan: &Plan, roots: &[&Path]) -> xfd_core::control::server::
         snapshot_every: Duration::from_millis(50),
         with_chunks: false,
         expected: (0..roots.len()).map(|i| format!("node-{i}")).collect(),
+        origin_hold: Duration::from_secs(60),
     })
     .await
     .unwrap();

@@ -26,7 +26,7 @@ impl PyCoordinator {
     /// `units`: every unit of the plan and its size; `bind`: the driver's IP (port chosen by the OS);
     /// `expected`: the node ids the run waits for.
     #[new]
-    #[pyo3(signature = (units, unique_bytes, token, bind, expected, *, origin_parallelism, download_slots, upload_slots, lost_after = 30.0, snapshot_every = 0.25, with_chunks = false))]
+    #[pyo3(signature = (units, unique_bytes, token, bind, expected, *, origin_parallelism, download_slots, upload_slots, lost_after = 30.0, snapshot_every = 0.25, with_chunks = false, origin_hold = 3.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -41,6 +41,7 @@ impl PyCoordinator {
         lost_after: f64,
         snapshot_every: f64,
         with_chunks: bool,
+        origin_hold: f64,
     ) -> PyResult<Self> {
         let ip: IpAddr = bind
             .parse()
@@ -62,6 +63,7 @@ impl PyCoordinator {
             snapshot_every: Duration::from_secs_f64(snapshot_every.max(0.0)),
             with_chunks,
             expected,
+            origin_hold: Duration::from_secs_f64(origin_hold.max(0.0)),
         };
         let inner = py
             .detach(|| runtime().block_on(Coordinator::start(config)))
@@ -105,7 +107,11 @@ impl PyCoordinator {
             "done" => NodeState::Done,
             "failed" => NodeState::Failed,
             "lost" => NodeState::Lost,
-            other => return Err(PyValueError::new_err(format!("state must be done, failed or lost, got {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "state must be done, failed or lost, got {other:?}"
+                )));
+            }
         };
         self.inner.set_state(name, state, reason).map_err(to_py)
     }

@@ -238,6 +238,11 @@ impl Core {
         self.progress.set_state(node, NodeState::Lost, reason, now);
     }
 
+    /// See [`Scheduler::hold_origin`].
+    pub fn hold_origin(&mut self, held: bool) {
+        self.scheduler.hold_origin(held);
+    }
+
     /// The transfers to start now, as work per node.
     pub fn decide(&mut self, now: f64) -> Vec<(u32, Work)> {
         let mut work: HashMap<u32, Work> = HashMap::new();

@@ -54,6 +54,10 @@ pub struct CoordinatorConfig {
     /// The nodes the run waits for: it is not over before each of them joined or was given up on
     /// ([`Coordinator::add_failed`]), whatever the nodes that already joined hold.
     pub expected: Vec<String>,
+    /// Transfers from the origin wait until every expected node has joined, or this long after the
+    /// first one did: a node still starting may hold in its cache what an early node would otherwise
+    /// fetch from the origin. Peer transfers start at once.
+    pub origin_hold: Duration,
 }
 
 /// How the run ended, once it has.
@@ -308,6 +312,8 @@ struct Steward {
     /// Work for nodes joined before their link came up, sent when it does.
     waiting: HashMap<String, Vec<Down>>,
     outcome: Option<Outcome>,
+    /// When the first node joined.
+    first_join: Option<Instant>,
     last_step: Instant,
     last_snapshot: Instant,
     frames_in: u64,
@@ -326,6 +332,7 @@ impl Steward {
             heard: HashMap::new(),
             waiting: HashMap::new(),
             outcome: None,
+            first_join: None,
             last_step: now,
             last_snapshot: now,
             frames_in: 0,
@@ -373,6 +380,7 @@ impl Steward {
                 let joined = self.core.join(&name, &address, &needs, &held, now);
                 if let Ok(node) = joined {
                     self.heard.insert(node, Instant::now());
+                    self.first_join.get_or_insert_with(Instant::now);
                 }
                 let _ = reply.send(joined.map(|_| ()));
             }
@@ -421,6 +429,11 @@ impl Steward {
     /// One step: decide, send, check for silence, see whether the run is over, publish.
     fn step(&mut self) {
         let now = self.now();
+        let everyone = self.config.expected.iter().all(|name| self.core.node(name).is_some());
+        let waited = self
+            .first_join
+            .is_some_and(|first| first.elapsed() >= self.config.origin_hold);
+        self.core.hold_origin(!everyone && !waited);
         for (node, work) in self.core.decide(now) {
             let name = self.core.name(node).to_owned();
             let frame = Down::Work {
@@ -436,7 +449,6 @@ impl Steward {
             }
         }
         self.lose_silent();
-        let everyone = self.config.expected.iter().all(|name| self.core.node(name).is_some());
         if self.outcome.is_none() && everyone {
             self.outcome = if self.core.finished() {
                 Some(Outcome::Finished)
