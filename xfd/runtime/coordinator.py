@@ -53,6 +53,7 @@ class Coordinator:
         cancel: threading.Event | None = None,
         with_chunks: bool = False,
         lost_after_s: float = LOST_AFTER_S,
+        agents: Mapping[str, tuple[Any, bool]] | None = None,
     ) -> None:
         self.plan = plan
         self.stores = dict(stores)
@@ -72,6 +73,8 @@ class Coordinator:
         self.unpacked = 0
         # When each node's agent was up (seconds from the run's start), and when the first one was.
         self.came_up: dict[str, float] = {}
+        # Agents taken before planning (see take_agents), with whether each was warm.
+        self._taken = dict(agents or {})
         self._units = list(plan.unit_sizes)
         self._last_progress = 0.0
 
@@ -110,13 +113,13 @@ class Coordinator:
     def _start_agents(self, control: Any, token: str, started: float) -> dict[Any, str]:
         """Starts every agent's run; each node joins as soon as its agent is up (see :meth:`_loop`).
         Returns the refs of their pending ``begin`` calls."""
-        POOL.prune({node["NodeID"] for node in alive_nodes()})
+        taken = {**take_agents([n for n in self.node_ids if n not in self._taken]), **self._taken}
         self._begin_args = (self.plan.to_json(), self.stores, token, control.address)
         self._started = started
         begins: dict[Any, str] = {}
         self._warm: dict[str, bool] = {}
         for node_id in self.node_ids:
-            self.agents[node_id], self._warm[node_id] = POOL.take(node_id)
+            self.agents[node_id], self._warm[node_id] = taken[node_id]
             begins[self._begin(node_id)] = node_id
         return begins
 
@@ -263,6 +266,18 @@ class Coordinator:
             unpacked=self.unpacked,
             startup_seconds=min(self.came_up.values(), default=0.0),
         )
+
+
+def take_agents(node_ids: Iterable[str]) -> dict[str, tuple[Any, bool]]:
+    """An agent for each node, from this driver's pool or new (already starting), with whether it was
+    warm."""
+    POOL.prune({node["NodeID"] for node in alive_nodes()})
+    return {node_id: POOL.take(node_id) for node_id in node_ids}
+
+
+def give_back_agents(agents: Mapping[str, tuple[Any, bool]]) -> None:
+    for node_id, (agent, _) in agents.items():
+        POOL.give_back(node_id, agent)
 
 
 def _node_ip(node_id: str) -> str:

@@ -17,7 +17,7 @@ from xfd.errors import ConfigError, DistributionError, XfdError
 from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
-from xfd.runtime.coordinator import Coordinator
+from xfd.runtime.coordinator import Coordinator, give_back_agents, take_agents
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
@@ -104,10 +104,17 @@ def distribute(
     """Puts every artifact of ``manifest`` on the chosen nodes; see :meth:`xfd.Manifest.distribute`."""
     ensure_ray(address)
     node_ids = choose_nodes(manifest, nodes)  # before planning: a wrong label fails at once, not after listing
-    plan = plan or manifest.plan()
+    # Agents start while the stores are listed: a first run's agents take seconds to come up (a new Ray
+    # worker each), and planning a large prefix takes seconds too.
+    agents = take_agents(node_ids)
+    try:
+        plan = plan or manifest.plan()
+    except BaseException:
+        give_back_agents(agents)
+        raise
     distribution = Distribution(manifest, plan, node_ids, progress=progress,
                                 deep_verify=deep_verify, timeout=timeout, faults=faults,
-                                raise_on_failure=raise_on_failure)
+                                raise_on_failure=raise_on_failure, agents=agents)
     if wait:
         return distribution.wait()
     return distribution
@@ -122,7 +129,8 @@ class Distribution:
 
     def __init__(self, manifest: Manifest, plan: Plan, node_ids: list[str], *,
                  progress: str | Callable[[Snapshot], None] | None, deep_verify: bool,
-                 timeout: float | None, faults: Mapping[str, str] | None, raise_on_failure: bool = True) -> None:
+                 timeout: float | None, faults: Mapping[str, str] | None, raise_on_failure: bool = True,
+                 agents: Mapping[str, tuple[Any, bool]] | None = None) -> None:
         self.plan = plan
         self.raise_on_failure = raise_on_failure
         self.snapshot: Snapshot | None = None
@@ -136,7 +144,8 @@ class Distribution:
         self._finished = threading.Event()
         self._coordinator = Coordinator(plan, manifest.stores, node_ids=node_ids, deep_verify=deep_verify,
                                         timeout_s=timeout, on_progress=self._on_progress, faults=faults,
-                                        cancel=self._cancel, with_chunks=self.widget is not None)
+                                        cancel=self._cancel, with_chunks=self.widget is not None,
+                                        agents=agents)
         self._thread = threading.Thread(target=self._run, name="xfd-distribute", daemon=True)
         self._thread.start()
 
