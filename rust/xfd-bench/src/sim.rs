@@ -1,26 +1,18 @@
 //! The scale simulator: the real [`Scheduler`] state machine driven over modeled links.
 //!
-//! A fluid model, event by event. Each node has an upload and a download capacity (spread by a
-//! heterogeneity factor), the origin has one shared capacity, and every transfer pays a fixed latency
-//! before its bytes flow. A flowing transfer gets an equal share of its source's upload (or of the
-//! origin) and of its destination's download, whichever is smaller; shares are recomputed for the
-//! transfers on a link whenever a transfer joins or leaves it. Equal shares leave capacity idle when
-//! one side of a flow is the bottleneck, so simulated times err on the slow side.
+//! Event by event over the fluid model of [`crate::fluid`]: per-node upload and download capacities
+//! (spread by a heterogeneity factor), one shared origin capacity, a fixed latency per transfer, equal
+//! shares recomputed whenever a transfer joins or leaves a link.
 //!
 //! The scheduler sees exactly what the runtime gives it: `finished` per delivered chunk, `node_lost`
 //! when a node dies, and a call to `next_transfers` after every report (the coordinator's step) and
 //! every 100 ms of simulated time (its long-poll returning empty). Its own CPU time is measured.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::time::Instant;
 
-use xfd_core::scheduler::{Scheduler, SchedulerConfig, Transfer};
+use xfd_core::scheduler::{Scheduler, SchedulerConfig};
 
-/// Fixed hash keys: iteration order, hence the whole simulation, is the same from run to run.
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
-type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<DefaultHasher>>;
+use crate::fluid::{Fluid, Happened};
 
 const TICK_S: f64 = 0.1;
 
@@ -103,79 +95,41 @@ pub fn lower_bound(bytes: f64, origin_bps: f64, up: &[f64], down: &[f64], alive:
     (bytes / origin_bps).max(bytes / slowest).max(swarm)
 }
 
-struct Flow {
-    transfer: Transfer,
-    left: f64,
-    rate: f64,
-    since: f64,
-    version: u64,
-    flowing: bool,
-}
-
+/// The simulator's own events, queued with the links' events.
 #[derive(PartialEq)]
-struct Event {
-    at: f64,
-    kind: EventKind,
-}
-
-#[derive(PartialEq)]
-enum EventKind {
-    /// A flow's latency has passed: its bytes start to move.
-    Start(u64, u64),
-    /// A flow is done if its version still matches (its rate was not changed meanwhile).
-    Finish(u64, u64),
+enum SimEvent {
     NodeDies(u32),
     Tick,
 }
 
-impl Eq for Event {}
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.at.total_cmp(&self.at) // earliest first from the max-heap
-    }
-}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+type World = Fluid<SimEvent>;
+
+/// Each node's upload and download capacities: the nominal ones scaled by a factor drawn uniformly
+/// from `[1 - h, 1 + h]`, uploads first, from the generator state `rng`.
+pub fn capacities(config: &SimConfig, rng: &mut u64) -> (Vec<f64>, Vec<f64>) {
+    let mut factor = || 1.0 + config.heterogeneity * (2.0 * uniform(rng) - 1.0);
+    let up: Vec<f64> = (0..config.nodes).map(|_| config.node_up_bps * factor()).collect();
+    let down: Vec<f64> = (0..config.nodes).map(|_| config.node_down_bps * factor()).collect();
+    (up, down)
 }
 
-struct World {
-    config: SimConfig,
-    up: Vec<f64>,
-    down: Vec<f64>,
-    flows: HashMap<u64, Flow>,
-    ids: HashMap<Transfer, u64>,
-    /// Flowing transfers per link: node uploads, node downloads, the origin.
-    outgoing: Vec<HashSet<u64>>,
-    incoming: Vec<HashSet<u64>>,
-    origin: HashSet<u64>,
-    events: BinaryHeap<Event>,
-    next_id: u64,
-    now: f64,
-    origin_bytes: f64,
+/// The bound of `config`'s run when every node survives, with the capacities [`run`] draws.
+pub fn config_lower_bound(config: &SimConfig) -> f64 {
+    let (up, down) = capacities(config, &mut (config.seed | 1));
+    lower_bound(
+        config.bytes as f64,
+        config.origin_bps,
+        &up,
+        &down,
+        &vec![true; config.nodes],
+    )
 }
 
 pub fn run(config: &SimConfig) -> SimResult {
     let chunks = config.bytes.div_ceil(config.chunk_size) as usize;
     let mut rng = config.seed | 1;
-    let mut factor = || 1.0 + config.heterogeneity * (2.0 * uniform(&mut rng) - 1.0);
-    let up: Vec<f64> = (0..config.nodes).map(|_| config.node_up_bps * factor()).collect();
-    let down: Vec<f64> = (0..config.nodes).map(|_| config.node_down_bps * factor()).collect();
-    let mut world = World {
-        config: config.clone(),
-        flows: HashMap::default(),
-        ids: HashMap::default(),
-        outgoing: vec![HashSet::default(); config.nodes],
-        incoming: vec![HashSet::default(); config.nodes],
-        origin: HashSet::default(),
-        events: BinaryHeap::new(),
-        next_id: 0,
-        now: 0.0,
-        origin_bytes: 0.0,
-        up,
-        down,
-    };
+    let (up, down) = capacities(config, &mut rng);
+    let mut world = World::new(config, up, down);
     let estimate = lower_bound(
         config.bytes as f64,
         config.origin_bps,
@@ -183,27 +137,18 @@ pub fn run(config: &SimConfig) -> SimResult {
         &world.down,
         &vec![true; config.nodes],
     );
-    world.schedule_failures(estimate, &mut rng);
+    schedule_failures(&mut world, config, estimate, &mut rng);
     let mut scheduler = Scheduler::new(chunks, config.nodes, None, config.scheduler.clone());
     let mut stats = Stats::default();
-    decide(&mut scheduler, &mut world, &mut stats);
-    world.events.push(Event {
-        at: TICK_S,
-        kind: EventKind::Tick,
-    });
+    decide(&mut scheduler, &mut world, config, &mut stats);
+    world.schedule(TICK_S, SimEvent::Tick);
     while !scheduler.done() {
-        let Some(event) = world.events.pop() else { break };
-        world.now = event.at;
-        match event.kind {
-            EventKind::Start(id, version) => {
-                // Bytes begin to move: no news for the coordinator, which steps on reports and ticks.
-                world.start(id, version);
-                continue;
-            }
-            EventKind::Finish(id, version) => {
-                let Some(transfer) = world.finish(id, version) else {
-                    continue;
-                };
+        let Some(happened) = world.step() else { break };
+        match happened {
+            // Bytes began to move, or a finish moved: no news for the coordinator, which steps on
+            // reports and ticks.
+            Happened::Nothing => continue,
+            Happened::Finished(transfer) => {
                 stats.deliveries += 1;
                 let started = Instant::now();
                 let losers = scheduler.finished(transfer);
@@ -212,7 +157,7 @@ pub fn run(config: &SimConfig) -> SimResult {
                     world.drop_transfer(loser);
                 }
             }
-            EventKind::NodeDies(node) => {
+            Happened::Other(SimEvent::NodeDies(node)) => {
                 let started = Instant::now();
                 let dropped = scheduler.node_lost(node);
                 stats.cpu += started.elapsed().as_secs_f64();
@@ -220,20 +165,17 @@ pub fn run(config: &SimConfig) -> SimResult {
                     world.drop_transfer(transfer);
                 }
             }
-            EventKind::Tick => {
-                if world.flows.is_empty() && !scheduler.done() && world.events.is_empty() {
-                    decide(&mut scheduler, &mut world, &mut stats);
-                    if world.flows.is_empty() {
+            Happened::Other(SimEvent::Tick) => {
+                if world.idle() && !scheduler.done() && world.quiet() {
+                    decide(&mut scheduler, &mut world, config, &mut stats);
+                    if world.idle() {
                         break; // stalled: nothing runs, nothing will
                     }
                 }
-                world.events.push(Event {
-                    at: world.now + TICK_S,
-                    kind: EventKind::Tick,
-                });
+                world.schedule(world.now + TICK_S, SimEvent::Tick);
             }
         }
-        decide(&mut scheduler, &mut world, &mut stats);
+        decide(&mut scheduler, &mut world, config, &mut stats);
     }
     let alive: Vec<bool> = (0..config.nodes as u32).map(|n| scheduler.alive(n)).collect();
     SimResult {
@@ -257,13 +199,13 @@ struct Stats {
 }
 
 /// One coordinator step: the scheduler's next transfers, started.
-fn decide(scheduler: &mut Scheduler, world: &mut World, stats: &mut Stats) {
+fn decide(scheduler: &mut Scheduler, world: &mut World, config: &SimConfig, stats: &mut Stats) {
     let started = Instant::now();
     let mut transfers = scheduler.next_transfers();
     // The coordinator looks at a bounded number of nodes per step; with nothing running, it steps
     // again at once rather than waiting for a tick.
-    let mut tries = world.config.nodes / world.config.scheduler.scan_budget.max(1) + 2;
-    while transfers.is_empty() && world.flows.is_empty() && !scheduler.done() && tries > 0 {
+    let mut tries = config.nodes / config.scheduler.scan_budget.max(1) + 2;
+    while transfers.is_empty() && world.idle() && !scheduler.done() && tries > 0 {
         transfers = scheduler.next_transfers();
         tries -= 1;
     }
@@ -274,138 +216,15 @@ fn decide(scheduler: &mut Scheduler, world: &mut World, stats: &mut Stats) {
     }
 }
 
-impl World {
-    fn schedule_failures(&mut self, horizon: f64, rng: &mut u64) {
-        let count = (self.config.failure_rate * self.config.nodes as f64).round() as usize;
-        let mut victims: Vec<u32> = (0..self.config.nodes as u32).collect();
-        for i in 0..count.min(victims.len()) {
-            let j = i + (uniform(rng) * (victims.len() - i) as f64) as usize;
-            let last = victims.len() - 1;
-            victims.swap(i, j.min(last));
-            let at = uniform(rng) * horizon;
-            self.events.push(Event {
-                at,
-                kind: EventKind::NodeDies(victims[i]),
-            });
-        }
-    }
-
-    fn chunk_bytes(&self, chunk: u32) -> f64 {
-        let start = chunk as u64 * self.config.chunk_size;
-        (self.config.bytes - start).min(self.config.chunk_size) as f64
-    }
-
-    fn begin(&mut self, transfer: Transfer) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let flow = Flow {
-            transfer,
-            left: self.chunk_bytes(transfer.chunk),
-            rate: 0.0,
-            since: self.now,
-            version: 0,
-            flowing: false,
-        };
-        self.flows.insert(id, flow);
-        self.ids.insert(transfer, id);
-        self.events.push(Event {
-            at: self.now + self.config.latency_s,
-            kind: EventKind::Start(id, 0),
-        });
-    }
-
-    fn start(&mut self, id: u64, version: u64) {
-        let Some(flow) = self.flows.get_mut(&id) else { return };
-        if flow.version != version || flow.flowing {
-            return;
-        }
-        flow.flowing = true;
-        let transfer = flow.transfer;
-        self.links_mut(transfer, |set| {
-            set.insert(id);
-        });
-        self.reshare(transfer);
-    }
-
-    fn finish(&mut self, id: u64, version: u64) -> Option<Transfer> {
-        if self.flows.get(&id).is_none_or(|f| f.version != version || !f.flowing) {
-            return None;
-        }
-        let transfer = self.flows[&id].transfer;
-        self.remove(id);
-        Some(transfer)
-    }
-
-    fn drop_transfer(&mut self, transfer: Transfer) {
-        if let Some(&id) = self.ids.get(&transfer) {
-            self.remove(id);
-        }
-    }
-
-    fn remove(&mut self, id: u64) {
-        self.advance(id);
-        let flow = self.flows.remove(&id).expect("flow exists");
-        self.ids.remove(&flow.transfer);
-        if flow.transfer.from_origin() {
-            self.origin_bytes += self.chunk_bytes(flow.transfer.chunk) - flow.left.max(0.0);
-        }
-        if flow.flowing {
-            self.links_mut(flow.transfer, |set| {
-                set.remove(&id);
-            });
-            self.reshare(flow.transfer);
-        }
-    }
-
-    fn links_mut(&mut self, transfer: Transfer, mut change: impl FnMut(&mut HashSet<u64>)) {
-        change(&mut self.incoming[transfer.node as usize]);
-        match transfer.source {
-            Some(source) => change(&mut self.outgoing[source as usize]),
-            None => change(&mut self.origin),
-        }
-    }
-
-    /// Recomputes the shares of every flow on the two links `transfer` uses.
-    fn reshare(&mut self, transfer: Transfer) {
-        let mut affected: Vec<u64> = self.incoming[transfer.node as usize].iter().copied().collect();
-        match transfer.source {
-            Some(source) => affected.extend(self.outgoing[source as usize].iter().copied()),
-            None => affected.extend(self.origin.iter().copied()),
-        }
-        for id in affected {
-            self.advance(id);
-            let rate = self.share(self.flows[&id].transfer);
-            let flow = self.flows.get_mut(&id).expect("affected flow exists");
-            if flow.flowing && flow.rate == rate && flow.transfer != transfer {
-                continue; // its pending finish event still holds
-            }
-            flow.rate = rate;
-            flow.version += 1;
-            let at = self.now + flow.left.max(0.0) / rate;
-            self.events.push(Event {
-                at,
-                kind: EventKind::Finish(id, flow.version),
-            });
-        }
-    }
-
-    fn share(&self, transfer: Transfer) -> f64 {
-        let node = transfer.node as usize;
-        let down = self.down[node] / self.incoming[node].len().max(1) as f64;
-        let up = match transfer.source {
-            Some(source) => self.up[source as usize] / self.outgoing[source as usize].len().max(1) as f64,
-            None => self.config.origin_bps / self.origin.len().max(1) as f64,
-        };
-        down.min(up)
-    }
-
-    fn advance(&mut self, id: u64) {
-        let now = self.now;
-        let flow = self.flows.get_mut(&id).expect("flow exists");
-        if flow.flowing {
-            flow.left -= flow.rate * (now - flow.since);
-        }
-        flow.since = now;
+fn schedule_failures(world: &mut World, config: &SimConfig, horizon: f64, rng: &mut u64) {
+    let count = (config.failure_rate * config.nodes as f64).round() as usize;
+    let mut victims: Vec<u32> = (0..config.nodes as u32).collect();
+    for i in 0..count.min(victims.len()) {
+        let j = i + (uniform(rng) * (victims.len() - i) as f64) as usize;
+        let last = victims.len() - 1;
+        victims.swap(i, j.min(last));
+        let at = uniform(rng) * horizon;
+        world.schedule(at, SimEvent::NodeDies(victims[i]));
     }
 }
 

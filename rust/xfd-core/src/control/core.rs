@@ -422,10 +422,9 @@ mod tests {
         );
     }
 
-    /// The hang of a node killed mid-run: a transfer from it was set aside when it was declared lost,
-    /// but had delivered; the unit was sent for again. The late report must count.
-    #[test]
-    fn a_late_report_from_a_transfer_set_aside_still_counts() {
+    /// Two nodes, one unit: `a` or `b` fetched it from the origin, the other started fetching it from the
+    /// first, which is then lost. Returns the core, the lost seeder and the other node.
+    fn seeder_lost_while_serving() -> (Core, u32, u32) {
         let mut core = core(1);
         core.join("a", "10.0.0.1:1", &all(1), &[], 0.0).unwrap();
         core.join("b", "10.0.0.2:1", &all(1), &[], 0.0).unwrap();
@@ -433,6 +432,14 @@ mod tests {
         core.report(seeder, vec![done("u0", None)], 1.0);
         let (leecher, _) = core.decide(1.0)[0].clone();
         core.lose(seeder, "gone", 1.5);
+        (core, seeder, leecher)
+    }
+
+    /// The hang of a node killed mid-run: a transfer from it was set aside when it was declared lost,
+    /// but had delivered; the unit was sent for again. The late report must count.
+    #[test]
+    fn a_late_report_from_a_transfer_set_aside_still_counts() {
+        let (mut core, seeder, leecher) = seeder_lost_while_serving();
         let again = core.decide(1.5);
         assert_eq!(
             again,
@@ -478,13 +485,7 @@ mod tests {
 
     #[test]
     fn a_run_whose_only_holder_is_lost_goes_back_to_the_origin() {
-        let mut core = core(1);
-        core.join("a", "10.0.0.1:1", &all(1), &[], 0.0).unwrap();
-        core.join("b", "10.0.0.2:1", &all(1), &[], 0.0).unwrap();
-        let (seeder, _) = core.decide(0.0)[0].clone();
-        core.report(seeder, vec![done("u0", None)], 1.0);
-        let (leecher, _) = core.decide(1.0)[0].clone();
-        core.lose(seeder, "gone", 1.5);
+        let (mut core, seeder, leecher) = seeder_lost_while_serving();
         assert_eq!(core.decide(1.5)[0].1.origin, vec!["u0".to_string()]);
         core.report(leecher, vec![done("u0", None)], 2.0);
         assert!(core.finished());
