@@ -542,6 +542,12 @@ impl Scheduler {
         self.open == 0
     }
 
+    /// Whether any transfer is running: O(1), unlike [`Scheduler::active`] (a sorted copy), for callers
+    /// that ask at every step.
+    pub fn is_busy(&self) -> bool {
+        !self.active.is_empty()
+    }
+
     pub fn active(&self) -> Vec<Transfer> {
         let mut active: Vec<Transfer> = self.active.iter().copied().collect();
         active.sort();

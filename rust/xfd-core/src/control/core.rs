@@ -275,7 +275,7 @@ impl Core {
 
     /// Why the run cannot go on, when nothing runs and it is not finished; `None` otherwise.
     pub fn stalled(&self) -> Option<String> {
-        if self.finished() || !self.scheduler.active().is_empty() {
+        if self.finished() || self.scheduler.is_busy() {
             return None;
         }
         let failed = self.scheduler.failed_chunks();

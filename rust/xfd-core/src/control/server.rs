@@ -35,6 +35,11 @@ use crate::error::{Error, Result};
 
 /// The coordinator thread wakes at least this often (silence checks, snapshots).
 const TICK: Duration = Duration::from_millis(20);
+/// Silence is looked for this often, not at every step: a step can come every few microseconds under
+/// load, and a look goes over every node.
+const SILENCE_CHECK: Duration = Duration::from_millis(100);
+/// How long a link's writer may take to send what is queued (the run's end) once its reader stopped.
+const LAST_WRITES: Duration = Duration::from_secs(2);
 /// Commands applied per step at most before deciding: under a flood of reports, decisions still go out.
 const COMMANDS_PER_STEP: usize = 50_000;
 
@@ -314,7 +319,10 @@ struct Steward {
     outcome: Option<Outcome>,
     /// When the first node joined.
     first_join: Option<Instant>,
-    last_step: Instant,
+    /// Whether every expected node has joined or been given up on (it stays so once it is).
+    everyone: bool,
+    /// When silence was last looked for.
+    last_check: Instant,
     last_snapshot: Instant,
     frames_in: u64,
     frames_out: u64,
@@ -333,7 +341,8 @@ impl Steward {
             waiting: HashMap::new(),
             outcome: None,
             first_join: None,
-            last_step: now,
+            everyone: false,
+            last_check: now,
             last_snapshot: now,
             frames_in: 0,
             frames_out: 0,
@@ -429,7 +438,7 @@ impl Steward {
     /// One step: decide, send, check for silence, see whether the run is over, publish.
     fn step(&mut self) {
         let now = self.now();
-        let everyone = self.config.expected.iter().all(|name| self.core.node(name).is_some());
+        let everyone = self.everyone();
         let waited = self
             .first_join
             .is_some_and(|first| first.elapsed() >= self.config.origin_hold);
@@ -463,13 +472,23 @@ impl Steward {
         self.publish(false);
     }
 
+    fn everyone(&mut self) -> bool {
+        if !self.everyone {
+            self.everyone = self.config.expected.iter().all(|name| self.core.node(name).is_some());
+        }
+        self.everyone
+    }
+
     /// Loses nodes not heard from for `lost_after`. Silence is measured where frames are received; if
     /// this thread itself was held up (a stopped process, a starved machine), nothing was heard during
     /// the gap for lack of listening, so every clock restarts instead of every node being lost.
     fn lose_silent(&mut self) {
         let now = Instant::now();
-        let gap = now - self.last_step;
-        self.last_step = now;
+        let gap = now - self.last_check;
+        if gap < SILENCE_CHECK {
+            return;
+        }
+        self.last_check = now;
         if gap > self.config.lost_after / 2 {
             self.heard.values_mut().for_each(|heard| *heard = now);
             return;
@@ -619,5 +638,7 @@ where
         }
     };
     let _ = commands.send(Command::Unlinked { name, why });
-    writer.abort();
+    // What is queued (the run's end, most often) still goes out; the writer ends when the coordinator
+    // drops its end of the queue, or at the latest after LAST_WRITES.
+    let _ = tokio::time::timeout(LAST_WRITES, writer).await;
 }
