@@ -37,6 +37,7 @@ bench: setup
 	cargo build --release --locked -p xfd-bench
 	.venv/bin/python -m benchmarks.engine_bench
 	.venv/bin/python -m benchmarks.cluster_bench
+	./target/release/xfd-control-bench --nodes 1024 --bytes 10GB
 	target/release/xfd-scale-sim
 
 # uv is installed into the repository (.tools/), not into the user's environment. `uv sync --frozen`

@@ -14,9 +14,9 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::hash::{BuildHasherDefault, DefaultHasher, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
-use xfd_core::scheduler::Transfer;
+use xfd_core::scheduler::{IndexHasher, Transfer};
 
 use crate::sim::SimConfig;
 
@@ -24,38 +24,9 @@ use crate::sim::SimConfig;
 /// flows on a link are iterated, and the order decides which of two flows due at the same instant
 /// finishes first: they keep the hasher the simulator's published results were made with.
 type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<DefaultHasher>>;
-/// Maps only looked up, never iterated: a multiplicative hash of small integers is several times
-/// cheaper, and changes no result.
-type LookupMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IntHasher>>;
-
-#[derive(Default)]
-struct IntHasher(u64);
-
-impl Hasher for IntHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|&b| self.write_u64(b.into()));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(value.into());
-    }
-
-    fn write_u8(&mut self, value: u8) {
-        self.write_u64(value.into());
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// Maps only looked up, never iterated: the scheduler's multiplicative hash of small integers is several
+/// times cheaper, and changes no result.
+type LookupMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IndexHasher>>;
 
 struct Flow {
     transfer: Transfer,

@@ -17,7 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// adversary: a multiplicative hash is enough, and several times cheaper than the default SipHash on the
 /// scheduler's hottest paths (measured with the scale simulator, `docs/benchmarks.md`).
 #[derive(Default)]
-struct IndexHasher(u64);
+pub struct IndexHasher(u64);
 
 impl Hasher for IndexHasher {
     fn write(&mut self, bytes: &[u8]) {
