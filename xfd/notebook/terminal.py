@@ -20,7 +20,9 @@ class TqdmRenderer:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=snapshot.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=f"xfd {counted(len(snapshot.nodes), 'node')}", dynamic_ncols=True)
+                             desc=_description(snapshot), dynamic_ncols=True)
+        # Nodes join as their agents come up: the count grows during the run.
+        self._bar.set_description_str(_description(snapshot), refresh=False)
         self._bar.total = snapshot.total_bytes
         self._bar.n = snapshot.done_bytes
         lost = sum(1 for n in snapshot.nodes if n.state == "lost")
@@ -36,3 +38,7 @@ class TqdmRenderer:
             if report is not None and not report.ok and hasattr(self._bar, "colour"):
                 self._bar.colour = "red"
             self._bar.close()
+
+
+def _description(snapshot: Snapshot) -> str:
+    return f"xfd {counted(len(snapshot.nodes), 'node')}" if snapshot.nodes else "xfd starting agents"
