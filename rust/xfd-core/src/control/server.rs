@@ -156,12 +156,9 @@ impl Coordinator {
                 "the run token must be printable ASCII without spaces".into(),
             ));
         }
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| Error::Control(format!("cannot listen on {}: {e}", config.bind)))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| Error::Control(format!("cannot listen on {}: {e}", config.bind)))?;
+        let cannot_listen = |e| Error::Control(format!("cannot listen on {}: {e}", config.bind));
+        let listener = TcpListener::bind(config.bind).await.map_err(cannot_listen)?;
+        let address = listener.local_addr().map_err(cannot_listen)?;
         let (commands, inbox) = std::sync::mpsc::channel();
         let core = Core::new(config.plan.clone());
         let shared = Arc::new(Shared {
@@ -300,18 +297,14 @@ fn status_of(
     }
 }
 
-/// A node's link, as the coordinator thread sees it.
-struct Link {
-    down: mpsc::UnboundedSender<Down>,
-}
-
 /// The coordinator thread's state: the core, the links, and when each node was last heard from.
 struct Steward {
     core: Core,
     config: CoordinatorConfig,
     shared: Arc<Shared>,
     started: Instant,
-    links: HashMap<String, Link>,
+    /// Each linked node's queue of frames to send, by name.
+    links: HashMap<String, mpsc::UnboundedSender<Down>>,
     /// When each joined, surviving node was last heard from (a frame received, or its join).
     heard: HashMap<u32, Instant>,
     /// Work for nodes joined before their link came up, sent when it does.
@@ -365,8 +358,8 @@ impl Steward {
             }
             self.step();
         }
-        for link in self.links.values() {
-            let _ = link.down.send(Down::End);
+        for down in self.links.values() {
+            let _ = down.send(Down::End);
         }
         self.publish(true);
     }
@@ -408,7 +401,7 @@ impl Steward {
                 if let Some(node) = self.core.node(&name) {
                     self.heard.insert(node, at);
                 }
-                self.links.insert(name, Link { down });
+                self.links.insert(name, down);
             }
             Command::Frame { name, reports, at } => {
                 self.frames_in += 1;
@@ -430,9 +423,13 @@ impl Steward {
 
     fn lose(&mut self, name: &str, reason: &str) {
         if let Some(node) = self.core.node(name) {
-            self.core.lose(node, reason, self.now());
-            self.heard.remove(&node);
+            self.lose_node(node, reason);
         }
+    }
+
+    fn lose_node(&mut self, node: u32, reason: &str) {
+        self.core.lose(node, reason, self.now());
+        self.heard.remove(&node);
     }
 
     /// One step: decide, send, check for silence, see whether the run is over, publish.
@@ -450,9 +447,9 @@ impl Steward {
                 peers: work.peers,
             };
             match self.links.get(&name) {
-                Some(link) => {
+                Some(down) => {
                     self.frames_out += 1;
-                    let _ = link.down.send(frame);
+                    let _ = down.send(frame);
                 }
                 None => self.waiting.entry(name).or_default().push(frame),
             }
@@ -499,13 +496,12 @@ impl Steward {
             .filter(|(_, heard)| now.saturating_duration_since(**heard) > self.config.lost_after)
             .map(|(node, _)| *node)
             .collect();
+        let reason = format!(
+            "no frame from its agent for {:.0} s",
+            self.config.lost_after.as_secs_f64()
+        );
         for node in silent {
-            let name = self.core.name(node).to_owned();
-            let reason = format!(
-                "no frame from its agent for {:.0} s",
-                self.config.lost_after.as_secs_f64()
-            );
-            self.lose(&name, &reason);
+            self.lose_node(node, &reason);
         }
     }
 
@@ -597,18 +593,21 @@ where
 {
     let (read, mut write) = tokio::io::split(stream);
     let (down, mut outgoing) = mpsc::unbounded_channel();
-    if commands
-        .send(Command::Linked {
-            name: name.clone(),
-            down,
-            at: Instant::now(),
-        })
-        .is_err()
-    {
-        return;
-    }
+    // Refused when the run has already ended: the queue is then closed, and the writer says so.
+    let _ = commands.send(Command::Linked {
+        name: name.clone(),
+        down,
+        at: Instant::now(),
+    });
     let writer = tokio::spawn(async move {
-        while let Some(first) = outgoing.recv().await {
+        loop {
+            let Some(first) = outgoing.recv().await else {
+                // The coordinator let go of this link without a last frame: the run ended before it
+                // took the link in (a node that linked late), or it dropped the link. Either way the
+                // run is over for this node, and it is told so rather than cut off.
+                let _ = wire::write_frames(&mut write, &[Down::End]).await;
+                break;
+            };
             let mut frames = vec![first];
             while let Ok(frame) = outgoing.try_recv() {
                 frames.push(frame);
