@@ -1055,3 +1055,37 @@ async fn nodes_on_control_links_get_every_unit_with_each_byte_from_the_origin_on
     assert_eq!(again.deliveries, 0);
     assert_eq!(again.origin_bytes.values().sum::<u64>(), 0);
 }
+
+/// Work whose digest does not parse is refused, not fetched unchecked: "no digest" and "a digest that
+/// cannot be read" are not the same.
+#[tokio::test]
+async fn linked_work_with_a_digest_that_does_not_parse_fails_instead_of_going_unchecked() {
+    use xfd_core::control::link::{Work, Worker};
+    use xfd_core::control::wire::PeerWork;
+    use xfd_core::engine::LinkedEngine;
+
+    let origin = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan_for(origin.path(), &[("big", bytes(3000, 1), &["/data/big"])], None).await;
+    let node = Arc::new(engine(&plan, root.path()));
+    node.scan().await.unwrap();
+    node.drain_events();
+    let chunk = plan.objects[0].chunks[0].id.clone();
+    let worker = LinkedEngine {
+        engine: node.clone(),
+        running: Default::default(),
+    };
+    worker.start(Work {
+        origin: vec![],
+        peers: vec![PeerWork {
+            unit: chunk.clone(),
+            peer: "127.0.0.9:9".into(),
+            digest: Some("not-hex".into()),
+        }],
+    });
+    let events = node.drain_events();
+    assert!(
+        matches!(&events[..], [Event::ChunkFailed { chunk_id, error_kind, .. }] if *chunk_id == chunk && error_kind == "fatal"),
+        "{events:?}"
+    );
+}

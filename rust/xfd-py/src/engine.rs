@@ -127,13 +127,8 @@ impl PyEngine {
 
     /// Starts fetching these chunks from the origin in the background; results arrive as events.
     fn submit_origin(&self, chunk_ids: Vec<String>) {
-        for chunk_id in chunk_ids {
-            let engine = self.inner.clone();
-            // The outcome, success or failure, is reported as an event by the engine itself.
-            self.track(runtime().spawn(async move {
-                let _ = engine.fetch_from_origin(&chunk_id).await;
-            }));
-        }
+        let _runtime = runtime().enter();
+        self.running.track(self.inner.start_origin(chunk_ids));
     }
 
     /// Ends every background transfer and waits (up to `grace` seconds) until they are gone; a chunk
@@ -143,7 +138,7 @@ impl PyEngine {
         if let Some(link) = self.link.lock().unwrap().take() {
             link.abort(); // no more work may arrive
         }
-        let running = std::mem::take(&mut *self.running.lock().unwrap());
+        let running = self.running.take();
         running.iter().for_each(JoinHandle::abort);
         let wait = async move {
             for task in running {
@@ -187,14 +182,18 @@ impl PyEngine {
     /// Starts fetching chunks from peers in the background: `(chunk_id, host, port, expected_digest)`
     /// each. Outcomes arrive as events.
     fn submit_peer(&self, transfers: Vec<(String, String, u16, Option<String>)>) -> PyResult<()> {
-        for (chunk_id, host, port, expected) in transfers {
-            let peer = socket_address(&host, port)?;
-            let expected = expected.as_deref().map(digest).transpose()?;
-            let engine = self.inner.clone();
-            self.track(runtime().spawn(async move {
-                let _ = engine.fetch_from_peer(&chunk_id, peer, expected).await;
-            }));
-        }
+        let transfers = transfers
+            .into_iter()
+            .map(|(chunk_id, host, port, expected)| {
+                Ok((
+                    chunk_id,
+                    socket_address(&host, port)?,
+                    expected.as_deref().map(digest).transpose()?,
+                ))
+            })
+            .collect::<PyResult<_>>()?;
+        let _runtime = runtime().enter();
+        self.running.track(self.inner.start_peer(transfers));
         Ok(())
     }
 
@@ -309,13 +308,5 @@ impl PyEngine {
     #[getter]
     fn served_chunks(&self) -> usize {
         self.inner.registry().len()
-    }
-}
-
-impl PyEngine {
-    fn track(&self, task: JoinHandle<()>) {
-        let mut running = self.running.lock().unwrap();
-        running.retain(|t| !t.is_finished());
-        running.push(task);
     }
 }

@@ -177,13 +177,8 @@ impl Core {
         };
         self.deliveries += 1;
         for loser in self.scheduler.finished(transfer) {
-            // The slower copy is shut out by the engine's fence; it will report nothing more.
-            if let Some(transfers) = self.active.get_mut(&(loser.chunk, loser.node))
-                && let Some(at) = transfers.iter().position(|t| *t == loser)
-            {
-                transfers.swap_remove(at);
-                self.progress.transfer_dropped(loser.node);
-            }
+            // The slower copy is shut out by the engine's fence; its late report finds no transfer.
+            self.drop_transfer(loser);
         }
         let (source, from) = match transfer.source {
             None => (Source::Origin, None),
@@ -207,14 +202,28 @@ impl Core {
         }
     }
 
+    /// The transfer a report of `node` about `unit` answers: the one from `peer` (`None`: the origin).
     fn pop_transfer(&mut self, node: u32, unit: u32, peer: Option<&str>) -> Option<Transfer> {
         let source = match peer {
             None => None,
             Some(address) => Some(*self.by_address.get(address)?),
         };
+        self.remove_active(unit, node, |t| t.source == source)
+    }
+
+    /// A transfer that will never report (an endgame loser, or one to or from a lost node).
+    fn drop_transfer(&mut self, transfer: Transfer) {
+        if self
+            .remove_active(transfer.chunk, transfer.node, |t| *t == transfer)
+            .is_some()
+        {
+            self.progress.transfer_dropped(transfer.node);
+        }
+    }
+
+    fn remove_active(&mut self, unit: u32, node: u32, which: impl Fn(&Transfer) -> bool) -> Option<Transfer> {
         let transfers = self.active.get_mut(&(unit, node))?;
-        let at = transfers.iter().position(|t| t.source == source)?;
-        let transfer = transfers.swap_remove(at);
+        let transfer = transfers.swap_remove(transfers.iter().position(which)?);
         if transfers.is_empty() {
             self.active.remove(&(unit, node));
         }
@@ -228,12 +237,7 @@ impl Core {
             return;
         }
         for transfer in self.scheduler.node_lost(node) {
-            if let Some(transfers) = self.active.get_mut(&(transfer.chunk, transfer.node))
-                && let Some(at) = transfers.iter().position(|t| *t == transfer)
-            {
-                transfers.swap_remove(at);
-                self.progress.transfer_dropped(transfer.node);
-            }
+            self.drop_transfer(transfer);
         }
         self.progress.set_state(node, NodeState::Lost, reason, now);
     }
@@ -323,10 +327,6 @@ impl Core {
         &self.failures
     }
 
-    pub fn add_failure(&mut self, failure: String) {
-        self.failures.push(failure);
-    }
-
     /// Transfers delivered so far (each counted once, duplicates that lost not included).
     pub fn deliveries(&self) -> u64 {
         self.deliveries
@@ -343,10 +343,6 @@ impl Core {
 
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
         self.members.iter().map(|m| m.name.as_str())
-    }
-
-    pub fn unit_name(&self, unit: u32) -> &str {
-        &self.units[unit as usize]
     }
 }
 

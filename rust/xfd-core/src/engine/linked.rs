@@ -9,11 +9,27 @@ use tokio::task::JoinHandle;
 
 use super::{Engine, Event, Source};
 use crate::control::link::{Work, Worker};
-use crate::control::wire::Report;
+use crate::control::wire::{PeerWork, Report};
 use crate::hash::ChunkDigest;
 
-/// Transfers started by a link; kept so the run's end can cancel them.
-pub type Running = Arc<Mutex<Vec<JoinHandle<()>>>>;
+/// Transfers started in the background (by a link, or by a caller's `submit`), kept so that the run's
+/// end can cancel them: an engine whose run is over must not go on writing beside the next run's files.
+#[derive(Clone, Default)]
+pub struct Running(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl Running {
+    /// Keeps `tasks`, and forgets those that already ended.
+    pub fn track(&self, tasks: impl IntoIterator<Item = JoinHandle<()>>) {
+        let mut running = self.0.lock().unwrap();
+        running.retain(|task| !task.is_finished());
+        running.extend(tasks);
+    }
+
+    /// Every task kept so far (the caller ends them).
+    pub fn take(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
 
 /// An engine as a link's [`Worker`].
 pub struct LinkedEngine {
@@ -23,33 +39,50 @@ pub struct LinkedEngine {
 
 impl Worker for LinkedEngine {
     fn start(&self, work: Work) {
-        let mut tasks = Vec::with_capacity(work.origin.len() + work.peers.len());
-        for unit in work.origin {
-            let engine = self.engine.clone();
-            // The outcome, success or failure, is reported by the engine itself.
-            tasks.push(tokio::spawn(async move {
-                let _ = engine.fetch_from_origin(&unit).await;
-            }));
-        }
+        let mut peers = Vec::with_capacity(work.peers.len());
         for peer_work in work.peers {
-            let engine = self.engine.clone();
-            tasks.push(tokio::spawn(async move {
-                let unit = peer_work.unit;
-                let Ok(peer) = peer_work.peer.parse::<SocketAddr>() else {
-                    engine.report_bad_work(&unit, &peer_work.peer);
-                    return;
-                };
-                let expected = peer_work.digest.as_deref().and_then(ChunkDigest::from_hex);
-                let _ = engine.fetch_from_peer(&unit, peer, expected).await;
-            }));
+            let peer = peer_work.peer.parse::<SocketAddr>();
+            let digest = peer_work.digest.as_deref().map(ChunkDigest::from_hex);
+            match (peer, digest) {
+                (Ok(peer), None) => peers.push((peer_work.unit, peer, None)),
+                (Ok(peer), Some(Some(digest))) => peers.push((peer_work.unit, peer, Some(digest))),
+                // A digest that does not parse is not "no digest": the bytes could not be checked
+                // against the origin's.
+                _ => self.engine.report_bad_work(&peer_work),
+            }
         }
-        let mut running = self.running.lock().unwrap();
-        running.retain(|task| !task.is_finished());
-        running.extend(tasks);
+        self.running.track(self.engine.start_origin(work.origin));
+        self.running.track(self.engine.start_peer(peers));
     }
 }
 
 impl Engine {
+    /// Starts fetching `units` from the origin, each in a task of the current runtime; the outcome,
+    /// success or failure, is reported by the engine itself.
+    pub fn start_origin(self: &Arc<Self>, units: Vec<String>) -> Vec<JoinHandle<()>> {
+        let start = |unit: String| {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let _ = engine.fetch_from_origin(&unit).await;
+            })
+        };
+        units.into_iter().map(start).collect()
+    }
+
+    /// Starts fetching `(unit, peer, expected digest)` from peers, as [`Engine::start_origin`] does.
+    pub fn start_peer(
+        self: &Arc<Self>,
+        transfers: Vec<(String, SocketAddr, Option<ChunkDigest>)>,
+    ) -> Vec<JoinHandle<()>> {
+        let start = |(unit, peer, expected): (String, SocketAddr, Option<ChunkDigest>)| {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let _ = engine.fetch_from_peer(&unit, peer, expected).await;
+            })
+        };
+        transfers.into_iter().map(start).collect()
+    }
+
     /// From now on, the outcome of every transfer also goes to the returned channel, as a control link
     /// report (followed by the origin's byte count after an origin transfer).
     pub fn tap_reports(&self) -> mpsc::UnboundedReceiver<Report> {
@@ -105,15 +138,18 @@ impl Engine {
         }
     }
 
-    /// A peer address that does not parse: the coordinator's mistake, reported as a failure of the
-    /// transfer so that it is not waited for.
-    fn report_bad_work(&self, unit: &str, peer: &str) {
+    /// Work whose peer address or digest does not parse: the coordinator's mistake, reported as a failure
+    /// of the transfer so that it is not waited for.
+    fn report_bad_work(&self, work: &PeerWork) {
         self.emit(Event::ChunkFailed {
-            chunk_id: unit.to_owned(),
+            chunk_id: work.unit.clone(),
             object_id: String::new(),
             source: Source::Peer,
-            peer: Some(peer.to_owned()),
-            error: format!("the coordinator named peer {peer:?}, which is not an ip:port address"),
+            peer: Some(work.peer.clone()),
+            error: format!(
+                "the coordinator named peer {:?} with digest {:?}: an ip:port address and 64 hex characters were expected",
+                work.peer, work.digest
+            ),
             error_kind: "fatal".into(),
         });
     }
