@@ -4,8 +4,6 @@ time at the rates the run itself reached (an estimate, not a bound: see ``ideal_
 
 from __future__ import annotations
 
-
-
 import attrs
 
 from xfd.manifest.units import human_size

@@ -90,7 +90,7 @@ class Coordinator:
         try:
             watches = self._start_agents(control, token, started)
             status = self._loop(control, watches, started)
-            if not self.failures and status.get("outcome") is not None:
+            if _finished_clean(status) and not self.failures:
                 self._finish_nodes(control)
         finally:
             status = control.end()
@@ -226,17 +226,18 @@ class Coordinator:
                 POOL.give_back(node_id, self.agents[node_id])
         return served, origin
 
-    def _report_progress(self, status: dict[str, Any], force: bool = False) -> None:
+    def _report_progress(self, status: dict[str, Any]) -> None:
         now = time.monotonic()
-        if self.on_progress is None or (not force and now - self._last_progress < self.progress_interval_s):
+        if self.on_progress is None or now - self._last_progress < self.progress_interval_s:
             return
         self._last_progress = now
         self.on_progress(Snapshot.from_core(status, self._units))
 
     def _report(self, status: dict[str, Any], wall: float, served: Mapping[str, int],
                 origin: Mapping[str, int]) -> Report:
-        self._report_progress(status, force=True)
-        snapshot = Snapshot.from_core(status, self._units)
+        snapshot = Snapshot.from_core(status, self._units)  # once: with the chunk map it is large
+        if self.on_progress is not None:
+            self.on_progress(snapshot)
         finished_at = dict(zip(status["nodes"], status["finished_at"], strict=True))
         nodes = tuple(
             NodeReport(
@@ -278,6 +279,11 @@ def take_agents(node_ids: Iterable[str]) -> dict[str, tuple[Any, bool]]:
 def give_back_agents(agents: Mapping[str, tuple[Any, bool]]) -> None:
     for node_id, (agent, _) in agents.items():
         POOL.give_back(node_id, agent)
+
+
+def _finished_clean(status: Mapping[str, Any]) -> bool:
+    """The coordinator's outcome is ``finished`` with no unit failed for good: unpacking may start."""
+    return status["outcome"] == {"outcome": "finished"} and not status["failures"]
 
 
 def _node_ip(node_id: str) -> str:
