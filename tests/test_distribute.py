@@ -228,13 +228,13 @@ def test_the_widget_shows_what_the_report_says(cluster, s3, bucket, artifacts, o
 
 
 def idle_agents() -> dict[str, set[str]]:
+    """The pooled agents (Ray actors) by node: every node of the run but the driver's own."""
     from xfd.runtime.agent_pool import POOL
-
     from xfd.runtime.cluster_nodes import alive_nodes
 
     alive = {node["NodeID"] for node in alive_nodes()}
-    return {node: {agent._actor_id.hex() for agent in agents} for node, agents in POOL._idle.items()
-            if agents and node in alive}
+    return {node: {agent._actor_id.hex() for agent in agents} for node, agents in POOL.idle().items()
+            if node in alive}
 
 
 def test_agents_stay_warm_between_runs_and_dead_ones_are_replaced(cluster, s3, bucket, artifacts, origin):
@@ -245,7 +245,9 @@ def test_agents_stay_warm_between_runs_and_dead_ones_are_replaced(cluster, s3, b
     plan = manifest.plan()
     assert manifest.distribute(plan=plan, progress=None).ok
     warm = idle_agents()
-    assert len(warm) == len(cluster.nodes), "every node's agent is kept for the next run"
+    driver_node = ray.get_runtime_context().get_node_id()
+    assert driver_node not in warm, "the driver's node is served by the driver's own agent"
+    assert len(warm) == len(cluster.nodes) - 1, "every other node's agent is kept for the next run"
 
     clear_roots(cluster)
     again = manifest.distribute(plan=plan, progress=None)
@@ -255,10 +257,10 @@ def test_agents_stay_warm_between_runs_and_dead_ones_are_replaced(cluster, s3, b
     from xfd.runtime.agent_pool import POOL
 
     victim_node = sorted(warm)[0]
-    ray.kill(POOL._idle[victim_node][0], no_restart=True)
+    ray.kill(POOL.idle()[victim_node][0], no_restart=True)
     clear_roots(cluster)
     third = manifest.distribute(plan=plan, progress=None)
     assert third.ok, third.summary()
     assert_every_node_has_everything(cluster.nodes, artifacts)
     replaced = idle_agents()
-    assert replaced[victim_node] != warm[victim_node] and len(replaced) == len(cluster.nodes)
+    assert replaced[victim_node] != warm[victim_node] and len(replaced) == len(cluster.nodes) - 1

@@ -1,7 +1,8 @@
-"""The node agent: one Ray actor per node, wrapping that node's Rust engine.
+"""The node agent: one per node, wrapping that node's Rust engine.
 
-The actor is a plain class made remote by the coordinator (pinned to its node with a hard
-NodeAffinity). Its methods are thin and few: :meth:`NodeAgent.begin` builds the engine, which opens its
+The agent is a plain class, made a Ray actor by the coordinator (pinned to its node with a hard
+NodeAffinity), or on the driver's own node called in the driver's process (see
+:mod:`xfd.runtime.agent_pool`). Its methods are thin and few: :meth:`NodeAgent.begin` builds the engine, which opens its
 own control link to the coordinator; from then on work and outcomes travel over that link, between Rust
 on both ends, never through Ray or Python. Ray is left with starting and stopping runs, unpacking, and
 telling the coordinator that the agent died (:meth:`NodeAgent.until_stopped` fails then).

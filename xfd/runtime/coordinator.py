@@ -1,7 +1,8 @@
 """The coordinator's Python side: places one agent per node with Ray, runs the Rust coordinator, reports.
 
 Ray places, starts and stops the agents, carries their bootstrap (the plan, the run token, the
-coordinator's address) and tells of an agent's death. Everything else happens between the agents and the
+coordinator's address) and tells of an agent's death; the driver's own node is served by an agent in this
+process (see :mod:`xfd.runtime.agent_pool`), called the same way. Everything else happens between the agents and the
 Rust coordinator (``xfd._core.Coordinator``, see ``rust/xfd-core/src/control.rs``): each agent opens a
 control link of its own to it and sends its outcomes in batches; the coordinator, on its own thread,
 schedules and sends each node its next transfers. No Ray call is made per transfer, and nothing here is
@@ -15,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import ray
@@ -26,12 +28,16 @@ from xfd.manifest.model import Store
 from xfd.plan import Plan
 from xfd.progress import Snapshot
 from xfd.report import NodeReport, Report
-from xfd.runtime.agent_pool import POOL, new_agent
+from xfd.runtime.agent_pool import POOL, as_future, new_agent
+from xfd.runtime import took_part
 from xfd.runtime.cluster_nodes import alive_nodes
 
 # A node whose agent sent nothing on its control link for this long is lost (an idle agent sends a
 # heartbeat every second). Measured by the Rust coordinator where frames arrive, never by this thread.
 LOST_AFTER_S = 30.0
+# Origin transfers wait until every node's agent is up, or this long after the first one was (see
+# xfd/runtime/took_part.py for when they need not wait at all).
+ORIGIN_HOLD_S = 3.0
 # How often this thread looks at Ray (agents that came up or died) and passes progress on.
 STEP_S = 0.1
 
@@ -100,6 +106,11 @@ class Coordinator:
 
     def _start_control(self, token: str) -> Any:
         settings = self.plan.settings
+        ips = {n["NodeID"]: n["NodeManagerAddress"] for n in alive_nodes()}
+        run_ips = [ips[n] for n in self.node_ids if n in ips]
+        # Only a node that took part before can hold in its cache what an early node would fetch again.
+        origin_hold = ORIGIN_HOLD_S if took_part.any_took_part(run_ips) else 0.0
+        took_part.remember(run_ips)
         return _core.Coordinator(
             list(self.plan.unit_sizes.items()), self.plan.unique_bytes, token, ray.util.get_node_ip_address(),
             self.node_ids,
@@ -107,13 +118,13 @@ class Coordinator:
             origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
             download_slots=settings.node_parallelism, upload_slots=settings.upload_slots,
             lost_after=self.lost_after_s, snapshot_every=min(self.progress_interval_s, 0.25),
-            with_chunks=self.with_chunks,
+            with_chunks=self.with_chunks, origin_hold=origin_hold,
         )
 
     def _start_agents(self, control: Any, token: str, started: float) -> dict[Any, str]:
         """Starts every agent's run; each node joins as soon as its agent is up (see :meth:`_loop`).
-        Returns the refs of their pending ``begin`` calls."""
-        taken = {**take_agents([n for n in self.node_ids if n not in self._taken]), **self._taken}
+        Returns their pending ``begin`` calls, as futures."""
+        taken = {**take_agents([n for n in self.node_ids if n not in self._taken], self.faults), **self._taken}
         self._begin_args = (self.plan.to_json(), self.stores, token, control.address)
         self._started = started
         begins: dict[Any, str] = {}
@@ -125,10 +136,10 @@ class Coordinator:
 
     def _begin(self, node_id: str) -> Any:
         plan_json, stores, token, (host, port) = self._begin_args
-        return self.agents[node_id].begin.remote(
+        return as_future(self.agents[node_id].begin.remote(
             plan_json, stores, token, deep_verify=self.deep_verify, upload_slots=self.plan.settings.upload_slots,
             fault=self.faults.get(node_id), control=(host, port, node_id),
-        )
+        ))
 
     def _loop(self, control: Any, begins: dict[Any, str], started: float) -> dict[str, Any]:
         """Joins nodes as their agents come up, loses those whose agent dies, passes progress on; returns
@@ -140,22 +151,19 @@ class Coordinator:
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                 self.failures.append(f"timed out after {self.timeout_s:.0f} s")
                 return control.status()
-            refs = [*begins, *watches]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
-            for ref in ready:
-                if ref in begins:
-                    self._agent_began(control, begins, watches, begins.pop(ref), ref)
-                else:
-                    self._agent_ended(control, watches.pop(ref), ref)
+            for call in [c for c in begins if c.done()]:
+                self._agent_began(control, begins, watches, begins.pop(call), call)
+            for call in [c for c in watches if c.done()]:
+                self._agent_ended(control, watches.pop(call), call)
             status = control.wait(STEP_S)
             self._report_progress(status)
             if status["outcome"] is not None:
                 return status
 
-    def _agent_began(self, control: Any, begins: dict[Any, str], watches: dict[Any, str], node_id: str,
-                     ref: Any) -> None:
+    def _agent_began(self, control: Any, begins: dict[Future[Any], str], watches: dict[Future[Any], str],
+                     node_id: str, call: Future[Any]) -> None:
         try:
-            info = ray.get(ref)
+            info = call.result()
         except RayActorError as error:
             if self._warm[node_id]:
                 # A pooled agent died since its last run (its worker was killed): start a fresh one.
@@ -165,7 +173,7 @@ class Coordinator:
                 return
             self._not_taking_part(control, node_id, f"agent failed to start: {_first_line(error)}", lost=True)
             return
-        except RayError as error:
+        except Exception as error:  # noqa: BLE001 - a RayTaskError from an actor, the error itself in the driver
             # Not lost (the node is fine) but failed: its engine refused the run (a destination busy,
             # unwritable, or holding a user's file); the report is not ok and says why.
             self._not_taking_part(control, node_id, _first_line(error), lost=False)
@@ -175,12 +183,12 @@ class Coordinator:
         # Each node needs the units of the files whose node selector its labels match.
         needs = self.plan.chunks_for(info["labels"])
         control.join(node_id, f"{info['ip']}:{info['port']}", needs, list(info["held"].items()))
-        watches[self.agents[node_id].until_stopped.remote()] = node_id
+        watches[as_future(self.agents[node_id].until_stopped.remote())] = node_id
 
-    def _agent_ended(self, control: Any, node_id: str, ref: Any) -> None:
+    def _agent_ended(self, control: Any, node_id: str, call: Future[Any]) -> None:
         """An agent's ``until_stopped`` call returned: an error means its actor died."""
         try:
-            ray.get(ref)
+            call.result()
         except RayError as error:
             self.lost.add(node_id)
             control.lose(node_id, _first_line(error))
@@ -196,32 +204,33 @@ class Coordinator:
         status = control.status()
         names = status["nodes"]
         done = [names[n["node"]] for n in status["snapshot"]["nodes"] if n["state"] == "done"]
-        refs = {node_id: self.agents[node_id].finish.remote(self.plan.settings.overwrite) for node_id in done}
-        for node_id, ref in refs.items():
+        calls = {node_id: as_future(self.agents[node_id].finish.remote(self.plan.settings.overwrite))
+                 for node_id in done}
+        for node_id, call in calls.items():
             try:
-                self.unpacked += len(ray.get(ref))
+                self.unpacked += len(call.result())
             except RayActorError as error:
                 self.lost.add(node_id)
                 control.set_state(node_id, "lost", _first_line(error))
-            except RayError as error:
+            except Exception as error:  # noqa: BLE001 - the unpack's own error, said in the report
                 control.set_state(node_id, "failed", _first_line(error))
 
     def _stop_agents(self, grace: float) -> tuple[dict[str, int], dict[str, int]]:
         """Stops every agent's run; returns the bytes each served and what the origin served each."""
         served: dict[str, int] = {}
         origin: dict[str, int] = {}
-        refs = {node_id: agent.stop.remote(grace) for node_id, agent in self.agents.items()}
-        for node_id, ref in refs.items():
+        calls = {node_id: as_future(agent.stop.remote(grace)) for node_id, agent in self.agents.items()}
+        for node_id, call in calls.items():
             try:
-                stats = ray.get(ref, timeout=10)
-            except RayError:
-                ray.kill(self.agents[node_id], no_restart=True)
+                stats = call.result(timeout=10)
+            except Exception:  # noqa: BLE001 - dead, or not stopping: ended either way
+                POOL.discard(self.agents[node_id])
                 continue
             if stats:
                 served[node_id] = stats.get("bytes_served", 0)
                 origin[node_id] = stats["origin_bytes"]
             if node_id in self.lost:
-                ray.kill(self.agents[node_id], no_restart=True)
+                POOL.discard(self.agents[node_id])
             else:
                 POOL.give_back(node_id, self.agents[node_id])
         return served, origin
@@ -269,11 +278,13 @@ class Coordinator:
         )
 
 
-def take_agents(node_ids: Iterable[str]) -> dict[str, tuple[Any, bool]]:
-    """An agent for each node, from this driver's pool or new (already starting), with whether it was
-    warm."""
+def take_agents(node_ids: Iterable[str], faults: Mapping[str, str] | None = None) -> dict[str, tuple[Any, bool]]:
+    """An agent for each node (the driver's own, one from this driver's pool, or a new one already
+    starting), with whether it was up. A node given a fault gets a Ray actor even if the driver runs on
+    it: a fault may end the agent's process."""
     POOL.prune({node["NodeID"] for node in alive_nodes()})
-    return {node_id: POOL.take(node_id) for node_id in node_ids}
+    faults = faults or {}
+    return {node_id: POOL.take(node_id, in_driver=node_id not in faults) for node_id in node_ids}
 
 
 def give_back_agents(agents: Mapping[str, tuple[Any, bool]]) -> None:

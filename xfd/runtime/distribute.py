@@ -106,7 +106,7 @@ def distribute(
     node_ids = choose_nodes(manifest, nodes)  # before planning: a wrong label fails at once, not after listing
     # Agents start while the stores are listed: a first run's agents take seconds to come up (a new Ray
     # worker each), and planning a large prefix takes seconds too.
-    agents = take_agents(node_ids)
+    agents = take_agents(node_ids, faults)
     try:
         plan = plan or manifest.plan()
     except BaseException:
