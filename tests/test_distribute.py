@@ -199,7 +199,7 @@ def test_an_artifact_targeted_by_label_lands_only_on_matching_nodes(cluster, s3,
 
 
 def test_a_background_distribution_can_be_cancelled(cluster, s3, bucket, artifacts, origin):
-    from xfd.runtime.coordinator import DistributionCancelled
+    from xfd.errors import DistributionCancelled
 
     clear_roots(cluster)
     handle = manifest_for(s3, bucket, origin.endpoint).distribute(wait=False, progress=None)

@@ -121,7 +121,7 @@ def test_an_object_changed_at_the_origin_is_fetched_anew_once(cluster, s3, bucke
 
 
 def test_a_cancelled_background_run_then_a_run_again(cluster, s3, bucket, contents, origin):
-    from xfd.runtime.coordinator import DistributionCancelled
+    from xfd.errors import DistributionCancelled
 
     clear(cluster)
     manifest = manifest_a(s3, bucket, origin.endpoint)

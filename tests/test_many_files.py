@@ -18,7 +18,7 @@ import pytest
 
 from xfd import PlanError
 from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
-from xfd.manifest.units import human_size
+from xfd.formatting import human_size
 from xfd.plan import Plan, _assemble, _Found
 from xfd.scheduler import Scheduler
 

@@ -2,6 +2,7 @@
 
 from xfd._core import __version__
 from xfd.errors import ManifestError, PlanError, XfdError
-from xfd.manifest import Manifest, ManifestBuilder
+from xfd.api import Manifest
+from xfd.manifest import ManifestBuilder
 
 __all__ = ["Manifest", "ManifestBuilder", "ManifestError", "PlanError", "XfdError", "__version__"]

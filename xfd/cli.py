@@ -79,8 +79,8 @@ def _run_hash(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from xfd.manifest import Manifest
-    from xfd.report import counted
+    from xfd import Manifest
+    from xfd.formatting import counted
 
     manifest = Manifest.load(args.manifest)
     stores, artifacts = counted(len(manifest.stores), "store"), counted(len(manifest.artifacts), "artifact")
@@ -89,7 +89,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from xfd.manifest import Manifest
+    from xfd import Manifest
 
     plan = Manifest.load(args.manifest).plan(locked=args.locked, lock_path=args.lock_file)
     print(plan.to_json(indent=2) if args.json else plan.summary())
@@ -98,8 +98,8 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 def _run_lock(args: argparse.Namespace) -> int:
     from xfd.lockfile import default_lock_path
-    from xfd.manifest import Manifest
-    from xfd.report import counted
+    from xfd import Manifest
+    from xfd.formatting import counted
 
     manifest = Manifest.load(args.manifest)
     plan = manifest.plan()
@@ -110,7 +110,7 @@ def _run_lock(args: argparse.Namespace) -> int:
 
 
 def _run_distribute(args: argparse.Namespace) -> int:
-    from xfd.manifest import Manifest
+    from xfd import Manifest
 
     # Everything that can be refused without a store or Ray is refused before planning, which can take a while.
     labels = _labels(args.label)

@@ -17,8 +17,8 @@ import time
 import obstore
 
 from xfd import _core
-from xfd.manifest import Manifest
-from xfd.manifest.units import human_size
+from xfd import Manifest
+from xfd.formatting import human_size
 from xfd.sandbox import CountingProxy, LocalS3
 from xfd.sandbox.samples import tar_gz
 

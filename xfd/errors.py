@@ -73,8 +73,6 @@ class PeerError(EngineError, ConnectionError):
     """A peer node could not deliver a chunk (gone, refused, busy, or answered badly)."""
 
 
-
-
 class ManifestError(XfdError, ValueError):
     """A manifest has problems. ``problems`` lists each with the path of the offending value.
 
@@ -101,6 +99,21 @@ class PlanError(XfdError):
     artifact, which key, and what to do."""
 
 
+class DistributionCancelled(XfdError):
+    """The distribution was cancelled (``cancel()``, or an interrupt while waiting) before it finished.
+    Nothing partial was published; running it again resumes from what the nodes already hold."""
+
+
+class DistributionError(XfdError, RuntimeError):
+    """A distribution ended without every surviving node holding every file. ``report`` says what
+    each node did and lists the failures (raised where a failed run must stop the caller, as before a
+    Xenna pipeline)."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        super().__init__(f"the distribution failed:\n{report.summary()}")
+
+
 __all__ = [
     "ArchiveError",
     "ConfigError",
@@ -121,18 +134,3 @@ __all__ = [
     "UnsafeArchiveError",
     "XfdError",
 ]
-
-
-class DistributionCancelled(XfdError):
-    """The distribution was cancelled (``cancel()``, or an interrupt while waiting) before it finished.
-    Nothing partial was published; running it again resumes from what the nodes already hold."""
-
-
-class DistributionError(XfdError, RuntimeError):
-    """A distribution ended without every surviving node holding every file. ``report`` says what
-    each node did and lists the failures (raised where a failed run must stop the caller, as before a
-    Xenna pipeline)."""
-
-    def __init__(self, report: Any) -> None:
-        self.report = report
-        super().__init__(f"the distribution failed:\n{report.summary()}")

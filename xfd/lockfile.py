@@ -11,9 +11,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xfd.errors import ConfigError, PlanError
 from xfd.manifest.model import Manifest
+
+if TYPE_CHECKING:
+    from xfd.plan import Plan  # the plan layer is this module's own: plan.py imports it
 
 LOCK_FORMAT = "xfd.lock/1"
 
@@ -25,14 +29,14 @@ def default_lock_path(manifest: Manifest) -> str:
     return str(source.with_name(source.stem + ".lock.json"))
 
 
-def _identities(plan) -> dict[str, dict[str, object]]:
+def _identities(plan: Plan) -> dict[str, dict[str, object]]:
     return {
         f"{plan.stores[o.store].url.rstrip('/')}/{o.key}": {"size": o.size, "etag": o.etag, "version": o.version}
         for o in plan.objects
     }
 
 
-def write_lock(plan, path: str) -> None:
+def write_lock(plan: Plan, path: str) -> None:
     document = {"format": LOCK_FORMAT, "objects": dict(sorted(_identities(plan).items()))}
     target = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
@@ -46,7 +50,7 @@ def write_lock(plan, path: str) -> None:
         raise
 
 
-def check_lock(plan, path: str) -> None:
+def check_lock(plan: Plan, path: str) -> None:
     try:
         document = json.loads(Path(path).read_text())
     except FileNotFoundError:

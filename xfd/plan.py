@@ -15,17 +15,18 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from html import escape
 from typing import Any
 
 import attrs
 import cattrs
 
 from xfd.errors import ConfigError, PlanError
+from xfd.formatting import counted, html_table, human_size
+from xfd.lockfile import check_lock, default_lock_path, write_lock
 from xfd.manifest.globs import selected
 from xfd.manifest.model import ChunkSize, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.manifest.stores import build_obstore, public_options
-from xfd.manifest.units import human_size
-from xfd.report import counted
 
 PLAN_FORMAT = "xfd.plan/1"
 # HEAD and LIST requests in flight at once while compiling: enough to resolve thousands of objects in
@@ -240,14 +241,21 @@ class Plan:
         return f"<Plan {self._counts(len({f.artifact for f in self.files}))}{self._bundled()}>"
 
     def _repr_html_(self) -> str:
-        from xfd.notebook.reprs import plan_html
-
-        return plan_html(self)
+        """The notebook's view: the :meth:`summary` counts, then the first 200 files."""
+        header = (
+            f"<p><b>Plan</b>: {counted(len(self.files), 'file')}, {counted(len(self.objects), 'unique object')}, "
+            f"{escape(human_size(self.unique_bytes))}, {counted(self.chunk_count, 'chunk')}{escape(self._bundled())}</p>"
+        )
+        shown = [(f, self.object(f.object_id)) for f in self.files[:200]]
+        files = html_table(
+            ["artifact", "destination", "size", "chunks"],
+            [(f.artifact, f.destination, human_size(o.size), len(o.chunks)) for f, o in shown],
+        )
+        more = f"<p>... and {len(self.files) - 200} more files</p>" if len(self.files) > 200 else ""
+        return f"<div class='xfd-plan'>{header}{files}{more}</div>"
 
     def write_lock(self, path: str) -> None:
         """Records every object's identity (size, ETag, version) so ``plan(locked=True)`` can insist on it."""
-        from xfd.lockfile import write_lock
-
         write_lock(self, path)
 
 
@@ -262,8 +270,6 @@ def compile_plan(manifest: Manifest, *, locked: bool = False, lock_path: str | N
     listings = _resolve_all(manifest, stores)
     plan = _assemble(manifest, listings)
     if locked:
-        from xfd.lockfile import check_lock, default_lock_path
-
         check_lock(plan, lock_path or default_lock_path(manifest))
     return plan
 

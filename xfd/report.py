@@ -4,9 +4,11 @@ time at the rates the run itself reached (an estimate, not a bound: see ``ideal_
 
 from __future__ import annotations
 
+from html import escape
+
 import attrs
 
-from xfd.manifest.units import human_size
+from xfd.formatting import counted, human_size
 
 # Efficiency is reported only for runs whose transfers took at least this long. Shorter ones are made of
 # a few bursts, each measured over its own length, and of per-run overhead (dispatch, publish, stopping
@@ -134,11 +136,34 @@ class Report:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        from xfd.notebook.reprs import report_html
+        """The report as a table with a small bar per node: origin (orange), peers (blue), cache (green)."""
+        status = "ok" if self.ok else "<span style='color:#c00'>FAILED</span>"
+        head = (
+            f"<p><b>Distribution {status}</b>: {counted(len(self.nodes), 'node')}, "
+            f"{escape(human_size(self.unique_bytes))} unique; origin served {escape(human_size(self.origin_bytes))} "
+            f"({self.origin_ratio:.2f}x); {escape(self.timing)}</p>"
+        )
+        failures = "".join(f"<p style='color:#c00'>{escape(f)}</p>" for f in self.failures[:SHOWN_FAILURES])
+        if len(self.failures) > SHOWN_FAILURES:
+            failures += f"<p style='color:#c00'>... and {len(self.failures) - SHOWN_FAILURES} more</p>"
+        table = ("<table><thead><tr><th>node</th><th>state</th><th>origin / peers / cache</th><th>origin</th>"
+                 "<th>peers</th><th>cache</th><th>time</th></tr></thead><tbody>" + self._html_rows() + "</tbody></table>")
+        return f"<div class='xfd-report'>{head}{table}{failures}</div>"
 
-        return report_html(self)
-
-
-def counted(count: int, noun: str) -> str:
-    """``1 node``, ``2 nodes``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    def _html_rows(self) -> str:
+        total = max((n.origin_bytes + n.peer_bytes + n.cache_bytes for n in self.nodes), default=1) or 1
+        rows = []
+        for node in sorted(self.nodes, key=lambda n: n.ip):
+            bar = "".join(
+                f"<span style='display:inline-block;height:10px;width:{160 * part / total:.0f}px;background:{color}'>"
+                "</span>"
+                for part, color in ((node.origin_bytes, "#f28e2b"), (node.peer_bytes, "#4e79a7"),
+                                    (node.cache_bytes, "#59a14f"))
+            )
+            seconds = f"{node.seconds:.2f} s" if node.seconds is not None else "-"
+            rows.append(
+                f"<tr><td>{escape(node.ip)}</td><td>{escape(node.state)}</td><td>{bar}</td>"
+                f"<td>{escape(human_size(node.origin_bytes))}</td><td>{escape(human_size(node.peer_bytes))}</td>"
+                f"<td>{escape(human_size(node.cache_bytes))}</td><td>{escape(seconds)}</td></tr>"
+            )
+        return "".join(rows)

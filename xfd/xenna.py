@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from xfd.api import Manifest
 from xfd.engine import resolved_options
 from xfd.errors import DistributionError, ManifestError, PlanError, XfdError
-from xfd.manifest.model import AUTO_CHUNK_MAX, Manifest, ObjectArtifact, PrefixArtifact, Settings
+from xfd.manifest.model import AUTO_CHUNK_MAX, ObjectArtifact, PrefixArtifact, Settings
 from xfd.manifest.stores import CLIENT_OPTIONS, STORE_OPTIONS
 
 if TYPE_CHECKING:

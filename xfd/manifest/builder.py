@@ -23,7 +23,7 @@ does not fit a method's signature (an unknown keyword such as ``settings(chunk_s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -31,11 +31,15 @@ from xfd.errors import ManifestError
 from xfd.manifest.model import Manifest, UnpackFormat
 from xfd.manifest.stores import OptionValue
 
+M = TypeVar("M", bound=Manifest)
+
 
 @attrs.frozen
-class ManifestBuilder:
-    """Collects stores, artifacts and settings; :meth:`build` turns them into a validated Manifest."""
+class ManifestBuilder(Generic[M]):
+    """Collects stores, artifacts and settings; :meth:`build` turns them into a validated Manifest of the
+    class whose ``builder()`` made it (``xfd.Manifest.builder()`` builds an :class:`xfd.Manifest`)."""
 
+    _manifest_class: type[M] = attrs.field(default=Manifest, alias="manifest_class", repr=False)  # type: ignore[assignment]
     _settings: dict[str, Any] = attrs.field(factory=dict, alias="settings")
     _stores: dict[str, dict[str, Any]] = attrs.field(factory=dict, alias="stores")
     _artifacts: tuple[dict[str, Any], ...] = attrs.field(default=(), alias="artifacts")
@@ -54,12 +58,12 @@ class ManifestBuilder:
         origin_max_backoff: float | None = None,
         origin_timeout: float | None = None,
         disk_reserve: int | str | None = None,  # a size
-    ) -> ManifestBuilder:
+    ) -> ManifestBuilder[M]:
         """Overrides settings (see :class:`xfd.manifest.model.Settings` for each one's meaning and default)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
         return attrs.evolve(self, settings={**self._settings, **given})
 
-    def store(self, name: str, url: str, **options: OptionValue) -> ManifestBuilder:
+    def store(self, name: str, url: str, **options: OptionValue) -> ManifestBuilder[M]:
         """Declares the store ``name`` at ``url`` (s3://, gs://, az://, https://, file://, memory://).
 
         ``options`` use obstore's names (``region``, ``endpoint``, ``allow_http``, ...); string values
@@ -80,7 +84,7 @@ class ManifestBuilder:
         sha256: str | None = None,
         cache: bool = True,
         nodes: Mapping[str, str] | None = None,
-    ) -> ManifestBuilder:
+    ) -> ManifestBuilder[M]:
         """Adds one object of ``store``, put at ``to`` on every node (``to`` ending in ``/``: inside it).
 
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
@@ -100,7 +104,7 @@ class ManifestBuilder:
         name: str | None = None,
         cache: bool = True,
         nodes: Mapping[str, str] | None = None,
-    ) -> ManifestBuilder:
+    ) -> ManifestBuilder[M]:
         """Adds every object under ``prefix`` of ``store``, mirrored below the directory ``to``.
 
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
@@ -116,7 +120,7 @@ class ManifestBuilder:
         to: str | None = None,
         max_size: int | str | None = None,
         max_ratio: float | None = None,
-    ) -> ManifestBuilder:
+    ) -> ManifestBuilder[M]:
         """Extracts the archive added by the previous :meth:`object` call after it arrives.
 
         ``to`` defaults to the archive's destination without its suffix (``x.tar.gz`` -> ``x``).
@@ -130,11 +134,11 @@ class ManifestBuilder:
         last = {**self._artifacts[-1], "unpack": _without_none(unpack)}
         return attrs.evolve(self, artifacts=(*self._artifacts[:-1], last))
 
-    def build(self) -> Manifest:
+    def build(self) -> M:
         """Validates everything and returns the Manifest; raises ManifestError listing every problem."""
         from xfd.manifest.toml_format import from_document
 
-        return from_document(self.to_document(), source="builder")
+        return from_document(self.to_document(), "builder", self._manifest_class)
 
     def to_document(self) -> dict[str, Any]:
         """The manifest in its TOML shape (``None`` values dropped), before validation."""
@@ -147,7 +151,7 @@ class ManifestBuilder:
             document["artifacts"] = [_without_none(a) for a in self._artifacts]
         return document
 
-    def _add(self, artifact: dict[str, Any]) -> ManifestBuilder:
+    def _add(self, artifact: dict[str, Any]) -> ManifestBuilder[M]:
         return attrs.evolve(self, artifacts=(*self._artifacts, artifact))
 
 

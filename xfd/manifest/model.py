@@ -1,21 +1,22 @@
 """The manifest model: frozen attrs classes, plain data. Change them with ``attrs.evolve``.
 
 Validation lives in :mod:`xfd.manifest.validate` (every problem at once, each with its path), the
-TOML format in :mod:`xfd.manifest.toml_format`, the fluent builder in :mod:`xfd.manifest.builder`.
+TOML format in :mod:`xfd.manifest.toml_format`, the fluent builder in :mod:`xfd.manifest.builder`. This is
+the declaring layer: it imports nothing above it. What a manifest can be made to do (plan, distribute) is
+added by :class:`xfd.Manifest` (:mod:`xfd.api`), a subclass in the top layer.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 import attrs
 
+from xfd.errors import ManifestError
 from xfd.manifest.stores import OptionValue, display_options
-
-if TYPE_CHECKING:
-    from xfd.plan import Plan
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -222,11 +223,16 @@ class PrefixArtifact:
 Artifact = ObjectArtifact | PrefixArtifact
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Manifest:
-    """What must be on every node: stores, artifacts and settings.
+    """What must be on every node: stores, artifacts and settings, as declared (plain, validated data).
 
-    Load one with :meth:`load` / :meth:`loads`, or build one with :meth:`builder`.
+    Load one with :meth:`load` / :meth:`loads`, or build one with :meth:`builder`; each returns an instance
+    of the class it is called on, so ``xfd.Manifest.load(...)`` returns an :class:`xfd.Manifest`, which adds
+    what can be done with a manifest (``plan()``, ``distribute()``, ``to_xenna()``).
+
+    Every instance is valid: construction (``attrs.evolve`` included) runs :func:`xfd.manifest.validate.validate`
+    and raises the :class:`~xfd.errors.ManifestError` that loading the same manifest from a file would.
     """
 
     stores: Mapping[str, Store] = attrs.field(factory=dict)
@@ -235,19 +241,37 @@ class Manifest:
     source: str | None = attrs.field(default=None, eq=False, repr=False)
     """The file the manifest was loaded from, if any: named in error messages, and the place of the lock file."""
 
+    def __attrs_post_init__(self) -> None:
+        # The checks compare fields with each other (an artifact's store, two destinations), so they run on
+        # the whole instance rather than as per-field validators; like those, they are off inside
+        # ``attrs.validators.disabled()`` (tests that build what a user cannot, such as 2 KB chunks).
+        from xfd.manifest.validate import validate  # it reads this module's classes
+
+        if not attrs.validators.get_disabled() and (problems := validate(self)):
+            raise ManifestError(problems, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        """The same declaration is equal whatever its class: ``xfd.Manifest`` only adds verbs to this one."""
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return (self.stores, self.artifacts, self.settings) == (other.stores, other.artifacts, other.settings)
+
+    def __hash__(self) -> int:
+        return hash((self.stores, self.artifacts, self.settings))
+
     @classmethod
-    def load(cls, path: str | PurePosixPath) -> Manifest:
+    def load(cls, path: str | os.PathLike[str]) -> Self:
         """Reads and validates a TOML manifest file."""
         from xfd.manifest.toml_format import load
 
-        return load(path)
+        return load(path, cls)
 
     @classmethod
-    def loads(cls, text: str, source: str | None = None) -> Manifest:
+    def loads(cls, text: str, source: str | None = None) -> Self:
         """Parses and validates TOML text; ``source`` names it in error messages."""
         from xfd.manifest.toml_format import loads
 
-        return loads(text, source)
+        return loads(text, source, cls)
 
     def to_toml(self) -> str:
         """The manifest as TOML text; ``Manifest.loads(m.to_toml()) == m``."""
@@ -256,44 +280,11 @@ class Manifest:
         return dumps(self)
 
     @classmethod
-    def builder(cls) -> ManifestBuilder:
+    def builder(cls) -> ManifestBuilder[Self]:
         """A fluent builder: ``Manifest.builder().store(...).object(...).build()``."""
         from xfd.manifest.builder import ManifestBuilder
 
-        return ManifestBuilder()
-
-    def plan(self, *, locked: bool = False, lock_path: str | None = None) -> Plan:
-        """Resolves every object and prefix in the stores and compiles the chunk plan.
-
-        ``locked=True`` compares what the stores hold now with the lock file (see :meth:`Plan.write_lock`)
-        and fails if anything changed.
-        """
-        from xfd.plan import compile_plan
-
-        return compile_plan(self, locked=locked, lock_path=lock_path)
-
-    def distribute(self, **options: Any) -> Any:
-        """Puts every artifact on every node (or the chosen ones) of the Ray cluster and returns a Report.
-
-        Options: ``wait`` (default True; False returns a handle with ``wait()``, ``cancel()`` and
-        ``snapshots()``), ``address`` (a Ray cluster to join; default: the running one, ``RAY_ADDRESS``, or
-        a new local Ray), ``nodes`` (node ids, or a dict of Ray labels to match; default all alive nodes),
-        ``progress`` ("auto", "none", or a callable taking snapshots), ``deep_verify`` (re-hash cached
-        files), ``timeout`` (seconds), ``plan`` (a plan compiled earlier), ``raise_on_failure`` (default
-        True: a failed run raises :class:`~xfd.errors.DistributionError`, whose ``report`` says what each
-        node did; False returns the failed report). Ctrl-C while waiting cancels the run and raises
-        ``KeyboardInterrupt``; an artifact whose ``nodes`` labels match no chosen node is a ``ConfigError``.
-        """
-        from xfd.runtime.distribute import distribute
-
-        return distribute(self, **options)
-
-    def to_xenna(self) -> XennaRequests:
-        """Cosmos-Xenna ``download_requests`` and ``DistributedDownloadConfig`` for this manifest (needs the
-        ``cosmos-xenna`` package); see :func:`xfd.xenna.to_xenna`."""
-        from xfd.xenna import to_xenna
-
-        return to_xenna(self)
+        return ManifestBuilder(manifest_class=cls)
 
     def __repr__(self) -> str:
         """One line; ``to_toml()`` and ``attrs.asdict`` give the whole manifest."""
@@ -303,12 +294,6 @@ class Manifest:
         return (f"<Manifest {stores} store{'s' * (stores != 1)}, {artifacts} artifact{'s' * (artifacts != 1)}"
                 f"{': ' + shown if shown else ''}>")
 
-    def _repr_html_(self) -> str:
-        from xfd.notebook.reprs import manifest_html
-
-        return manifest_html(self)
-
 
 if TYPE_CHECKING:
     from xfd.manifest.builder import ManifestBuilder
-    from xfd.xenna import XennaRequests

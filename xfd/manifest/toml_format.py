@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -20,9 +20,22 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from xfd.errors import ManifestError
-from xfd.manifest.model import UNPACK_FORMATS, Artifact, UnpackFormat, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store, Unpack
+from xfd.formatting import shown
+from xfd.manifest.model import (
+    UNPACK_FORMATS,
+    Artifact,
+    Manifest,
+    ObjectArtifact,
+    PrefixArtifact,
+    Settings,
+    Store,
+    Unpack,
+    UnpackFormat,
+)
 from xfd.manifest.units import format_size, parse_size
-from xfd.manifest.validate import Problem, did_you_mean, shown, validate_parts
+from xfd.manifest.validate import Problem, did_you_mean, in_document_order, validate_parts
+
+M = TypeVar("M", bound=Manifest)
 
 TOP_LEVEL_KEYS = ("settings", "stores", "artifacts")
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
@@ -139,16 +152,16 @@ def _structure_artifact(value: Any, _: type) -> Artifact:
 CONVERTER = _make_converter()
 
 
-def loads(text: str, source: str | None = None) -> Manifest:
+def loads(text: str, source: str | None = None, manifest_class: type[M] = Manifest) -> M:  # type: ignore[assignment]
     try:
         document = tomllib.loads(text)
     except (ValueError, RecursionError) as error:  # TOMLDecodeError; also an integer of over 4300 digits, deep nesting
         why = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ManifestError([("", f"not valid TOML: {why}")], source) from None
-    return from_document(document, source)
+    return from_document(document, source, manifest_class)
 
 
-def load(path: str | os.PathLike[str]) -> Manifest:
+def load(path: str | os.PathLike[str], manifest_class: type[M] = Manifest) -> M:  # type: ignore[assignment]
     path = os.fspath(path)
     try:
         with open(path, "rb") as file:
@@ -161,11 +174,12 @@ def load(path: str | os.PathLike[str]) -> Manifest:
         why = (f"not UTF-8 TOML text (byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8); "
                "a manifest is a TOML text file, saved as UTF-8")
         raise ManifestError([("", why)], path) from None
-    return loads(text, path)
+    return loads(text, path, manifest_class)
 
 
-def from_document(document: Mapping[str, Any], source: str | None = None) -> Manifest:
-    """A validated manifest from parsed TOML (or any dict of the same shape)."""
+def from_document(document: Mapping[str, Any], source: str | None = None,
+                  manifest_class: type[M] = Manifest) -> M:  # type: ignore[assignment]
+    """A validated manifest of ``manifest_class`` from parsed TOML (or any dict of the same shape)."""
     problems: list[Problem] = []
     for key in document:
         if key not in TOP_LEVEL_KEYS:
@@ -187,26 +201,16 @@ def from_document(document: Mapping[str, Any], source: str | None = None) -> Man
         for index, raw in enumerate(artifacts_raw):
             if (artifact := _section(raw, Artifact, f"artifacts[{index}]", problems)) is not None:
                 artifacts.append((index, artifact))
-    manifest = Manifest(stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings, source=source)
-    # Meaning is checked on every part that could be structured, so one pass reports everything.
-    problems += validate_parts(manifest, artifacts, unread_settings=unread)
+    settings_keys = list(document.get("settings", {})) if isinstance(document.get("settings"), dict) else []
     if problems:
-        settings_keys = list(document.get("settings", {})) if isinstance(document.get("settings"), dict) else []
-        raise ManifestError(sorted(problems, key=lambda p: _document_order(p, settings_keys)), source)
-    return manifest
-
-
-def _document_order(problem: Problem, settings_keys: list[str]) -> tuple[int, int]:
-    """Problems in the order of the file: unknown top-level keys, settings by key, stores, artifacts by index."""
-    head, _, rest = problem[0].partition(".")
-    section = head.split("[")[0]
-    rank = {"settings": 1, "stores": 2, "artifacts": 3}.get(section, 0)
-    if head.startswith("artifacts["):
-        return rank, int(head[len(section) + 1 : -1])
-    if section == "settings":
-        key = rest.split(".")[0]
-        return rank, settings_keys.index(key) if key in settings_keys else len(settings_keys)
-    return rank, -1
+        # Meaning is checked on every part that could be structured, so one pass reports everything.
+        problems += validate_parts(settings, stores, artifacts, unread_settings=unread)
+        raise ManifestError(in_document_order(problems, settings_keys), source)
+    try:  # the manifest validates itself (the same checks), so there is one place that decides
+        return manifest_class(stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings,
+                              source=source)
+    except ManifestError as error:  # in the order of this document's settings keys
+        raise ManifestError(in_document_order(error.problems, settings_keys), source) from None
 
 
 def _settings(raw: Any, problems: list[Problem]) -> tuple[Settings, frozenset[str]]:

@@ -1,11 +1,12 @@
-"""Byte sizes written the way people write them: ``64MiB``, ``1.5 GiB``, ``100MB``, or a plain integer."""
+"""Byte sizes in a manifest, written the way people write them: ``64MiB``, ``1.5 GiB``, ``100MB``, or a plain
+integer. Showing a size approximately (``1.5 GiB``) is :func:`xfd.formatting.human_size`."""
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
-from xfd.manifest.validate import shown
+from xfd.formatting import shown
 
 _UNITS = {
     "": 1, "b": 1,
@@ -50,11 +51,3 @@ def format_size(size: int) -> str:
             return f"{size // factor}{unit}"
     return str(size)
 
-
-def human_size(size: float) -> str:
-    """Approximate, for display: ``1.5 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

@@ -5,20 +5,18 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
-from xfd.manifest.model import (
-    UNPACK_FORMATS,
-    Manifest,
-    ObjectArtifact,
-    PrefixArtifact,
-    Settings,
-    Store,
-)
+import attrs
+
+from xfd.manifest.model import UNPACK_FORMATS, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.manifest.stores import SCHEMES, allowed_options, scheme_of, template_problem
+
+if TYPE_CHECKING:
+    from xfd.manifest.model import Manifest
 
 Problem = tuple[str, str]
 MiB, GiB = 1 << 20, 1 << 30
@@ -32,34 +30,49 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def shown(value: object) -> str:
-    """``repr(value)`` for a message; never fails (``repr`` refuses integers of over 4300 digits)."""
-    try:
-        return repr(value)
-    except ValueError:
-        return f"{type(value).__name__} too large to show"
-
-
 def validate(manifest: Manifest) -> list[Problem]:
-    """Every problem of a fully structured manifest."""
-    return validate_parts(manifest, list(enumerate(manifest.artifacts)))
+    """Every problem of a fully structured manifest, in the order of its file (see :func:`in_document_order`).
+
+    :class:`~xfd.manifest.model.Manifest` runs it on construction, so ``attrs.evolve`` cannot build an
+    invalid manifest either."""
+    problems = validate_parts(manifest.settings, manifest.stores, list(enumerate(manifest.artifacts)))
+    return in_document_order(problems, [field.name for field in attrs.fields(Settings)])
 
 
 def validate_parts(
-    manifest: Manifest,
+    settings: Settings,
+    stores: Mapping[str, Store],
     indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArtifact]],
     unread_settings: Collection[str] = (),
 ) -> list[Problem]:
     """Problems of the parts of a manifest that could be structured; ``indexed_artifacts`` keep the index
     they have in the file, so paths stay right when some artifacts failed to structure, and
     ``unread_settings`` name the settings that could not be read (already reported; their defaults stand in)."""
-    problems = list(settings_problems(manifest.settings, unread_settings))
-    for name, store in manifest.stores.items():
+    problems = list(settings_problems(settings, unread_settings))
+    for name, store in stores.items():
         problems += store_problems(name, store)
     for index, artifact in indexed_artifacts:
-        problems += artifact_problems(f"artifacts[{index}]", artifact, manifest)
+        problems += artifact_problems(f"artifacts[{index}]", artifact, stores)
     problems += cross_artifact_problems(indexed_artifacts)
     return problems
+
+
+def in_document_order(problems: list[Problem], settings_keys: Sequence[str]) -> list[Problem]:
+    """Problems in the order of the file: unknown top-level keys, settings by key (``settings_keys``, as the
+    file lists them), stores, artifacts by index; problems of one place keep their order."""
+
+    def order(problem: Problem) -> tuple[int, int]:
+        head, _, rest = problem[0].partition(".")
+        section = head.split("[")[0]
+        rank = {"settings": 1, "stores": 2, "artifacts": 3}.get(section, 0)
+        if head.startswith("artifacts["):
+            return rank, int(head[len(section) + 1 : -1])
+        if section == "settings":
+            key = rest.split(".")[0]
+            return rank, settings_keys.index(key) if key in settings_keys else len(settings_keys)
+        return rank, -1
+
+    return sorted(problems, key=order)
 
 
 def settings_problems(settings: Settings, unread: Collection[str] = ()) -> Iterator[Problem]:
@@ -126,11 +139,12 @@ def _url_problems(path: str, url: str) -> Iterator[Problem]:
         yield path, f"must be file:///absolute/directory (got {url!r})"
 
 
-def artifact_problems(path: str, artifact: ObjectArtifact | PrefixArtifact, manifest: Manifest) -> Iterator[Problem]:
-    if artifact.store not in manifest.stores:
-        known = ", ".join(sorted(manifest.stores)) or "none are defined"
+def artifact_problems(path: str, artifact: ObjectArtifact | PrefixArtifact,
+                      stores: Mapping[str, Store]) -> Iterator[Problem]:
+    if artifact.store not in stores:
+        known = ", ".join(sorted(stores)) or "none are defined"
         yield f"{path}.store", (
-            f"no store named {artifact.store!r}{did_you_mean(artifact.store, manifest.stores)} (stores: {known})"
+            f"no store named {artifact.store!r}{did_you_mean(artifact.store, stores)} (stores: {known})"
         )
     yield from _destination_problems(f"{path}.to", artifact.to)
     if isinstance(artifact, ObjectArtifact):

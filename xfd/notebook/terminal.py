@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from xfd.manifest.units import human_size
+from xfd.formatting import counted, human_size
 from xfd.progress import Snapshot
-from xfd.report import counted
 
 
 class TqdmRenderer:

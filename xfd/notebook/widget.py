@@ -11,9 +11,8 @@ import time
 from html import escape
 from typing import Any
 
-from xfd.manifest.units import human_size
+from xfd.formatting import counted, human_size
 from xfd.progress import NodeProgress, Snapshot
-from xfd.report import counted
 
 # Colours of chunk states in the map (the "piece bar" of BitTorrent clients).
 STATE_COLOURS = {

@@ -1,5 +1,12 @@
 """``Manifest.distribute()``: plan, start agents on the chosen nodes, run, report.
 
+``distribute(manifest)`` waits and returns the :class:`~xfd.report.Report`; ``distribute(manifest,
+wait=False)`` returns a running :class:`Distribution` at once. One rule for failures, on every path (this
+call, ``xfd.Manifest.distribute``, the CLI, :mod:`xfd.xenna`): a run that ends without every surviving
+node holding every file raises :class:`~xfd.errors.DistributionError` carrying the report, unless
+``raise_on_failure=False`` asks for the failed report instead; a cancelled run raises
+:class:`~xfd.errors.DistributionCancelled`.
+
 Ray is reached exactly as a Ray script reaches it: the running session, ``address`` / ``RAY_ADDRESS``,
 the cluster ``ray start`` started on this machine, else a new local Ray with Ray's own defaults. The
 same call works on a laptop and on a hundred nodes.
@@ -9,11 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import ray
 
-from xfd.errors import ConfigError, DistributionError, XfdError
+from xfd.errors import ConfigError, DistributionCancelled, DistributionError, XfdError
+from xfd.plan import Plan, compile_plan
 from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
@@ -21,7 +29,11 @@ from xfd.runtime.coordinator import Coordinator, give_back_agents, take_agents
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
-    from xfd.plan import Plan
+
+NodeChoice: TypeAlias = "Iterable[str] | Mapping[str, str] | None"
+"""Node ids, a dict of Ray labels every chosen node must have, or None for every alive node."""
+Progress: TypeAlias = "str | Callable[[Snapshot], None] | None"
+"""``"auto"``, ``"widget"``, ``"tqdm"``, ``"none"`` / None, or a callable given each snapshot."""
 
 # After an interrupt, how long to wait for the agents to stop before handing the interrupt on anyway.
 STOP_AFTER_INTERRUPT_S = 30.0
@@ -40,12 +52,12 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address)
 
 
-def select_nodes(nodes: Iterable[str] | Mapping[str, str] | None) -> list[str]:
+def select_nodes(nodes: NodeChoice) -> list[str]:
     """Node ids to distribute to: all alive nodes, the given ids, or those whose Ray labels match."""
     return [n["NodeID"] for n in _chosen_nodes(nodes)]
 
 
-def _chosen_nodes(nodes: Iterable[str] | Mapping[str, str] | None) -> list[dict[str, Any]]:
+def _chosen_nodes(nodes: NodeChoice) -> list[dict[str, Any]]:
     alive = alive_nodes()
     if nodes is None:
         return alive
@@ -65,7 +77,7 @@ def _has_labels(node: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return all(node.get("Labels", {}).get(key) == value for key, value in labels.items())
 
 
-def choose_nodes(manifest: Manifest, nodes: Iterable[str] | Mapping[str, str] | None) -> list[str]:
+def choose_nodes(manifest: Manifest, nodes: NodeChoice) -> list[str]:
     """:func:`select_nodes`, then :func:`check_node_selectors` against the chosen nodes."""
     chosen = _chosen_nodes(nodes)
     check_node_selectors(manifest, chosen)
@@ -88,13 +100,34 @@ def check_node_selectors(manifest: Manifest, nodes: list[dict[str, Any]]) -> Non
                                       "fix the artifact's `nodes` (or label the nodes: ray start --labels)"]))
 
 
+@overload
+def distribute(manifest: Manifest, *, wait: Literal[True] = True, address: str | None = None,
+               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
+               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               raise_on_failure: bool = True) -> Report: ...
+
+
+@overload
+def distribute(manifest: Manifest, *, wait: Literal[False], address: str | None = None,
+               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
+               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               raise_on_failure: bool = True) -> Distribution: ...
+
+
+@overload
+def distribute(manifest: Manifest, *, wait: bool, address: str | None = None,
+               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
+               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               raise_on_failure: bool = True) -> Report | Distribution: ...
+
+
 def distribute(
     manifest: Manifest,
     *,
     wait: bool = True,
     address: str | None = None,
-    nodes: Iterable[str] | Mapping[str, str] | None = None,
-    progress: str | Callable[[Snapshot], None] | None = "auto",
+    nodes: NodeChoice = None,
+    progress: Progress = "auto",
     deep_verify: bool = False,
     timeout: float | None = None,
     plan: Plan | None = None,
@@ -108,7 +141,7 @@ def distribute(
     # worker each), and planning a large prefix takes seconds too.
     agents = take_agents(node_ids, faults)
     try:
-        plan = plan or manifest.plan()
+        plan = plan or compile_plan(manifest)
     except BaseException:
         give_back_agents(agents)
         raise
@@ -128,7 +161,7 @@ class Distribution:
     """
 
     def __init__(self, manifest: Manifest, plan: Plan, node_ids: list[str], *,
-                 progress: str | Callable[[Snapshot], None] | None, deep_verify: bool,
+                 progress: Progress, deep_verify: bool,
                  timeout: float | None, faults: Mapping[str, str] | None, raise_on_failure: bool = True,
                  agents: Mapping[str, tuple[Any, bool]] | None = None) -> None:
         self.plan = plan
@@ -182,7 +215,7 @@ class Distribution:
             pass
 
     def cancel(self) -> None:
-        """Asks the distribution to stop; :meth:`wait` then raises ``DistributionCancelled``."""
+        """Asks the distribution to stop; :meth:`wait` then raises :class:`~xfd.errors.DistributionCancelled`."""
         self._cancel.set()
 
     def done(self) -> bool:
@@ -233,7 +266,7 @@ class Distribution:
                 self._changed.notify_all()
 
 
-def _renderer(progress: str | Callable[[Snapshot], None] | None, plan: Plan) -> Any:
+def _renderer(progress: Progress, plan: Plan) -> Any:
     if progress is None or progress == "none":
         return None
     if callable(progress):
@@ -284,4 +317,4 @@ class _CallbackRenderer:
         pass
 
 
-__all__ = ["Distribution", "XfdError", "check_node_selectors", "choose_nodes", "distribute", "ensure_ray", "select_nodes"]
+__all__ = ["Distribution", "DistributionCancelled", "DistributionError", "NodeChoice", "Progress", "XfdError", "check_node_selectors", "choose_nodes", "distribute", "ensure_ray", "select_nodes"]
