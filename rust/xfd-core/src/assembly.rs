@@ -147,9 +147,9 @@ pub fn inspect(store: &Store, destination: &Path, identity: &FileIdentity) -> Re
     }
     if &record.identity == identity && meta.len() == identity.size {
         if record.stamp.is_some_and(|s| s.unchanged(&meta)) {
-            Ok(CacheState::Hit(record))
+            Ok(CacheState::Hit(*record))
         } else {
-            Ok(CacheState::Touched(record))
+            Ok(CacheState::Touched(*record))
         }
     } else if is_the_published_file(&record, &meta) {
         Ok(CacheState::Stale)
@@ -201,7 +201,7 @@ impl PartFile {
         check_destination(store, &target)?;
         let part = part_path(&target.destination);
         let recorded = store.entry(&target.destination).part;
-        let resumed = resumable_chunks(&target, &part, recorded.as_ref());
+        let resumed = resumable_chunks(&target, &part, recorded.as_deref());
         let unchanged = recorded
             .as_ref()
             .is_some_and(|r| r.path == part && r.identity == target.identity && r.chunks.keys().eq(resumed.keys()));
@@ -425,7 +425,7 @@ pub fn recover_interrupted_publish(store: &Store, target: &FileTarget) -> Result
     store.append(&[
         Op::Published {
             dest: destination.clone(),
-            record,
+            record: *record,
         },
         Op::forget(destination, Facet::Part),
     ])

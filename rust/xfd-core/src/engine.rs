@@ -10,7 +10,7 @@
 //! Each object has its own lock, so chunks of different objects never wait for each other; disk work
 //! that syncs or hashes runs on tokio's blocking pool.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,16 +152,28 @@ pub struct ScanReport {
 }
 
 pub(crate) struct ObjectWork {
-    object: PlanObject,
+    /// The plan, shared with the engine and every other object's work: a copy of each object would
+    /// double what a plan of 100,000 small files holds.
+    plan: Arc<Plan>,
+    /// This object's place in the plan's objects.
+    index: usize,
+    /// The object travels in a bundle: never fetched, resumed or served on its own.
+    member: bool,
     /// Every destination of this object on this node; the first one is assembled, the others copied.
     targets: Vec<FileTarget>,
-    part: Option<PartFile>,
-    published: Option<FileRecord>,
+    /// Boxed, as `published`: most objects have neither while a plan of many files is scanned, and the
+    /// work of each object is kept for the whole run.
+    part: Option<Box<PartFile>>,
+    published: Option<Box<FileRecord>>,
     /// The destinations' locks, held from the first look at them to the end of the run.
     locks: Vec<DestinationLock>,
 }
 
 impl ObjectWork {
+    fn object(&self) -> &PlanObject {
+        &self.plan.objects[self.index]
+    }
+
     /// Takes the destinations' locks, if not held yet; `true` when they were taken now.
     fn lock_destinations(&mut self, store: &Arc<Store>) -> Result<bool> {
         if !self.locks.is_empty() {
@@ -177,7 +189,7 @@ impl ObjectWork {
 }
 
 pub struct Engine {
-    plan: Plan,
+    plan: Arc<Plan>,
     config: EngineConfig,
     /// This node's store: records, resume records and locks of the destinations (see [`crate::store`]).
     store: Arc<Store>,
@@ -185,11 +197,10 @@ pub struct Engine {
     /// node that gets everything from peers (or its cache) does not need it.
     stores: BTreeMap<String, OpenedStore>,
     objects: BTreeMap<String, Arc<Mutex<ObjectWork>>>,
-    chunks: HashMap<String, (String, PlanChunk)>,
+    /// Chunk id -> where the chunk is in the plan: `(object index, chunk index)`.
+    chunks: HashMap<String, (usize, usize)>,
     /// This node's bundles of small objects, by id: scheduled, fetched and served as one chunk each.
     bundles: HashMap<String, Arc<BundleWork>>,
-    /// Objects that travel in a bundle: never fetched, resumed or served on their own.
-    members: HashSet<String>,
     registry: Arc<MemoryRegistry>,
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
     /// Where outcomes also go when the engine is on a control link (see [`Engine::tap_reports`]).
@@ -225,19 +236,22 @@ impl Engine {
         let origin_received = Arc::new(AtomicU64::new(0));
         let store = Store::open(&config.state_dir()?)?;
         let stores = open_stores(&plan, &config, &origin_received)?;
+        let plan = Arc::new(plan);
         let mut objects = BTreeMap::new();
         let mut chunks = HashMap::new();
         let index = plan.index();
-        for object in &plan.objects {
+        for (at, object) in plan.objects.iter().enumerate() {
             let targets = targets_of(&plan, object, index.files_of(&object.id), &config)?;
             if targets.is_empty() {
                 continue;
             }
-            for chunk in &object.chunks {
-                chunks.insert(chunk.id.clone(), (object.id.clone(), chunk.clone()));
+            for (position, chunk) in object.chunks.iter().enumerate() {
+                chunks.insert(chunk.id.clone(), (at, position));
             }
             let work = ObjectWork {
-                object: object.clone(),
+                plan: plan.clone(),
+                index: at,
+                member: false,
                 targets,
                 part: None,
                 published: None,
@@ -245,7 +259,8 @@ impl Engine {
             };
             objects.insert(object.id.clone(), Arc::new(Mutex::new(work)));
         }
-        let (bundles, members) = bundle::bundles_of(&plan, &index, &objects)?;
+        let bundles = bundle::bundles_of(&plan, &index, &objects)?;
+        drop(index);
         Ok(Engine {
             plan,
             store,
@@ -253,7 +268,6 @@ impl Engine {
             objects,
             chunks,
             bundles,
-            members,
             registry: Arc::new(MemoryRegistry::new()),
             events: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
             tap: Mutex::new(None),
@@ -285,12 +299,12 @@ impl Engine {
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
         let mut report = ScanReport::default();
-        for (id, work) in &self.objects {
+        for work in self.objects.values() {
             let work = work.clone();
             let store = self.store.clone();
             let deep = self.config.deep_verify;
             let faults = self.config.faults.clone();
-            let member = self.members.contains(id);
+            let member = work.lock().unwrap().member;
             let found = tokio::task::spawn_blocking(move || {
                 scan_object(&store, &mut work.lock().unwrap(), member, deep, &faults)
             })
@@ -344,7 +358,7 @@ impl Engine {
             self.emit(Event::ChunkDone {
                 chunk_id: chunk_id.clone(),
                 object_id: object_id.to_owned(),
-                bytes: self.chunks[chunk_id].1.length,
+                bytes: self.chunk(chunk_id).map_or(0, |(_, chunk)| chunk.length),
                 source: Source::Cache,
                 peer: None,
                 seconds: 0.0,
@@ -381,7 +395,7 @@ impl Engine {
             .unwrap()
             .part
             .as_ref()
-            .map(PartFile::path)
+            .map(|part| part.path())
             .unwrap_or_default();
         let fetched = self
             .fetch_chunk(store.as_ref(), &identity, &chunk, fence, file, part_path)
@@ -451,7 +465,7 @@ impl Engine {
             Ok(done) if done.already_held => {
                 self.emit(Event::ChunkDone {
                     chunk_id: done.chunk_id.clone(),
-                    object_id: self.chunks.get(chunk_id).map(|(o, _)| o.clone()).unwrap_or_default(),
+                    object_id: self.object_id_of(chunk_id),
                     bytes: 0,
                     source,
                     peer,
@@ -543,7 +557,7 @@ impl Engine {
         match committed {
             None => Ok(self.already_held(&work, &chunk)),
             Some((path, published)) => {
-                let object_id = work.lock().unwrap().object.id.clone();
+                let object_id = work.lock().unwrap().object().id.clone();
                 let peer = Some(peer.to_string());
                 Ok(self.announce(
                     &object_id,
@@ -620,7 +634,7 @@ impl Engine {
         peer: Option<String>,
         elapsed: Duration,
     ) -> Result<ChunkDone> {
-        let object_id = work.lock().unwrap().object.id.clone();
+        let object_id = work.lock().unwrap().object().id.clone();
         let chunk_id = chunk.id.clone();
         let faults = self.config.faults.clone();
         let (path, published) = tokio::task::spawn_blocking(move || {
@@ -659,7 +673,7 @@ impl Engine {
             for (id, digest) in digests {
                 self.register(&id, &destination, digest);
             }
-            let bytes = self.objects[object_id].lock().unwrap().object.size;
+            let bytes = self.objects[object_id].lock().unwrap().object().size;
             self.emit(Event::FilePublished {
                 object_id: object_id.to_owned(),
                 destination: destination.display().to_string(),
@@ -737,7 +751,7 @@ impl Engine {
             // A part file with no chunk recorded (a refused or cancelled run opened it) holds nothing to
             // resume: it goes, so a run that did nothing leaves nothing beside the destinations.
             let nothing_to_resume = work.part.as_ref().is_some_and(|part| part.done().is_empty());
-            let discard = (unwritable.contains(&work.object.id) || nothing_to_resume)
+            let discard = (unwritable.contains(&work.object().id) || nothing_to_resume)
                 && work.published.is_none()
                 && !work.locks.is_empty()
                 && work.locks.iter().all(DestinationLock::still_guards);
@@ -780,11 +794,24 @@ impl Engine {
     }
 
     pub(crate) fn locate(&self, chunk_id: &str) -> Result<(Arc<Mutex<ObjectWork>>, PlanChunk)> {
-        let (object_id, chunk) = self
-            .chunks
-            .get(chunk_id)
+        let (object, chunk) = self
+            .chunk(chunk_id)
             .ok_or_else(|| Error::InvalidPlan(format!("unknown chunk {chunk_id}")))?;
-        Ok((self.objects[object_id].clone(), chunk.clone()))
+        Ok((self.objects[&object.id].clone(), chunk.clone()))
+    }
+
+    /// The chunk `chunk_id` names on this node, and its object.
+    fn chunk(&self, chunk_id: &str) -> Option<(&PlanObject, &PlanChunk)> {
+        let &(object, chunk) = self.chunks.get(chunk_id)?;
+        let object = &self.plan.objects[object];
+        Some((object, &object.chunks[chunk]))
+    }
+
+    /// The id of the object of chunk `chunk_id`; empty when the chunk is not this node's.
+    fn object_id_of(&self, chunk_id: &str) -> String {
+        self.chunk(chunk_id)
+            .map(|(object, _)| object.id.clone())
+            .unwrap_or_default()
     }
 
     /// The part file and object identity for a chunk still missing; `None` when already held.
@@ -805,7 +832,7 @@ impl Engine {
             self.store.refresh()?; // their entries are final now that no other run can change them
         }
         if work.part.is_none() {
-            work.part = Some(PartFile::open(&self.store, work.targets[0].clone())?);
+            work.part = Some(Box::new(PartFile::open(&self.store, work.targets[0].clone())?));
         }
         let part = work.part.as_ref().expect("opened above");
         if part.done().contains_key(&chunk.id) {
@@ -813,20 +840,15 @@ impl Engine {
         }
         Ok(Some((
             part.file(),
-            identity_of(&work.object),
-            work.object.store.clone(),
+            identity_of(work.object()),
+            work.object().store.clone(),
         )))
     }
 
     fn started(&self, chunk: &PlanChunk, source: Source, peer: Option<String>) {
-        let object_id = self
-            .chunks
-            .get(&chunk.id)
-            .map(|(object, _)| object.clone())
-            .unwrap_or_default();
         self.emit(Event::ChunkStarted {
             chunk_id: chunk.id.clone(),
-            object_id,
+            object_id: self.object_id_of(&chunk.id),
             source,
             peer,
         });
@@ -875,11 +897,7 @@ impl Engine {
     }
 
     pub(crate) fn failed(&self, chunk_id: &str, source: Source, peer: Option<String>, error: Error) -> Error {
-        let object_id = self
-            .chunks
-            .get(chunk_id)
-            .map(|(object_id, _)| object_id.clone())
-            .unwrap_or_default();
+        let object_id = self.object_id_of(chunk_id);
         let error = match self.objects.get(&object_id) {
             Some(work) if error.is_storage() => {
                 self.unwritable.lock().unwrap().insert(object_id.clone());
@@ -899,7 +917,9 @@ impl Engine {
     }
 
     fn register(&self, chunk_id: &str, path: &Path, digest: ChunkDigest) {
-        let (_, chunk) = &self.chunks[chunk_id];
+        let Some((_, chunk)) = self.chunk(chunk_id) else {
+            return;
+        };
         if let Ok(id) = ChunkId::parse(chunk_id) {
             let served = ServedChunk::in_file(path.to_owned(), chunk.offset, chunk.length, digest);
             self.registry.insert(id, served);
@@ -907,7 +927,11 @@ impl Engine {
     }
 
     fn emit(&self, event: Event) {
-        self.tap(&event);
+        if self.tap(&event) {
+            // On a control link the outcomes go to the coordinator and nobody reads the queue: kept, a
+            // run of 100,000 files would hold every event until the engine is dropped.
+            return;
+        }
         let (queue, ready) = &*self.events;
         queue.lock().unwrap().push(event);
         ready.notify_all();
@@ -970,7 +994,7 @@ fn scan_object(
     deep_verify: bool,
     faults: &Faults,
 ) -> Result<ScanFound> {
-    let object_id = work.object.id.clone();
+    let object_id = work.object().id.clone();
     if let Some((index, record)) = find_cache_hit(store, work, deep_verify)? {
         let source = work.targets[index].destination.clone();
         let digests = chunk_digests(&source, &work.targets[index], &record)?;
@@ -989,7 +1013,7 @@ fn scan_object(
                 assembly::discard_part(store, &target.destination);
             }
         }
-        work.published = Some(record);
+        work.published = Some(Box::new(record));
         return Ok(ScanFound::Cached {
             object_id,
             path: source,
@@ -998,7 +1022,7 @@ fn scan_object(
     }
     let target = &work.targets[0];
     let nothing_to_resume = store.entry(&target.destination).part.is_none();
-    if member || (nothing_to_resume && !work.object.chunks.is_empty()) {
+    if member || (nothing_to_resume && !work.object().chunks.is_empty()) {
         // No part file (nor file descriptor) before a chunk arrives: a plan of 100,000 files must not
         // hold 100,000 open files. What opening it would refuse is refused now all the same.
         assembly::check_destination(store, target)?;
@@ -1007,14 +1031,14 @@ fn scan_object(
     let part = PartFile::open(store, target.clone())?;
     let digests = part.done().clone();
     let path = part.path();
-    work.part = Some(part);
+    work.part = Some(Box::new(part));
     // An object with no missing chunks (empty, or fully resumed) is published right away.
-    let published = if work.part.as_ref().is_some_and(PartFile::is_complete) {
+    let published = if work.part.as_ref().is_some_and(|part| part.is_complete()) {
         let (destination, _) = publish(work, faults)?;
         Some(Event::FilePublished {
             object_id: object_id.clone(),
             destination: destination.display().to_string(),
-            bytes: work.object.size,
+            bytes: work.object().size,
         })
     } else {
         None
@@ -1130,7 +1154,7 @@ fn publish(work: &mut ObjectWork, faults: &Faults) -> Result<Published> {
     for target in &work.targets[1..] {
         assembly::publish_copy(&store, &primary, &record, target)?;
     }
-    work.published = Some(record);
+    work.published = Some(Box::new(record));
     Ok((primary, digests))
 }
 
@@ -1202,19 +1226,25 @@ fn targets_of(plan: &Plan, object: &PlanObject, files: &[&PlanFile], config: &En
             length: c.length,
         })
         .collect();
-    files
+    let mut targets = files
         .iter()
         .filter(|f| f.applies_to(&config.node_labels))
         .map(|file| {
+            let mut destination = localize(&config.node_root, &file.destination)?;
+            destination.shrink_to_fit();
             Ok(FileTarget {
-                destination: localize(&config.node_root, &file.destination)?,
+                destination,
                 identity: identity.clone(),
                 chunks: spans.clone(),
                 sha256: file.sha256.clone(),
                 overwrite: plan.settings.overwrite,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    // Kept for the whole run: a filtered `collect` starts with room for 4 targets, and most objects
+    // have one (with 100,000 objects, 55 MB of nothing).
+    targets.shrink_to_fit();
+    Ok(targets)
 }
 
 /// What the origin must still be serving for `object`'s bytes to be the plan's.

@@ -189,7 +189,8 @@ impl Plan {
 
     /// Parses and checks a plan: its format, and that every file and unpack names a known object.
     pub fn from_json(text: &str) -> Result<Plan> {
-        let plan: Plan = serde_json::from_str(text).map_err(|e| Error::InvalidPlan(e.to_string()))?;
+        let mut plan: Plan = serde_json::from_str(text).map_err(|e| Error::InvalidPlan(e.to_string()))?;
+        plan.shrink_to_fit();
         if plan.format != PLAN_FORMAT {
             return Err(Error::InvalidPlan(format!(
                 "format {:?}, expected {PLAN_FORMAT:?}",
@@ -221,6 +222,22 @@ impl Plan {
         }
         check_bundles(&plan, &index)?;
         Ok(plan)
+    }
+
+    /// Gives back the room the parser left in the plan's lists: JSON says no length up front, so each
+    /// list grew by doubling, and an object's one chunk took the room of four. The plan is kept for the
+    /// whole run; with 100,000 small files, this is near a third of it.
+    fn shrink_to_fit(&mut self) {
+        for object in &mut self.objects {
+            object.chunks.shrink_to_fit();
+        }
+        for bundle in &mut self.bundles {
+            bundle.members.shrink_to_fit();
+        }
+        self.objects.shrink_to_fit();
+        self.files.shrink_to_fit();
+        self.unpacks.shrink_to_fit();
+        self.bundles.shrink_to_fit();
     }
 
     /// The object `id` names. A scan of the objects: for a lookup per file or per object, build

@@ -97,7 +97,7 @@ fn chunks_assemble_into_a_published_file_recorded_in_the_store_not_beside_it() {
     assert_eq!(record.chunks.len(), 4);
     assert_eq!(names_in(&node.path().join("models")), ["model.bin"]);
     let entry = node.store.entry(&destination);
-    assert_eq!(entry.published, Some(record));
+    assert_eq!(entry.published, Some(Box::new(record)));
     assert!(entry.part.is_none() && entry.publishing.is_none(), "{entry:?}");
     assert!(matches!(
         inspect(&node.store, &destination, &target(&destination, 3500, "e1").identity).unwrap(),
@@ -475,7 +475,7 @@ fn the_previous_layouts_files_are_imported_once_and_removed() {
     xfd_core::store::import_beside(&upgraded, &[destination.as_path(), other.as_path()]).unwrap();
 
     assert_eq!(names_in(node.path()), ["m.bin"]);
-    assert_eq!(upgraded.entry(&destination).published, Some(record));
+    assert_eq!(upgraded.entry(&destination).published, Some(Box::new(record)));
     assert!(matches!(
         inspect(&upgraded, &destination, &wanted.identity).unwrap(),
         CacheState::Hit(_)

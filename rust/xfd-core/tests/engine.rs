@@ -598,7 +598,7 @@ async fn published_then_crashed(data: &[u8]) -> (tempfile::TempDir, tempfile::Te
     drop(first);
     let store = store_of(root.path());
     let f = root.path().join("f");
-    let record = store.entry(&f).published.unwrap();
+    let record = store.entry(&f).published.map(|record| *record).unwrap();
     store
         .append(&[
             Op::Publishing {
@@ -987,6 +987,7 @@ async fn run_linked(plan: &Plan, roots: &[&Path]) -> xfd_core::control::server::
     for (index, root) in roots.iter().enumerate() {
         let engine = Arc::new(engine(plan, root));
         let held = engine.scan().await.unwrap().held;
+        engine.drain_events(); // the scan's cache hits, as the agent drains them
         let address = engine.start_server(LOOPBACK, 0, 4, None).await.unwrap();
         let reports = engine.tap_reports();
         let worker = Arc::new(LinkedEngine {
@@ -1015,6 +1016,10 @@ async fn run_linked(plan: &Plan, roots: &[&Path]) -> xfd_core::control::server::
     assert_eq!(status.outcome, Some(Outcome::Finished), "{:?}", status.failures);
     for engine in &engines {
         assert!(engine.is_complete());
+        assert!(
+            engine.drain_events().is_empty(),
+            "a linked engine keeps no events: its outcomes went over the link"
+        );
         engine.stop_server(std::time::Duration::from_secs(1)).await;
     }
     ended

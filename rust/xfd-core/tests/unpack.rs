@@ -38,7 +38,7 @@ impl Scene {
     }
 
     fn record(&self) -> Option<UnpackRecord> {
-        self.store.entry(&self.dest()).unpacked
+        self.store.entry(&self.dest()).unpacked.map(|record| *record)
     }
 
     fn archive(&self, name: &str, bytes: &[u8]) -> PathBuf {

@@ -7,7 +7,7 @@
 //! were first hashed. Its members are then published together ([`assembly::publish_small`]), and it
 //! is served to peers from the published files, one segment per member.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -49,18 +49,15 @@ pub(crate) enum BundleSource {
     Peer(SocketAddr, Option<ChunkDigest>),
 }
 
-/// A node's bundles by id, and the ids of their member objects.
-pub(super) type NodeBundles = (HashMap<String, Arc<BundleWork>>, HashSet<String>);
-
-/// The bundles of `plan` whose members this node gets (those in `objects`), and the ids of their member
-/// objects. A node gets every member of a bundle or none: the planner groups members by node selector.
+/// The bundles of `plan` whose members this node gets (those in `objects`), by id; their members' works
+/// are marked as such. A node gets every member of a bundle or none: the planner groups members by node
+/// selector.
 pub(super) fn bundles_of(
     plan: &Plan,
     index: &PlanIndex<'_>,
     objects: &BTreeMap<String, Arc<Mutex<ObjectWork>>>,
-) -> Result<NodeBundles> {
+) -> Result<HashMap<String, Arc<BundleWork>>> {
     let mut bundles = HashMap::new();
-    let mut members = HashSet::new();
     for bundle in &plan.bundles {
         let here = bundle.members.iter().filter(|id| objects.contains_key(*id)).count();
         if here == 0 {
@@ -74,9 +71,11 @@ pub(super) fn bundles_of(
             )));
         }
         bundles.insert(bundle.id.clone(), Arc::new(BundleWork::new(bundle, index, objects)));
-        members.extend(bundle.members.iter().cloned());
+        for id in &bundle.members {
+            objects[id].lock().unwrap().member = true;
+        }
     }
-    Ok((bundles, members))
+    Ok(bundles)
 }
 
 impl BundleWork {
@@ -120,7 +119,7 @@ impl BundleWork {
                 Segment {
                     path: work.targets[0].destination.clone(),
                     offset: 0,
-                    length: work.object.size,
+                    length: work.object().size,
                 }
             })
             .collect()
@@ -270,14 +269,14 @@ impl Engine {
     async fn gather_member(&self, member: &Member, buffer: &Arc<MemoryBuffer>) -> Result<()> {
         let (identity, store_name, local) = {
             let work = member.work.lock().unwrap();
-            let object = &work.object;
+            let object = work.object();
             let identity = identity_of(object);
             let local = work.published.as_ref().and_then(|record| {
                 let chunk = object.chunks.first()?;
                 let digest = record.chunks.get(&chunk.id)?.clone();
                 Some((work.targets[0].destination.clone(), digest))
             });
-            (identity, work.object.store.clone(), local)
+            (identity, object.store.clone(), local)
         };
         if let Some((path, digest)) = local {
             let (buffer, offset) = (buffer.clone(), member.offset);
@@ -359,8 +358,8 @@ fn commit(
             .map(|&i| {
                 let work = &works[i];
                 let start = bundle.members[i].offset as usize;
-                let content = &bytes[start..start + work.object.size as usize];
-                let chunk_id = work.object.chunks[0].id.clone();
+                let content = &bytes[start..start + work.object().size as usize];
+                let chunk_id = work.object().chunks[0].id.clone();
                 SmallFile {
                     target: &work.targets[0],
                     bytes: content,
@@ -377,8 +376,8 @@ fn commit(
         for target in &work.targets[1..] {
             assembly::publish_copy(store, &primary, &record, target)?;
         }
-        work.published = Some(record);
-        published.push((work.object.id.clone(), primary, work.object.size));
+        work.published = Some(Box::new(record));
+        published.push((work.object().id.clone(), primary, work.object().size));
     }
     Ok(published)
 }

@@ -91,10 +91,13 @@ impl Engine {
         receiver
     }
 
-    /// Sends `event` to the tap, if any, as a report.
-    pub(super) fn tap(&self, event: &Event) {
+    /// Sends `event` to the tap, if any, as a report; whether there is a tap (events then go nowhere
+    /// else).
+    pub(super) fn tap(&self, event: &Event) -> bool {
         let tap = self.tap.lock().unwrap();
-        let Some(tap) = tap.as_ref() else { return };
+        let Some(tap) = tap.as_ref() else {
+            return false;
+        };
         let (report, source) = match event {
             Event::ChunkDone {
                 chunk_id,
@@ -128,7 +131,7 @@ impl Engine {
                 },
                 source,
             ),
-            _ => return,
+            _ => return true,
         };
         let _ = tap.send(report);
         if *source == Source::Origin {
@@ -136,6 +139,7 @@ impl Engine {
                 bytes: self.origin_bytes(),
             });
         }
+        true
     }
 
     /// Work whose peer address or digest does not parse: the coordinator's mistake, reported as a failure

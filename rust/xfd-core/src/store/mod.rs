@@ -132,11 +132,11 @@ impl UnpackRecord {
 /// Everything the store knows about one destination.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    pub published: Option<FileRecord>,
+    pub published: Option<Box<FileRecord>>,
     /// A publish in flight: written (and synced) before the rename into place.
-    pub publishing: Option<FileRecord>,
-    pub part: Option<PartRecord>,
-    pub unpacked: Option<UnpackRecord>,
+    pub publishing: Option<Box<FileRecord>>,
+    pub part: Option<Box<PartRecord>>,
+    pub unpacked: Option<Box<UnpackRecord>>,
     /// An unpack builds (or built, before a crash) staging trees beside the destination.
     pub staging: bool,
     /// The run slot of the last run that claimed the destination: it holds it while that slot is locked.
@@ -156,13 +156,13 @@ impl Entry {
         if let Some(record) = &self.published {
             ops.push(Op::Published {
                 dest: dest.clone(),
-                record: record.clone(),
+                record: FileRecord::clone(record),
             });
         }
         if let Some(record) = &self.publishing {
             ops.push(Op::Publishing {
                 dest: dest.clone(),
-                record: record.clone(),
+                record: FileRecord::clone(record),
             });
         }
         if let Some(part) = &self.part {
@@ -181,7 +181,7 @@ impl Entry {
         if let Some(record) = &self.unpacked {
             ops.push(Op::Unpacked {
                 dest: dest.clone(),
-                record: record.clone(),
+                record: UnpackRecord::clone(record),
             });
         }
         if self.staging {
@@ -239,16 +239,16 @@ fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
     let entry = entries.entry(dest.clone()).or_default();
     match op {
         Op::Published { record, .. } => {
-            entry.published = Some(record);
+            entry.published = Some(Box::new(record));
             entry.publishing = None;
         }
-        Op::Publishing { record, .. } => entry.publishing = Some(record),
+        Op::Publishing { record, .. } => entry.publishing = Some(Box::new(record)),
         Op::Partial { part, identity, .. } => {
-            entry.part = Some(PartRecord {
+            entry.part = Some(Box::new(PartRecord {
                 path: part,
                 identity,
                 chunks: BTreeMap::new(),
-            });
+            }));
         }
         Op::Chunks { chunks, .. } => {
             if let Some(part) = &mut entry.part {
@@ -256,7 +256,7 @@ fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
             }
         }
         Op::Unpacked { record, .. } => {
-            entry.unpacked = Some(record);
+            entry.unpacked = Some(Box::new(record));
             entry.staging = false;
         }
         Op::Staging { .. } => entry.staging = true,

@@ -128,7 +128,7 @@ impl Destination {
         };
         store.append_durable(&[self.recorded(claim)])?;
         if let Err(e) = self.swap_in(staging) {
-            self.restore_record(store, previous);
+            self.restore_record(store, previous.map(|p| *p));
             return Err(e);
         }
         let published = fs::symlink_metadata(&self.path).map_err(|e| Error::io("stat", &self.path, e))?;
