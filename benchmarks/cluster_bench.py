@@ -80,7 +80,7 @@ class OriginProxy:
 
 
 def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
-    from xfd.sandbox.samples import tar_gz
+    from xfd.testing import tar_gz
 
     def put_random(key: str, size: int) -> Item:
         blocks = (os.urandom(min(PIECE, size - start)) for start in range(0, size, PIECE))
@@ -309,7 +309,7 @@ def main() -> None:
         return
 
     from xfd.runtime import LocalCluster
-    from xfd.sandbox.seaweed import LocalSeaweed
+    from benchmarks.seaweed import LocalSeaweed
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from xfd.sandbox.seaweed import LocalSeaweed
+    from benchmarks.seaweed import LocalSeaweed
 
     if args.dest_dir:
         os.environ["XFD_BENCH_DIR"] = args.dest_dir

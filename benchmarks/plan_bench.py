@@ -101,7 +101,7 @@ def _moto(files: int, size: int, flat: bool, ready: Any, stop: Any) -> None:
     from moto.backends import get_backend
     from moto.core import DEFAULT_ACCOUNT_ID
 
-    from xfd.sandbox import LocalS3
+    from xfd.testing import LocalS3
 
     with LocalS3() as server:
         backend = get_backend("s3")[DEFAULT_ACCOUNT_ID]["global"]

@@ -1,5 +1,5 @@
 """Shared fixtures: a real S3-protocol server, a counting view of origin traffic (from
-``xfd.sandbox.fixtures``), and a simulated cluster.
+``tests/support/fixtures.py``), and a simulated cluster.
 
 Session-scoped where starting is slow (the S3 server, the Ray cluster), so the whole suite pays for them
 once; function-scoped where a test needs a clean slate (the origin counters, a fresh bucket).
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["xfd.sandbox.fixtures"]  # s3, origin, bucket
+# pytest puts this file's directory, tests/, on sys.path before it reads this: `support` is tests/support.
+pytest_plugins = ["support.fixtures"]  # s3, origin, bucket
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_the_same_destination_lands_in_each_nodes_own_root(cluster):
 
 
 def test_naive_download_costs_the_origin_one_copy_per_node(cluster, s3, bucket, origin):
-    from xfd.runtime.baseline import download_on_every_node
+    from support.baseline import download_on_every_node
 
     data = os.urandom(2 * 1024 * 1024 + 3)
     obstore.put(s3.store(bucket), "blob.bin", data)

@@ -11,7 +11,7 @@ import pytest
 
 from xfd import Manifest
 from xfd.nodes import localize
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import faults, tar_gz
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
@@ -138,7 +138,8 @@ def test_a_peer_serving_corrupt_bytes_is_caught_and_the_run_completes(cluster, s
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
     bad = describe_nodes()[1]
-    report = manifest.distribute(plan=plan, progress=None, faults={bad.node_id: "serve:corrupt"})
+    with faults({bad.node_id: "serve:corrupt"}):
+        report = manifest.distribute(plan=plan, progress=None)
     assert report.ok, report.summary()
     good_nodes = [n for n in cluster.nodes if n.ip != bad.ip]
     assert_every_node_has_everything(good_nodes, artifacts)

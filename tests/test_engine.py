@@ -14,8 +14,7 @@ import pytest
 from xfd import Manifest
 from xfd.engine import node_engine, state_dir
 from xfd.errors import ConfigError, DestinationExistsError, ObjectChangedError, UnsafeArchiveError, XfdError
-from xfd.sandbox import CountingProxy, LocalS3
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import CountingProxy, LocalS3, tar_gz
 
 MiB = 1 << 20
 

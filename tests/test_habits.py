@@ -214,7 +214,7 @@ def test_ctrl_c_stops_the_run_and_the_next_run_completes(cluster, s3, bucket, co
 
 
 def test_a_run_that_times_out_reports_what_the_origin_served(cluster, s3, bucket, contents, origin):
-    from xfd.sandbox.proxy import _THROTTLED_BLOCK
+    from xfd.testing.proxy import _THROTTLED_BLOCK
 
     clear(cluster)
     assert manifest_b(s3, bucket, origin.endpoint).distribute(progress=None).ok  # agents warm: no start-up

@@ -39,8 +39,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("node and report", ("xfd.engine", "xfd.scheduler", "xfd.nodes", "xfd.progress", "xfd.report", "xfd.notebook")),
     # RUN: the only layer that imports Ray
     ("run", ("xfd.runtime", "ray")),
-    # the faces users meet: xfd.Manifest (xfd.api), the CLI, the Xenna adapter, the demo and its sandbox
-    ("face", ("xfd", "xfd.api", "xfd.cli", "xfd.xenna", "xfd.demo", "xfd.sandbox")),
+    # the faces users meet: xfd.Manifest (xfd.api), the CLI, the Xenna adapter, the demo, and the stand-ins the
+    # demo and tests run on (xfd.testing: local S3 server, counting proxy, LocalCluster, fault injection)
+    ("face", ("xfd", "xfd.api", "xfd.cli", "xfd.xenna", "xfd.demo", "xfd.testing")),
 )
 
 ROOT = "xfd"

@@ -18,7 +18,7 @@ from xfd.engine import node_engine
 from xfd.errors import ConfigError
 from xfd.manifest import ObjectArtifact, Settings, Store
 from xfd.plan import Plan, _assemble, _Found
-from xfd.sandbox import CountingProxy, LocalS3
+from xfd.testing import CountingProxy, LocalS3
 
 MiB = 1 << 20
 

@@ -26,7 +26,7 @@ from xfd import Manifest
 from xfd.errors import DistributionError
 from xfd.engine import state_dir
 from xfd.nodes import localize
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import faults, tar_gz
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
@@ -121,7 +121,8 @@ def test_a_node_killed_at_any_moment_damages_nothing_and_a_rerun_completes(
     victim = second_node()
     expected = expected_files(contents)
 
-    report = manifest.distribute(plan=plan, progress=None, faults={victim.node_id: fault})
+    with faults({victim.node_id: fault}):
+        report = manifest.distribute(plan=plan, progress=None)
 
     assert report.lost_nodes == (victim.ip,), report.summary()
     assert report.ok, report.summary()  # the survivors got everything
@@ -147,7 +148,8 @@ def test_a_peer_serving_bad_bytes_dying_or_hanging_is_survived(cluster, s3, buck
     plan = manifest.plan()
     bad = second_node()
 
-    report = manifest.distribute(plan=plan, progress=None, faults={bad.node_id: fault})
+    with faults({bad.node_id: fault}):
+        report = manifest.distribute(plan=plan, progress=None)
 
     assert report.ok, report.summary()
     for node in cluster.nodes:
@@ -176,8 +178,8 @@ def test_origin_slowdowns_resets_stalls_and_throttling_are_ridden_out(cluster, s
     for node in cluster.nodes:
         assert_complete(node.root, expected_files(contents))
     traffic = origin.traffic()
-    faults = [r.fault for r in traffic.requests]
-    assert (faults.count("slowdown"), faults.count("reset"), faults.count("stall")) == (16, 3, 2)
+    played = [r.fault for r in traffic.requests]
+    assert (played.count("slowdown"), played.count("reset"), played.count("stall")) == (16, 3, 2)
     assert sum(r.status == 500 for r in traffic.requests) == 4
     partial = sum(r.body_bytes for r in traffic.requests if r.fault in ("reset", "stall"))
     # Broken-off bodies are resumed from their last byte: the origin served each byte about once.

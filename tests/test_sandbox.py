@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import obstore
 import pytest
 
-from xfd.sandbox import CountingProxy, LocalS3
-from xfd.sandbox.proxy import _TokenBucket
+from xfd.testing import CountingProxy, LocalS3
+from xfd.testing.proxy import _TokenBucket
 
 
 def test_objects_put_through_obstore_come_back_intact(s3: LocalS3, bucket: str):

@@ -16,6 +16,7 @@ import pytest
 from xfd import Manifest
 from xfd.engine import state_dir
 from xfd.nodes import localize
+from xfd.testing import faults
 
 pytestmark = pytest.mark.cluster
 FILES = 1_200
@@ -101,7 +102,8 @@ def test_a_node_killed_mid_bundle_damages_no_file_and_a_rerun_completes(cluster,
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
     victim = sorted(describe_nodes(), key=lambda n: n.ip)[1]
-    report = manifest.distribute(plan=plan, progress=None, faults={victim.node_id: fault})
+    with faults({victim.node_id: fault}):
+        report = manifest.distribute(plan=plan, progress=None)
 
     assert report.lost_nodes == (victim.ip,), report.summary()
     assert report.ok, report.summary()

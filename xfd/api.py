@@ -20,8 +20,6 @@ from xfd.manifest.stores import display_options
 from xfd.plan import Plan, compile_plan
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from xfd.report import Report
     from xfd.runtime.distribute import Distribution, NodeChoice, Progress
     from xfd.xenna import XennaRequests
@@ -46,25 +44,21 @@ class Manifest(model.Manifest):
     @overload
     def distribute(self, *, wait: Literal[True] = True, address: str | None = None, nodes: NodeChoice = None,
                    progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, faults: Mapping[str, str] | None = None,
-                   raise_on_failure: bool = True) -> Report: ...
+                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report: ...
 
     @overload
     def distribute(self, *, wait: Literal[False], address: str | None = None, nodes: NodeChoice = None,
                    progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, faults: Mapping[str, str] | None = None,
-                   raise_on_failure: bool = True) -> Distribution: ...
+                   plan: Plan | None = None, raise_on_failure: bool = True) -> Distribution: ...
 
     @overload
     def distribute(self, *, wait: bool, address: str | None = None, nodes: NodeChoice = None,
                    progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, faults: Mapping[str, str] | None = None,
-                   raise_on_failure: bool = True) -> Report | Distribution: ...
+                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report | Distribution: ...
 
     def distribute(self, *, wait: bool = True, address: str | None = None, nodes: NodeChoice = None,
                    progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, faults: Mapping[str, str] | None = None,
-                   raise_on_failure: bool = True) -> Report | Distribution:
+                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report | Distribution:
         """Puts every artifact on every node (or the chosen ones) of the Ray cluster and returns a Report.
 
         ``wait=False`` returns a :class:`~xfd.runtime.distribute.Distribution` at once instead (``wait()``
@@ -72,16 +66,16 @@ class Manifest(model.Manifest):
         running one, ``RAY_ADDRESS``, or a new local Ray). ``nodes``: node ids, or a dict of Ray labels to
         match (default: all alive nodes). ``progress``: "auto", "widget", "tqdm", "none", or a callable taking
         snapshots. ``deep_verify``: re-hash cached files. ``timeout``: seconds. ``plan``: a plan compiled
-        earlier. ``faults``: fault injection for tests. ``raise_on_failure`` (default True): a failed run
-        raises :class:`~xfd.errors.DistributionError`, whose ``report`` says what each node did; False
-        returns the failed report. Ctrl-C while waiting cancels the run and raises ``KeyboardInterrupt``;
+        earlier. ``raise_on_failure`` (default True): a failed run raises
+        :class:`~xfd.errors.DistributionError`, whose ``report`` says what each node did; False returns the
+        failed report. Ctrl-C while waiting cancels the run and raises ``KeyboardInterrupt``;
         ``cancel()`` makes ``wait()`` raise :class:`~xfd.errors.DistributionCancelled`; an artifact whose
         ``nodes`` labels match no chosen node is a :class:`~xfd.errors.ConfigError`.
         """
         from xfd.runtime.distribute import distribute  # Ray is imported only when a run starts
 
         return distribute(self, wait=wait, address=address, nodes=nodes, progress=progress,
-                          deep_verify=deep_verify, timeout=timeout, plan=plan, faults=faults,
+                          deep_verify=deep_verify, timeout=timeout, plan=plan,
                           raise_on_failure=raise_on_failure)
 
     def to_xenna(self) -> XennaRequests:

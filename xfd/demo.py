@@ -19,8 +19,7 @@ import obstore
 from xfd import _core
 from xfd import Manifest
 from xfd.formatting import human_size
-from xfd.sandbox import CountingProxy, LocalS3
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import CountingProxy, LocalS3, tar_gz
 
 MiB = 1 << 20
 BUCKET = "xfd-demo"
@@ -28,7 +27,7 @@ IN_FLIGHT = 64
 
 
 def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
-    from xfd.runtime import LocalCluster
+    from xfd.testing import LocalCluster  # imports Ray: only when the demo runs
 
     with tempfile.TemporaryDirectory(prefix="xfd-demo-") as workdir, LocalS3() as s3, CountingProxy(
         s3.endpoint

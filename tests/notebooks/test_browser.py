@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from xfd.sandbox.seaweed import free_port
+from xfd.testing import free_port
 
 ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "examples" / "notebooks" / "quickstart.ipynb"

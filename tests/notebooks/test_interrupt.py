@@ -18,7 +18,7 @@ import obstore
 import xfd
 from xfd.nodes import localize
 from xfd.runtime import LocalCluster
-from xfd.sandbox import CountingProxy, LocalS3
+from xfd.testing import CountingProxy, LocalS3
 
 s3 = LocalS3().start()
 bucket = s3.create_bucket("models")

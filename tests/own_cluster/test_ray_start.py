@@ -19,7 +19,7 @@ import obstore
 import pytest
 
 from xfd import Manifest
-from xfd.sandbox.seaweed import free_port
+from xfd.testing import free_port
 
 HEAD_IP, WORKER_IP = "127.0.0.30", "127.0.0.31"
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -1,7 +1,8 @@
 """Fixtures for the Xenna adapter tests, run with the real cosmos-xenna in the Python 3.12 environment.
 
 This directory has its own project (``tests/xenna/pyproject.toml``) and pytest run. It shares the main
-suite's sandbox fixtures (``xfd.sandbox.fixtures``) and has its own, smaller, simulated cluster.
+suite's fixtures on the S3 server (``tests/support/fixtures.py``, on ``sys.path`` through ``pythonpath`` in
+``tests/xenna/pyproject.toml``) and has its own, smaller, simulated cluster.
 
 One Ray at a time: the shared cluster starts with the first test that asks for it and stays up until the
 end, so tests that start a Ray of their own (``ray start``, the notebook's kernel, the run of Xenna's
@@ -14,7 +15,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["xfd.sandbox.fixtures"]  # s3, origin, bucket
+pytest_plugins = ["support.fixtures"]  # s3, origin, bucket
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

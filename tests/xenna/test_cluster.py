@@ -12,8 +12,7 @@ from cosmos_xenna import file_distribution as fd
 from cosmos_xenna.pipelines import v1 as pipelines
 
 from xfd.nodes import localize
-from xfd.sandbox import CountingProxy, LocalS3
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import CountingProxy, LocalS3, tar_gz
 from xfd.xenna import XennaNotFoundError, XennaPermissionError, download_distributed, download_for_stages
 
 MiB = 1 << 20

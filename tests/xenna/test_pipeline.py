@@ -30,8 +30,7 @@ from cosmos_xenna.pipelines import v1 as pipelines
 
 import xfd.xenna
 from xfd.nodes import localize, resolve_node_root
-from xfd.sandbox import CountingProxy, LocalS3
-from xfd.sandbox.samples import tar_gz
+from xfd.testing import CountingProxy, LocalS3, tar_gz
 
 MiB = 1 << 20
 XENNA_SIDECAR = ".s3_cache_info"  # Xenna's cache records, beside each file and in each unpacked directory

@@ -21,7 +21,7 @@ from pathlib import Path
 import obstore
 import pytest
 
-from xfd.sandbox.seaweed import free_port
+from xfd.testing import free_port
 
 HEAD_IP, WORKER_IP = "127.0.0.40", "127.0.0.41"
 RAY = str(Path(sys.executable).with_name("ray"))

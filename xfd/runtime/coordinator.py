@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import ray
@@ -40,6 +42,9 @@ LOST_AFTER_S = 30.0
 ORIGIN_HOLD_S = 3.0
 # How often this thread looks at Ray (agents that came up or died) and passes progress on.
 STEP_S = 0.1
+# Fault injection, for xfd's own tests only: node id -> the engine's fault rules for that node. Set only
+# by xfd.testing.faults() and read when a run starts; no public call takes it, so no user's run carries one.
+INJECTED_FAULTS: ContextVar[Mapping[str, str]] = ContextVar("xfd_injected_faults", default=MappingProxyType({}))
 
 
 class Coordinator:
@@ -55,7 +60,6 @@ class Coordinator:
         timeout_s: float | None = None,
         on_progress: Callable[[Snapshot], None] | None = None,
         progress_interval_s: float = 0.25,
-        faults: Mapping[str, str] | None = None,
         cancel: threading.Event | None = None,
         with_chunks: bool = False,
         lost_after_s: float = LOST_AFTER_S,
@@ -68,7 +72,7 @@ class Coordinator:
         self.timeout_s = timeout_s
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
-        self.faults = dict(faults or {})
+        self.faults = dict(INJECTED_FAULTS.get())  # read here, in the thread that starts the run
         self.cancel = cancel or threading.Event()
         self.with_chunks = with_chunks and on_progress is not None
         self.lost_after_s = lost_after_s

@@ -25,7 +25,7 @@ from xfd.plan import Plan, compile_plan
 from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
-from xfd.runtime.coordinator import Coordinator, give_back_agents, take_agents
+from xfd.runtime.coordinator import INJECTED_FAULTS, Coordinator, give_back_agents, take_agents
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
@@ -103,21 +103,21 @@ def check_node_selectors(manifest: Manifest, nodes: list[dict[str, Any]]) -> Non
 @overload
 def distribute(manifest: Manifest, *, wait: Literal[True] = True, address: str | None = None,
                nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               timeout: float | None = None, plan: Plan | None = None,
                raise_on_failure: bool = True) -> Report: ...
 
 
 @overload
 def distribute(manifest: Manifest, *, wait: Literal[False], address: str | None = None,
                nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               timeout: float | None = None, plan: Plan | None = None,
                raise_on_failure: bool = True) -> Distribution: ...
 
 
 @overload
 def distribute(manifest: Manifest, *, wait: bool, address: str | None = None,
                nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None, faults: Mapping[str, str] | None = None,
+               timeout: float | None = None, plan: Plan | None = None,
                raise_on_failure: bool = True) -> Report | Distribution: ...
 
 
@@ -131,7 +131,6 @@ def distribute(
     deep_verify: bool = False,
     timeout: float | None = None,
     plan: Plan | None = None,
-    faults: Mapping[str, str] | None = None,
     raise_on_failure: bool = True,
 ) -> Report | Distribution:
     """Puts every artifact of ``manifest`` on the chosen nodes; see :meth:`xfd.Manifest.distribute`."""
@@ -139,14 +138,14 @@ def distribute(
     node_ids = choose_nodes(manifest, nodes)  # before planning: a wrong label fails at once, not after listing
     # Agents start while the stores are listed: a first run's agents take seconds to come up (a new Ray
     # worker each), and planning a large prefix takes seconds too.
-    agents = take_agents(node_ids, faults)
+    agents = take_agents(node_ids, INJECTED_FAULTS.get())
     try:
         plan = plan or compile_plan(manifest)
     except BaseException:
         give_back_agents(agents)
         raise
     distribution = Distribution(manifest, plan, node_ids, progress=progress,
-                                deep_verify=deep_verify, timeout=timeout, faults=faults,
+                                deep_verify=deep_verify, timeout=timeout,
                                 raise_on_failure=raise_on_failure, agents=agents)
     if wait:
         return distribution.wait()
@@ -162,7 +161,7 @@ class Distribution:
 
     def __init__(self, manifest: Manifest, plan: Plan, node_ids: list[str], *,
                  progress: Progress, deep_verify: bool,
-                 timeout: float | None, faults: Mapping[str, str] | None, raise_on_failure: bool = True,
+                 timeout: float | None, raise_on_failure: bool = True,
                  agents: Mapping[str, tuple[Any, bool]] | None = None) -> None:
         self.plan = plan
         self.raise_on_failure = raise_on_failure
@@ -176,7 +175,7 @@ class Distribution:
         # marks the still-running thread as finished, and every later join() returns at once.
         self._finished = threading.Event()
         self._coordinator = Coordinator(plan, manifest.stores, node_ids=node_ids, deep_verify=deep_verify,
-                                        timeout_s=timeout, on_progress=self._on_progress, faults=faults,
+                                        timeout_s=timeout, on_progress=self._on_progress,
                                         cancel=self._cancel, with_chunks=self.widget is not None,
                                         agents=agents)
         self._thread = threading.Thread(target=self._run, name="xfd-distribute", daemon=True)

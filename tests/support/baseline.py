@@ -1,13 +1,14 @@
 """Naive per-node download: every node pulls the object from the origin on its own.
 
-This is what users do today without xfd, so it is the comparison point for xfd's measurements: the
-origin serves the object once *per node*. The file is streamed to a temporary name beside its
+This is what users do today without xfd, so it is the comparison point of the cluster tests: the origin
+serves the object once *per node*. The file is streamed to a temporary name beside its
 destination and renamed into place, so a destination never holds a half-written file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import attrs
 import obstore
 import ray
+from ray import cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from xfd import _core
@@ -74,3 +76,8 @@ def _stream_to(store: Any, key: str, path: Path) -> int:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return size
+
+
+# This module is not installed on the nodes (only xfd is): what its remote function uses of it travels with
+# the function, by value, instead of by a name the node's workers could not import.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -15,7 +15,7 @@ REGION = "us-east-1"
 
 
 class S3Sandbox(abc.ABC):
-    """What every local S3-protocol server of the sandbox offers: options and stores that reach it."""
+    """What every local S3-protocol server of xfd.testing offers: options and stores that reach it."""
 
     access_key_id = ACCESS_KEY_ID
     secret_access_key = SECRET_ACCESS_KEY

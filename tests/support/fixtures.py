@@ -1,6 +1,7 @@
-"""pytest fixtures on the sandbox, shared by the main suite and the Xenna adapter's suite.
+"""pytest fixtures on :mod:`xfd.testing`'s S3 server and proxy, shared by the main suite and the Xenna
+adapter's suite.
 
-Use with ``pytest_plugins = ["xfd.sandbox.fixtures"]`` in a ``conftest.py``. Session-scoped where
+Use with ``pytest_plugins = ["support.fixtures"]`` in a ``conftest.py``. Session-scoped where
 starting is slow (the S3 server), function-scoped where a test needs a clean slate (the origin counters,
 a fresh bucket).
 """
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from xfd.sandbox import CountingProxy, LocalS3
+from xfd.testing import CountingProxy, LocalS3
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ port is chosen free on ``127.0.0.1``; the data lives in a temporary directory re
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from xfd.errors import ConfigError
-from xfd.sandbox.s3 import S3Sandbox
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from xfd.testing import S3Sandbox, free_port
 
 
 class LocalSeaweed(S3Sandbox):
