@@ -13,11 +13,11 @@ For both, a bare obstore LIST of the prefix is timed first, so the store's share
 Files are spread over directories of 1,000 (``--flat``: all in one). Then, on the compiled plan:
 ``summary()``, ``_repr_html_()``, ``repr()``, ``to_json()``, the agent's ``Plan.from_json`` (Python), the
 Rust ``Plan::from_json`` + ``Engine::new`` (``xfd._core.Engine``: the plan's JSON parsed and checked, then
-each object's destinations on this node), the coordinator's start (``chunks_for`` per node, the
-scheduler, the progress model, ``--nodes`` nodes) and one progress tick of the widget (a snapshot with
-chunk states, and the chunk map). Opt-in step ``scan``: the engine's first look at an empty node root
-(a lock and a part file per file). Prints a JSON line per step (seconds, and the peak RSS of this process
-so far) and a Markdown table.
+each object's destinations on this node), the coordinator's start (the Rust coordinator with ``--nodes``
+nodes joined, ``chunks_for`` per node, up to its first snapshot) and one progress tick of the widget (its
+status as a snapshot with chunk states, and the chunk map). Opt-in step ``scan``: the engine's first look
+at an empty node root (a lock and a part file per file). Prints a JSON line per step (seconds, and the
+peak RSS of this process so far) and a Markdown table.
 """
 
 from __future__ import annotations
@@ -146,23 +146,32 @@ def engine(plan_json: str, stores: dict[str, Any], root: str) -> Any:
 
 
 def coordinator_start(plan: Any, nodes: int) -> Any:
-    from xfd.progress import ProgressModel
-    from xfd.scheduler import Scheduler
+    """The Rust coordinator (``xfd._core.Coordinator``: its control server, the scheduler, the progress
+    model) started for ``nodes`` nodes, each joined with what it needs, up to its first snapshot of them all.
+    No agent links to it: the nodes' addresses are never dialled."""
+    from xfd import _core
 
-    chunk_sizes = {c.id: c.length for o in plan.objects for c in o.chunks}
     names = [f"node-{i}" for i in range(nodes)]
-    needs = {node: plan.chunks_for({}) for node in names}
-    Scheduler(chunk_sizes, names, origin_parallelism=4, download_slots=8, upload_slots=8, needs=needs)
-    progress = ProgressModel(chunk_sizes, plan.unique_bytes)
-    for node in names:
-        progress.add_node(node, node, needs[node])
-    return progress
+    control = _core.Coordinator(list(plan.unit_sizes.items()), plan.unique_bytes, "0" * 64, "127.0.0.1", names,
+                                origin_parallelism=4, download_slots=8, upload_slots=8, with_chunks=True,
+                                origin_hold=0.0, snapshot_every=0.05)
+    for name in names:
+        control.join(name, "127.0.0.1:9", plan.chunks_for({}), [])
+    deadline = time.monotonic() + 60
+    while len(control.wait(0.05)["snapshot"]["nodes"]) < nodes:
+        if time.monotonic() > deadline:
+            control.end()
+            raise RuntimeError(f"the coordinator's snapshot did not show all {nodes} nodes within 60 s")
+    return control
 
 
-def tick(progress: Any) -> str:
+def tick(plan: Any, control: Any) -> str:
+    """One progress tick of the widget: the coordinator's status as a snapshot with chunk states, and the
+    chunk map drawn from it."""
     from xfd.notebook.widget import chunk_map_html
+    from xfd.progress import Snapshot
 
-    return chunk_map_html(progress.snapshot(with_chunks=True))
+    return chunk_map_html(Snapshot.from_core(control.status(), list(plan.unit_sizes)))
 
 
 def main() -> None:
@@ -205,9 +214,12 @@ def main() -> None:
                 finally:
                     built.close()
     if {"coordinator", "tick"} & set(args.steps):
-        progress = timed("coordinator", n, lambda: coordinator_start(plan, args.nodes), results)
-        if "tick" in args.steps:
-            timed("tick", n, lambda: tick(progress), results)
+        control = timed("coordinator", n, lambda: coordinator_start(plan, args.nodes), results)
+        try:
+            if "tick" in args.steps:
+                timed("tick", n, lambda: tick(plan, control), results)
+        finally:
+            control.end()
     print("\n| step | files | seconds | peak RSS so far |\n| --- | --- | --- | --- |")
     for row in results:
         print(f"| {row['step']} | {row['files']:,} | {row['seconds']:.2f} | {row['peak_rss_mib']} MiB |")
