@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{ChunkDone, Engine, Event, ObjectWork, ScanReport, Source, identity_of};
+use super::object::{ObjectState, ObjectWork, identity_of};
+use super::{ChunkDone, Engine, Event, ScanReport, Source};
 use crate::assembly::{self, SmallFile};
 use crate::error::{Error, Result};
 use crate::faults::Point;
@@ -107,7 +108,7 @@ impl BundleWork {
     }
 
     fn all_published(&self) -> bool {
-        self.members.iter().all(|m| m.work.lock().unwrap().published.is_some())
+        self.members.iter().all(|m| m.work.lock().unwrap().state.is_published())
     }
 
     /// The published members' files, in order: what peers are served.
@@ -198,10 +199,7 @@ impl Engine {
                 None
             }
             BundleSource::Peer(address, expected) => {
-                let client = self.peers.as_ref().ok_or(Error::InvalidP2pConfig {
-                    field: "peer_token",
-                    reason: "is empty: peer transfers are off",
-                })?;
+                let client = self.peers()?;
                 let id = ChunkId::parse(&bundle.id)?;
                 let dest: Arc<dyn PositionalWrite> = buffer.clone();
                 Some(
@@ -271,7 +269,7 @@ impl Engine {
             let work = member.work.lock().unwrap();
             let object = work.object();
             let identity = identity_of(object);
-            let local = work.published.as_ref().and_then(|record| {
+            let local = work.state.record().and_then(|record| {
                 let chunk = object.chunks.first()?;
                 let digest = record.chunks.get(&chunk.id)?.clone();
                 Some((work.targets[0].destination.clone(), digest))
@@ -287,7 +285,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        let store = self.store(&store_name)?;
+        let store = self.stores.get(&store_name)?;
         let dest: Arc<dyn PositionalWrite> = buffer.clone();
         origin::fetch_range(
             store.as_ref(),
@@ -318,8 +316,7 @@ impl Engine {
     fn bundle_in_place(&self, bundle: &BundleWork, digest: ChunkDigest) {
         *bundle.digest.lock().unwrap() = Some(digest);
         if let Ok(id) = ChunkId::parse(&bundle.id) {
-            self.registry
-                .insert(id, ServedChunk::in_files(bundle.segments(), digest));
+            self.serving.serve(id, ServedChunk::in_files(bundle.segments(), digest));
         }
     }
 }
@@ -343,11 +340,11 @@ fn commit(
 ) -> Result<Vec<(String, PathBuf, u64)>> {
     let _one = bundle.commit.lock().unwrap();
     let mut works: Vec<_> = bundle.members.iter().map(|m| m.work.lock().unwrap()).collect();
-    let pending: Vec<usize> = (0..works.len()).filter(|&i| works[i].published.is_none()).collect();
+    let pending: Vec<usize> = (0..works.len()).filter(|&i| !works[i].state.is_published()).collect();
     let mut refresh = false;
     for &i in &pending {
         refresh |= works[i].lock_destinations(store)?;
-        works[i].part = None; // members are written whole below, never resumed
+        works[i].state = ObjectState::Missing; // members are written whole below, never resumed
     }
     if refresh {
         store.refresh()?; // their entries are final now that no other run can change them
@@ -376,7 +373,7 @@ fn commit(
         for target in &work.targets[1..] {
             assembly::publish_copy(store, &primary, &record, target)?;
         }
-        work.published = Some(Box::new(record));
+        work.state = ObjectState::Published(Box::new(record));
         published.push((work.object().id.clone(), primary, work.object().size));
     }
     Ok(published)
