@@ -70,7 +70,10 @@ class Engine:
     """The engine of one node for one plan (mirrors rust/xfd-py/src/engine.rs).
 
     Every method releases the GIL; results and events are plain dicts. Events have a ``kind`` of
-    ``chunk_done``, ``chunk_failed``, ``file_published`` or ``unpacked``.
+    ``chunk_started``, ``chunk_done``, ``chunk_failed``, ``file_published`` or ``unpacked`` (fields in
+    docs/engine.md, "Events"); a ``chunk_failed`` event's ``error_kind`` is ``fatal``, ``integrity``,
+    ``peer``, ``origin``, ``busy`` or ``stalled``. Once :meth:`link` is called, outcomes go to the
+    coordinator instead and no event is queued.
     """
 
     def __new__(
@@ -108,7 +111,9 @@ class Engine:
     def start_server(
         self, bind: str, port: int = 0, upload_slots: int = 8, egress_bytes_per_sec: int | None = None
     ) -> tuple[str, int]:
-        """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use."""
+        """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use.
+        ``egress_bytes_per_sec`` caps the server's outbound rate (``None``: uncapped); no manifest setting
+        reaches it yet (docs/p2p.md)."""
     def stop_server(self, grace: float = 5.0) -> None:
         """Stops the peer server, letting in-flight uploads finish for up to ``grace`` seconds."""
     def cancel(self, grace: float = 10.0) -> None:

@@ -1,9 +1,10 @@
 //! Byte-range locks on the store's `locks` file: byte 0 for the log, and one byte per live run.
 //!
 //! A run does not lock one byte per destination: the kernel keeps a file's byte-range locks in one list
-//! that every lock request walks, so 100,000 locks cost 100,000^2 / 2 steps (measured: 20,000 locks took
-//! 10 s, 40,000 took 55 s). A run holds one byte of its own (its *run slot*, random) and records in the
-//! store's log which destinations it claims; a claim counts while its run's byte is held.
+//! that every lock request walks, so 100,000 locks cost 100,000^2 / 2 steps (measured in
+//! docs/benchmarks.md, "Many small files distributed: bundles"). A run holds one byte of its own (its *run
+//! slot*, random) and records in the store's log which destinations it claims; a claim counts while its
+//! run's byte is held.
 //!
 //! Open file description locks (`F_OFD_SETLK`, Linux): the kernel drops them when the process dies, so a
 //! killed run never leaves a stale lock behind, and they belong to one open of the file, so two engines
