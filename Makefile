@@ -20,6 +20,8 @@ demo: setup
 	.venv/bin/xfd demo
 
 test: setup browser xenna-env
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --locked

@@ -38,7 +38,7 @@ from typing import Any
 import obstore
 import psutil
 
-from benchmarks.systems import IN_FLIGHT, PIECE, Item, Workload, run_naive, run_ray_broadcast, run_xfd
+from benchmarks.systems import PIECE, Item, Workload, run_naive, run_ray_broadcast, run_xfd
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -65,7 +65,7 @@ class OriginProxy:
 
     def call(self, path: str, method: str = "GET") -> dict[str, Any]:
         request = urllib.request.Request(f"{self.endpoint}/__xfd_proxy/{path}", method=method)
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
     def set_rate(self, bytes_per_sec: int) -> None:
@@ -125,8 +125,9 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
             data = tar_gz(members)
             obstore.put(store, "archive.tar.gz", data)
             item = Item("archive.tar.gz", len(data), "/bench/archive.tar.gz", unpack_to="/bench/archive")
-            workloads[name] = Workload(name, (item,), ({"kind": "object", "key": item.key, "to": item.to,
-                                                        "unpack": item.unpack_to},))
+            workloads[name] = Workload(
+                name, (item,), ({"kind": "object", "key": item.key, "to": item.to, "unpack": item.unpack_to},)
+            )
         elif name in SMALL_FILES:
             prefix = f"{name}/"
             items = put_small(prefix, SMALL_FILES[name], KiB)
@@ -134,10 +135,14 @@ def upload_workloads(store: Any, names: list[str]) -> dict[str, Workload]:
         elif name == "mixed":
             big = put_random("mixed/weights.bin", 256 * MiB)
             small = tuple(put_random(f"mixed/tok/part-{i:03d}.bin", 2 * MiB) for i in range(100))
-            workloads[name] = Workload(name, (big, *small), (
-                {"kind": "object", "key": big.key, "to": big.to},
-                {"kind": "prefix", "prefix": "mixed/tok/", "to": "/bench/mixed/tok/"},
-            ))
+            workloads[name] = Workload(
+                name,
+                (big, *small),
+                (
+                    {"kind": "object", "key": big.key, "to": big.to},
+                    {"kind": "prefix", "prefix": "mixed/tok/", "to": "/bench/mixed/tok/"},
+                ),
+            )
         else:
             raise SystemExit(f"unknown workload {name!r}")
     return workloads
@@ -247,8 +252,16 @@ def clear_destinations(cluster: Any) -> None:
         shutil.rmtree(Path(node.root) / "bench", ignore_errors=True)
 
 
-def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: OriginProxy, n: int, cap: int,
-            u_origin: float, d_box: float) -> dict[str, Any]:
+def one_run(
+    system: str,
+    workload: Workload,
+    run: Callable[[], Any],
+    proxy: OriginProxy,
+    n: int,
+    cap: int,
+    u_origin: float,
+    d_box: float,
+) -> dict[str, Any]:
     proxy.call("reset", "POST")
     driver_before = resource.getrusage(resource.RUSAGE_SELF)
     box_before = psutil.cpu_times()
@@ -263,14 +276,21 @@ def one_run(system: str, workload: Workload, run: Callable[[], Any], proxy: Orig
     stats = proxy.call("stats")
     f = workload.unique_bytes
     record = {
-        "system": system, "workload": workload.name, "nodes": n, "cap_mbps": cap / 1e6, "wall_s": wall,
-        "unique_bytes": f, "origin_bytes": stats["object_get_bytes"], "origin_ratio": stats["object_get_bytes"] / f,
+        "system": system,
+        "workload": workload.name,
+        "nodes": n,
+        "cap_mbps": cap / 1e6,
+        "wall_s": wall,
+        "unique_bytes": f,
+        "origin_bytes": stats["object_get_bytes"],
+        "origin_ratio": stats["object_get_bytes"] / f,
         "peak_worker_rss_mib": sampler.peak_rss_own / MiB,
         "peak_driver_rss_mib": sampler.peak_rss_driver / MiB,
         # The whole machine's CPU, busy / available during the run (every process: servers included).
         "box_cpu_busy": 1 - idle / total if total else 0.0,
         "box_iowait": (box_after.iowait - box_before.iowait) / total if total else 0.0,
-        "cpu_s": sampler.worker_cpu_s + (driver_after.ru_utime + driver_after.ru_stime)
+        "cpu_s": sampler.worker_cpu_s
+        + (driver_after.ru_utime + driver_after.ru_stime)
         - (driver_before.ru_utime + driver_before.ru_stime),
     }
     if system == "xfd":
@@ -297,8 +317,9 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["file-1g", "file-4g", "prefix", "targz", "mixed"])
     parser.add_argument("--systems", nargs="+", default=["xfd", "naive", "ray"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cap-mbps", type=float, nargs="+", default=[100.0, 0.0],
-                        help="origin caps to run, MB/s (0: uncapped)")
+    parser.add_argument(
+        "--cap-mbps", type=float, nargs="+", default=[100.0, 0.0], help="origin caps to run, MB/s (0: uncapped)"
+    )
     parser.add_argument("--chunk-mib", type=int, default=None, help="xfd's chunk size (default: xfd's automatic size)")
     parser.add_argument("--base-dir", default=None, help="where node roots live (default: a temporary directory)")
     parser.add_argument("--out", default="build/bench/cluster.jsonl")
@@ -308,8 +329,8 @@ def main() -> None:
         print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
         return
 
-    from xfd.runtime import LocalCluster
     from benchmarks.seaweed import LocalSeaweed
+    from xfd.runtime import LocalCluster
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -341,19 +362,28 @@ def main() -> None:
                         u_origin = cap or origin_uncapped
                         for workload in workloads.values():
                             systems = {
-                                "xfd": lambda w=workload: run_xfd(w, f"s3://{BUCKET}", options, node_ids,
-                                                                 args.chunk_mib * MiB if args.chunk_mib else "auto"),
-                                "naive": lambda w=workload: run_naive(w, store, node_ids),
-                                "ray": lambda w=workload: run_ray_broadcast(w, store, node_ids),
+                                "xfd": lambda w=workload, ids=node_ids: run_xfd(
+                                    w,
+                                    f"s3://{BUCKET}",
+                                    options,
+                                    ids,
+                                    args.chunk_mib * MiB if args.chunk_mib else "auto",
+                                ),
+                                "naive": lambda w=workload, ids=node_ids: run_naive(w, store, ids),
+                                "ray": lambda w=workload, ids=node_ids: run_ray_broadcast(w, store, ids),
                             }
                             order = [s for s in args.systems if s in systems]
                             for repeat in range(args.repeats):
-                                for system in order[repeat % len(order):] + order[:repeat % len(order)]:
+                                for system in order[repeat % len(order) :] + order[: repeat % len(order)]:
                                     clear_destinations(cluster)
                                     record = one_run(system, workload, systems[system], proxy, n, cap, u_origin, d_box)
-                                    record.update(repeat=repeat, disk_mbps=d_box / 1e6, chunk_mib=args.chunk_mib or "auto",
-                                                  origin_uncapped_mbps=origin_uncapped / 1e6,
-                                                  first_run=system == "xfd" and cold)
+                                    record.update(
+                                        repeat=repeat,
+                                        disk_mbps=d_box / 1e6,
+                                        chunk_mib=args.chunk_mib or "auto",
+                                        origin_uncapped_mbps=origin_uncapped / 1e6,
+                                        first_run=system == "xfd" and cold,
+                                    )
                                     cold = cold and system != "xfd"
                                     records.append(record)
                                     with out.open("a") as sink:
@@ -388,8 +418,10 @@ def rebound(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     runs) and the disk took ``N F`` in ``wall_s`` (every run). The best of probes and runs is what this
     machine can do, so T_min from it is a bound no run beats.
     """
-    u_origin = max([r["origin_uncapped_mbps"] * 1e6 for r in records]
-                   + [r["origin_bytes"] / r["wall_s"] for r in records if not r["cap_mbps"]])
+    u_origin = max(
+        [r["origin_uncapped_mbps"] * 1e6 for r in records]
+        + [r["origin_bytes"] / r["wall_s"] for r in records if not r["cap_mbps"]]
+    )
     # The disk is shared by the N nodes: its rate is taken per N (sustained probe, or any run at that N).
     d_box: dict[int, float] = {}
     for r in records:
@@ -408,9 +440,11 @@ def table(records: list[dict[str, Any]]) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["workload"], r["cap_mbps"], r["nodes"], r["system"]), []).append(r)
-    lines = ["| workload | origin cap | N | system | median wall | origin / unique | efficiency | "
-             "xfd startup | first run | peak worker RSS | peak driver RSS | CPU s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| workload | origin cap | N | system | median wall | origin / unique | efficiency | "
+        "xfd startup | first run | peak worker RSS | peak driver RSS | CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (workload, cap, n, system), runs in groups.items():
         warm = [r for r in runs if not r.get("first_run")] or runs
         wall = statistics.median(r["wall_s"] for r in warm)
@@ -425,8 +459,7 @@ def table(records: list[dict[str, Any]]) -> str:
     if records:
         origin = f"uncapped origin {max(u):.0f} MB/s, " if u else ""
         disks = ", ".join(f"N={n}: {d:.0f}" for n, d in sorted({(r["nodes"], r["d_box_mbps"]) for r in records}))
-        lines.append(f"\nT_min from: {origin}machine disk MB/s shared by N writers ({disks}; best of probes and "
-                     "runs)")
+        lines.append(f"\nT_min from: {origin}machine disk MB/s shared by N writers ({disks}; best of probes and runs)")
     return "\n".join(lines)
 
 

@@ -38,8 +38,13 @@ def manifest_for(endpoint_options: dict, key: str):
 
     options = dict(endpoint_options)
     options.update(options.pop("client_options"))
-    return (Manifest.builder().store("b", f"s3://{BUCKET}", **options)
-            .settings(chunk_size=CHUNK, node_parallelism=IN_FLIGHT).object("b", key, to="/bench/object.bin").build())
+    return (
+        Manifest.builder()
+        .store("b", f"s3://{BUCKET}", **options)
+        .settings(chunk_size=CHUNK, node_parallelism=IN_FLIGHT)
+        .object("b", key, to="/bench/object.bin")
+        .build()
+    )
 
 
 def keep_in_flight(engine, submit, items) -> None:
@@ -116,7 +121,9 @@ def phase_xfd_peer(options: dict, key: str, root: str) -> float:
     leecher = node_engine(plan, manifest.stores, Path(root) / "leecher", peer_token=token)
     leecher.scan()
     started = time.perf_counter()
-    keep_in_flight(leecher, leecher.submit_peer, [(c.id, host, port, digests.get(c.id)) for c in plan.objects[0].chunks])
+    keep_in_flight(
+        leecher, leecher.submit_peer, [(c.id, host, port, digests.get(c.id)) for c in plan.objects[0].chunks]
+    )
     elapsed = time.perf_counter() - started
     seeder.stop_server(1.0)
     return elapsed
@@ -135,7 +142,9 @@ def child(phase: str, options_json: str, key: str) -> None:
 def measure(phase: str, options: dict, key: str) -> dict:
     output = subprocess.run(
         [sys.executable, "-m", "benchmarks.engine_bench", "--child", phase, json.dumps(options), key],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -156,8 +165,11 @@ def main() -> None:
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("PHASE", "OPTIONS", "KEY"))
-    parser.add_argument("--dest-dir", default=None,
-                        help="where destination files go (default: the temp dir); /dev/shm takes the disk out")
+    parser.add_argument(
+        "--dest-dir",
+        default=None,
+        help="where destination files go (default: the temp dir); /dev/shm takes the disk out",
+    )
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -183,8 +195,9 @@ def main() -> None:
                     print(json.dumps({"phase": phase, "size_mib": size_mib, **result}), flush=True)
             for phase, runs in results.items():
                 seconds = statistics.median(r["seconds"] for r in runs)
-                rows.append((phase, size_mib, seconds, size_mib * MiB / seconds / 1e6,
-                             max(r["peak_rss"] for r in runs) / MiB))
+                rows.append(
+                    (phase, size_mib, seconds, size_mib * MiB / seconds / 1e6, max(r["peak_rss"] for r in runs) / MiB)
+                )
     print("\n| system | object | median time | throughput | peak RSS of the process |")
     print("| --- | --- | --- | --- | --- |")
     for phase, size_mib, seconds, mbps, rss in rows:

@@ -55,8 +55,12 @@ def key(index: int, flat: bool = False) -> str:
 def timed(name: str, files: int, action: Callable[[], Any], results: list[dict[str, Any]]) -> Any:
     started = time.perf_counter()
     value = action()
-    row = {"step": name, "files": files, "seconds": round(time.perf_counter() - started, 3),
-           "peak_rss_mib": round(peak_rss_mib())}
+    row = {
+        "step": name,
+        "files": files,
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
     print(json.dumps(row), flush=True)
     results.append(row)
     return value
@@ -69,9 +73,11 @@ def synthetic_plan(files: int, size: int, flat: bool, results: list[dict[str, An
     from xfd.manifest import Manifest, PrefixArtifact, Settings, Store
     from xfd.plan import _assemble, _Found
 
-    manifest = Manifest(stores={"s": Store("s3://bench")},
-                        artifacts=(PrefixArtifact(store="s", prefix=PREFIX, to="/data"),),
-                        settings=Settings())
+    manifest = Manifest(
+        stores={"s": Store("s3://bench")},
+        artifacts=(PrefixArtifact(store="s", prefix=PREFIX, to="/data"),),
+        settings=Settings(),
+    )
     listing = [_Found(key(i, flat), size, f'"{i:032x}"', None, "2026-11-30T00:00:00+00:00") for i in range(files)]
     return timed("plan", files, lambda: _assemble(manifest, [listing]), results)
 
@@ -89,8 +95,7 @@ def directory_plan(files: int, size: int, flat: bool, results: list[dict[str, An
             path = root / key(index, flat)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)
-        timed("list (file store)", files, lambda: obstore.list(LocalStore(str(root)), prefix=PREFIX).collect(),
-              results)
+        timed("list (file store)", files, lambda: obstore.list(LocalStore(str(root)), prefix=PREFIX).collect(), results)
         manifest = Manifest.builder().store("s", root.as_uri()).prefix("s", PREFIX, to="/data").build()
         return timed("plan", files, manifest.plan, results)
     finally:
@@ -152,9 +157,19 @@ def coordinator_start(plan: Any, nodes: int) -> Any:
     from xfd import _core
 
     names = [f"node-{i}" for i in range(nodes)]
-    control = _core.Coordinator(list(plan.unit_sizes.items()), plan.unique_bytes, "0" * 64, "127.0.0.1", names,
-                                origin_parallelism=4, download_slots=8, upload_slots=8, with_chunks=True,
-                                origin_hold=0.0, snapshot_every=0.05)
+    control = _core.Coordinator(
+        list(plan.unit_sizes.items()),
+        plan.unique_bytes,
+        "0" * 64,
+        "127.0.0.1",
+        names,
+        origin_parallelism=4,
+        download_slots=8,
+        upload_slots=8,
+        with_chunks=True,
+        origin_hold=0.0,
+        snapshot_every=0.05,
+    )
     for name in names:
         control.join(name, "127.0.0.1:9", plan.chunks_for({}), [])
     deadline = time.monotonic() + 60
@@ -179,8 +194,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=1024, help="bytes per object")
     parser.add_argument("--store", choices=("none", "file", "s3"), default="none")
-    parser.add_argument("--flat", action="store_true",
-                        help=f"every file in one directory (default: {FILES_PER_DIRECTORY} per directory)")
+    parser.add_argument(
+        "--flat",
+        action="store_true",
+        help=f"every file in one directory (default: {FILES_PER_DIRECTORY} per directory)",
+    )
     parser.add_argument("--nodes", type=int, default=4, help="nodes of the coordinator and tick steps")
     parser.add_argument("--steps", nargs="+", choices=STEPS + OPT_IN, default=list(STEPS))
     args = parser.parse_args()

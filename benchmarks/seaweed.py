@@ -36,13 +36,26 @@ class LocalSeaweed(S3Sandbox):
         ports = {name: free_port() for name in ("master", "filer", "volume")}
         grpc = {name: free_port() for name in ("master", "filer", "volume", "s3")}
         command = [
-            weed, "mini", f"-dir={self._dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-            "-webdav=false", "-master.telemetry=false", f"-s3.port={self.port}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", f"-master.port={ports['master']}", f"-filer.port={ports['filer']}",
-            f"-volume.port={ports['volume']}", f"-master.port.grpc={grpc['master']}",
-            f"-filer.port.grpc={grpc['filer']}", f"-volume.port.grpc={grpc['volume']}", f"-s3.port.grpc={grpc['s3']}",
+            weed,
+            "mini",
+            f"-dir={self._dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            f"-s3.port={self.port}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={ports['master']}",
+            f"-filer.port={ports['filer']}",
+            f"-volume.port={ports['volume']}",
+            f"-master.port.grpc={grpc['master']}",
+            f"-filer.port.grpc={grpc['filer']}",
+            f"-volume.port.grpc={grpc['volume']}",
+            f"-s3.port.grpc={grpc['s3']}",
         ]
-        log = open(Path(self._dir) / "weed.log", "wb")  # noqa: SIM115 - owned by the process
+        log = open(Path(self._dir) / "weed.log", "wb")
         self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
         return self
@@ -53,7 +66,7 @@ class LocalSeaweed(S3Sandbox):
             if self._process is not None and self._process.poll() is not None:
                 raise ConfigError(f"weed exited with {self._process.returncode}; see {self._dir}/weed.log")
             try:
-                urllib.request.urlopen(f"{self.endpoint}/", timeout=1)  # noqa: S310 - loopback only
+                urllib.request.urlopen(f"{self.endpoint}/", timeout=1)
                 return
             except urllib.error.HTTPError:
                 return  # any HTTP answer means the S3 gateway is up

@@ -57,8 +57,9 @@ class Workload:
         return sum(item.size for item in self.items)
 
 
-def run_xfd(workload: Workload, store_url: str, options: dict[str, Any], node_ids: list[str],
-            chunk_size: int | str = "auto") -> Any:
+def run_xfd(
+    workload: Workload, store_url: str, options: dict[str, Any], node_ids: list[str], chunk_size: int | str = "auto"
+) -> Any:
     from xfd import Manifest
 
     builder = Manifest.builder().store("origin", store_url, **options).settings(chunk_size=chunk_size)
@@ -143,7 +144,7 @@ async def _range_groups(store: Any, item: Item) -> AsyncIterator[tuple[int, list
     """The object as groups of up to 8 buffers of 64 MiB, fetched with one ranged GET each, in parallel."""
     starts = list(range(0, item.size, PIECE)) or [0]
     for first in range(0, len(starts), IN_FLIGHT):
-        group = starts[first:first + IN_FLIGHT]
+        group = starts[first : first + IN_FLIGHT]
         ends = [min(start + PIECE, item.size) for start in group]
         yield group[0], await obstore.get_ranges_async(store, item.key, starts=group, ends=ends)
 

@@ -11,8 +11,18 @@ import attrs
 
 from xfd.engine import store_arguments
 from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
-from xfd.plan import (BUNDLE_MAX_BYTES, BUNDLE_MAX_MEMBERS, BUNDLE_MEMBER_MAX, BUNDLE_MIN_MEMBERS, BUNDLES_PER_GROUP,
-                      Plan, PlanBundle, _assemble, _digest, _Found)
+from xfd.plan import (
+    BUNDLE_MAX_BYTES,
+    BUNDLE_MAX_MEMBERS,
+    BUNDLE_MEMBER_MAX,
+    BUNDLE_MIN_MEMBERS,
+    BUNDLES_PER_GROUP,
+    Plan,
+    PlanBundle,
+    _assemble,
+    _digest,
+    _Found,
+)
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -21,18 +31,23 @@ def found(key: str, size: int) -> _Found:
     return _Found(key, size, f'"{_digest(key)}"', None, None)
 
 
-def prefix(name: str, sizes: list[int], *, store: str = "s",
-           nodes: dict[str, str] | None = None) -> tuple[PrefixArtifact, list[_Found]]:
+def prefix(
+    name: str, sizes: list[int], *, store: str = "s", nodes: dict[str, str] | None = None
+) -> tuple[PrefixArtifact, list[_Found]]:
     """A prefix artifact ``name`` holding ``name/f00000`` ... of these sizes, and its listing."""
     artifact = PrefixArtifact(store=store, prefix=name, to=f"/{name}", nodes=nodes or {})
     return artifact, [found(f"{name}/f{i:05d}", size) for i, size in enumerate(sizes)]
 
 
-def compile_plan(*parts: tuple[PrefixArtifact | ObjectArtifact, list[_Found]],
-                 settings: Settings | None = None) -> Plan:
+def compile_plan(
+    *parts: tuple[PrefixArtifact | ObjectArtifact, list[_Found]], settings: Settings | None = None
+) -> Plan:
     with attrs.validators.disabled():  # chunks of a few KB: smaller than a manifest may ask for
-        manifest = Manifest(stores={"s": Store("s3://b"), "t": Store("s3://other")}, settings=settings or Settings(),
-                            artifacts=tuple(artifact for artifact, _ in parts))
+        manifest = Manifest(
+            stores={"s": Store("s3://b"), "t": Store("s3://other")},
+            settings=settings or Settings(),
+            artifacts=tuple(artifact for artifact, _ in parts),
+        )
     return _assemble(manifest, [listing for _, listing in parts])
 
 
@@ -96,7 +111,8 @@ def test_a_single_member_is_left_an_ordinary_object():
     left = sorted(o.key for o in plan.objects if o.id not in bundled)
     assert left == ["alone/f00000", f"d/f{BUNDLE_MIN_MEMBERS:05d}"]
     assert set(plan.unit_sizes) == {b.id for b in plan.bundles} | {
-        o.chunks[0].id for o in plan.objects if o.key in left}
+        o.chunks[0].id for o in plan.objects if o.key in left
+    }
 
 
 def test_objects_of_other_node_selectors_or_stores_are_never_bundled_together():
@@ -118,12 +134,14 @@ def test_objects_of_other_node_selectors_or_stores_are_never_bundled_together():
         ["tpu/f00000", "tpu/f00001", "tpu/f00002"],
     ]
     assert [plan.object(m).store for b in plan.bundles for m in b.members if "elsewhere" in plan.object(m).key] == [
-        "t"] * 3
+        "t"
+    ] * 3
 
 
 def test_a_node_needs_the_bundles_of_its_selectors_and_no_member_chunk():
-    plan = compile_plan(prefix("cpu", [10, 20]), prefix("gpu", [30, 40], nodes={"accelerator": "a100"}),
-                        prefix("big", [40 * MiB]))
+    plan = compile_plan(
+        prefix("cpu", [10, 20]), prefix("gpu", [30, 40], nodes={"accelerator": "a100"}), prefix("big", [40 * MiB])
+    )
     by_prefix = {plan.object(b.members[0]).key.split("/")[0]: b for b in plan.bundles}
     big = next(o for o in plan.objects if o.key.startswith("big/"))
     member_chunks = {plan.object(m).chunks[0].id for b in plan.bundles for m in b.members}
@@ -169,11 +187,15 @@ def test_bundles_survive_json_and_plans_without_them_still_load():
 
 def test_summary_repr_and_notebook_table_say_how_many_files_are_bundled():
     plan = compile_plan(prefix("d", [KiB] * 300), prefix("one", [5], nodes={"a": "b"}), prefix("big", [40 * MiB]))
-    header = ("302 files, 302 unique objects, 40.3 MiB unique, 304 chunks of up to 16.0 MiB; "
-              "300 small files packed into 8 bundles")
+    header = (
+        "302 files, 302 unique objects, 40.3 MiB unique, 304 chunks of up to 16.0 MiB; "
+        "300 small files packed into 8 bundles"
+    )
     assert plan.summary().splitlines()[0] == f"plan: 3 artifacts, {header}"
-    assert repr(plan) == ("<Plan 3 artifacts, 302 files, 302 unique objects, 40.3 MiB unique, 304 chunks; "
-                          "300 small files packed into 8 bundles>")
+    assert repr(plan) == (
+        "<Plan 3 artifacts, 302 files, 302 unique objects, 40.3 MiB unique, 304 chunks; "
+        "300 small files packed into 8 bundles>"
+    )
     assert "304 chunks; 300 small files packed into 8 bundles</p>" in plan._repr_html_()
     plain = compile_plan(prefix("one", [5]))
     assert "bundle" not in plain.summary() + repr(plain) + plain._repr_html_()

@@ -40,22 +40,32 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("arguments", "expected"), [
-    (["--label", "gpu"], "--label takes KEY=VALUE, as in --label gpu=a100; got 'gpu'"),
-    (["--label", "gpu=a 100"], "--label 'gpu=a 100': the value 'a 100' must be 1 to 63 letters, digits, '-', '_' or "
-                               "'.', starting and ending with a letter or digit"),
-    (["--label", "=a100"], "--label '=a100': the label name '' must be 1 to 63"),
-    (["--label", "gpu="], "--label 'gpu=': the value '' must be 1 to 63"),
-    (["--label", "bad_prefix_/gpu=a100"], "--label 'bad_prefix_/gpu=a100': the key prefix 'bad_prefix_' must be a DNS "
-                                          "name"),
-    (["--label", "gpu=a100", "--label", "gpu=h100"], "--label gpu: given twice, as 'a100' and 'h100'"),
-    (["--timeout", "0"], "--timeout must be a number of seconds above 0, got 0.0"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--label", "gpu"], "--label takes KEY=VALUE, as in --label gpu=a100; got 'gpu'"),
+        (
+            ["--label", "gpu=a 100"],
+            "--label 'gpu=a 100': the value 'a 100' must be 1 to 63 letters, digits, '-', '_' or "
+            "'.', starting and ending with a letter or digit",
+        ),
+        (["--label", "=a100"], "--label '=a100': the label name '' must be 1 to 63"),
+        (["--label", "gpu="], "--label 'gpu=': the value '' must be 1 to 63"),
+        (
+            ["--label", "bad_prefix_/gpu=a100"],
+            "--label 'bad_prefix_/gpu=a100': the key prefix 'bad_prefix_' must be a DNS name",
+        ),
+        (["--label", "gpu=a100", "--label", "gpu=h100"], "--label gpu: given twice, as 'a100' and 'h100'"),
+        (["--timeout", "0"], "--timeout must be a number of seconds above 0, got 0.0"),
+    ],
+)
 def test_distribute_refuses_bad_labels_and_timeouts_before_planning(tmp_path, capsys, arguments, expected):
     # Planning this manifest would fail on its store (nothing listens there): the options are checked first.
     path = tmp_path / "a.toml"
-    path.write_text('[stores.m]\nurl = "s3://b"\nendpoint = "http://127.0.0.1:9"\nallow_http = true\n'
-                    '[[artifacts]]\nstore = "m"\nkey = "k"\nto = "/k"\n')
+    path.write_text(
+        '[stores.m]\nurl = "s3://b"\nendpoint = "http://127.0.0.1:9"\nallow_http = true\n'
+        '[[artifacts]]\nstore = "m"\nkey = "k"\nto = "/k"\n'
+    )
     assert main(["distribute", *arguments, str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"xfd: error: {expected}") and err.count("\n") == 1
@@ -63,7 +73,10 @@ def test_distribute_refuses_bad_labels_and_timeouts_before_planning(tmp_path, ca
 
 def test_distribute_takes_labels_with_prefixes():
     assert _labels(["example.com/gpu=a100", "zone=us-east-1a", "tier=A_1.b-2"]) == {
-        "example.com/gpu": "a100", "zone": "us-east-1a", "tier": "A_1.b-2"}
+        "example.com/gpu": "a100",
+        "zone": "us-east-1a",
+        "tier": "A_1.b-2",
+    }
     assert _labels(["gpu=a100", "gpu=a100"]) == {"gpu": "a100"}
 
 
@@ -74,8 +87,10 @@ def test_plan_exits_cleanly_run_after_run(s3, bucket, tmp_path):
     for index in range(8):
         obstore.put(store, f"data/{index}.bin", b"x" * index)
     manifest = tmp_path / "artifacts.toml"
-    manifest.write_text(s3.store_toml("m", f"s3://{bucket}") + '[[artifacts]]\nstore = "m"\nprefix = "data"\n'
-                        'to = "/data"\n[[artifacts]]\nstore = "m"\nkey = "data/7.bin"\nto = "/seven.bin"\n')
+    manifest.write_text(
+        s3.store_toml("m", f"s3://{bucket}") + '[[artifacts]]\nstore = "m"\nprefix = "data"\n'
+        'to = "/data"\n[[artifacts]]\nstore = "m"\nkey = "data/7.bin"\nto = "/seven.bin"\n'
+    )
     command = [str(Path(sysconfig.get_path("scripts")) / "xfd"), "plan", str(manifest)]
 
     def plan(_: int) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import obstore
-
 import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -51,8 +51,9 @@ def test_a_driver_that_stops_reading_progress_loses_no_healthy_node(cluster, s3,
             slept.append(snapshot.elapsed_s)
             time.sleep(3 * LOST_AFTER_S)
 
-    coordinator = Coordinator(manifest.plan(), manifest.stores, on_progress=slow_driver, progress_interval_s=0.05,
-                              lost_after_s=LOST_AFTER_S)
+    coordinator = Coordinator(
+        manifest.plan(), manifest.stores, on_progress=slow_driver, progress_interval_s=0.05, lost_after_s=LOST_AFTER_S
+    )
     report = coordinator.run()
 
     assert slept, "the driver was slowed"
@@ -111,8 +112,9 @@ def test_a_node_given_a_fault_gets_a_ray_actor_even_under_the_driver(cluster):
         POOL.give_back(driver, agent)
 
 
-def test_a_refusal_on_the_drivers_node_fails_that_node_only_and_keeps_the_users_file(cluster, s3, bucket, model,
-                                                                                       origin):
+def test_a_refusal_on_the_drivers_node_fails_that_node_only_and_keeps_the_users_file(
+    cluster, s3, bucket, model, origin
+):
     """The driver's own agent refuses a run as an actor would: the report says why, nothing is lost."""
     driver_root = cluster.nodes[0].root  # the head: the driver connected to it
     for node in cluster.nodes:
@@ -126,8 +128,9 @@ def test_a_refusal_on_the_drivers_node_fails_that_node_only_and_keeps_the_users_
 
     assert not report.ok
     (refused,) = [n for n in report.nodes if n.state != "done"]
-    assert refused.ip == cluster.nodes[0].ip and any("not written by xfd" in f for f in refused.failures), \
+    assert refused.ip == cluster.nodes[0].ip and any("not written by xfd" in f for f in refused.failures), (
         report.summary()
+    )
     assert mine.read_bytes() == b"the user's own file"
     for node in cluster.nodes[1:]:
         assert localize("/models/model.bin", node.root).read_bytes() == model

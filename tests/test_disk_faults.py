@@ -59,9 +59,22 @@ def run_in_small_disk(tmp_path: Path, manifest_toml: str, mode: str) -> dict:
     root = tmp_path / "node-root"
     root.mkdir()
     result = subprocess.run(
-        [UNSHARE, "--user", "--map-root-user", "--mount", sys.executable, "-c", ENGINE_RUN, str(root),
-         manifest_toml, mode],
-        capture_output=True, text=True, timeout=240, env=os.environ | {"PYTHONWARNINGS": "error"},
+        [
+            UNSHARE,
+            "--user",
+            "--map-root-user",
+            "--mount",
+            sys.executable,
+            "-c",
+            ENGINE_RUN,
+            str(root),
+            manifest_toml,
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ | {"PYTHONWARNINGS": "error"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -70,8 +83,10 @@ def run_in_small_disk(tmp_path: Path, manifest_toml: str, mode: str) -> dict:
 @pytest.fixture
 def big_object_manifest(s3, bucket, origin) -> str:
     obstore.put(s3.store(bucket), "root/big.bin", os.urandom(5 * MiB))
-    return (s3.store_toml("m", f"s3://{bucket}/root", origin.endpoint)
-            + '[settings]\nchunk_size = "1MiB"\n[[artifacts]]\nstore = "m"\nkey = "big.bin"\nto = "/models/big.bin"\n')
+    return (
+        s3.store_toml("m", f"s3://{bucket}/root", origin.endpoint)
+        + '[settings]\nchunk_size = "1MiB"\n[[artifacts]]\nstore = "m"\nkey = "big.bin"\nto = "/models/big.bin"\n'
+    )
 
 
 def test_a_full_disk_is_one_clear_error_and_gives_its_space_back(tmp_path, big_object_manifest):

@@ -166,8 +166,10 @@ def test_the_cli_distributes_a_toml_manifest(cluster, s3, bucket, artifacts, ori
 
     clear_roots(cluster)
     path = tmp_path / "artifacts.toml"
-    path.write_text(s3.store_toml("m", f"s3://{bucket}/root", origin.endpoint)
-                    + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n')
+    path.write_text(
+        s3.store_toml("m", f"s3://{bucket}/root", origin.endpoint)
+        + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/cli/tok"\n'
+    )
     assert main(["distribute", "--no-progress", str(path)]) == 0
     out = capsys.readouterr().out
     assert "plan: 1 artifact, 2 files" in out and out.count("done") == len(cluster.nodes)
@@ -234,8 +236,7 @@ def idle_agents() -> dict[str, set[str]]:
     from xfd.runtime.cluster_nodes import alive_nodes
 
     alive = {node["NodeID"] for node in alive_nodes()}
-    return {node: {agent._actor_id.hex() for agent in agents} for node, agents in POOL.idle().items()
-            if node in alive}
+    return {node: {agent._actor_id.hex() for agent in agents} for node, agents in POOL.idle().items() if node in alive}
 
 
 def test_agents_stay_warm_between_runs_and_dead_ones_are_replaced(cluster, s3, bucket, artifacts, origin):

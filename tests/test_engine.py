@@ -20,8 +20,11 @@ MiB = 1 << 20
 
 
 def manifest_through(s3: LocalS3, bucket: str, endpoint: str):
-    return Manifest.builder().store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint)).settings(
-        chunk_size="1MiB")
+    return (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint))
+        .settings(chunk_size="1MiB")
+    )
 
 
 @pytest.fixture
@@ -100,7 +103,9 @@ def test_the_engine_keeps_its_records_where_xfd_state_dir_says(s3, bucket, objec
 
 def test_the_default_automatic_chunk_size_reaches_the_engine(s3, bucket, objects, origin, tmp_path):
     store = s3.manifest_options(origin.endpoint)
-    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **store).object("m", "model.bin", to="/m.bin").build()
+    manifest = (
+        Manifest.builder().store("m", f"s3://{bucket}/root", **store).object("m", "model.bin", to="/m.bin").build()
+    )
     assert manifest.settings.chunk_size == "auto"
     plan = manifest.plan()
     engine = node_engine(plan, manifest.stores, tmp_path)
@@ -130,7 +135,9 @@ def test_background_fetches_report_through_events(s3, bucket, objects, origin, t
     events, deadline = [], time.monotonic() + 60
     while not any(e["kind"] == "file_published" for e in events) and time.monotonic() < deadline:
         events += engine.wait_events(1.0)
-    assert sorted(e["chunk_id"] for e in events if e["kind"] == "chunk_done") == sorted(c.id for c in plan.objects[0].chunks)
+    assert sorted(e["chunk_id"] for e in events if e["kind"] == "chunk_done") == sorted(
+        c.id for c in plan.objects[0].chunks
+    )
     assert all(e["source"] == "origin" and len(e["digest"]) == 64 for e in events if e["kind"] == "chunk_done")
     assert (tmp_path / "m.bin").read_bytes() == objects["root/model.bin"]
 
@@ -166,7 +173,9 @@ def test_a_malicious_archive_is_refused_with_nothing_written_outside(s3, bucket,
         info.size = 4
         archive.addfile(info, io.BytesIO(b"evil"))
     obstore.put(s3.store(bucket), "root/evil.tar.gz", buffer.getvalue())
-    manifest = manifest_through(s3, bucket, origin.endpoint).object("m", "evil.tar.gz", to="/d/evil.tar.gz").unpack().build()
+    manifest = (
+        manifest_through(s3, bucket, origin.endpoint).object("m", "evil.tar.gz", to="/d/evil.tar.gz").unpack().build()
+    )
     plan = manifest.plan()
     engine = node_engine(plan, manifest.stores, tmp_path)
     with pytest.raises(UnsafeArchiveError, match="escaped.txt"):
@@ -225,9 +234,12 @@ def test_origin_retry_settings_reach_the_engine(s3, bucket, objects, origin, tmp
     """`origin_attempts` bounds the tries per chunk: three attempts cost three times the requests of one."""
 
     def requests_until_failure(attempts: int) -> int:
-        manifest = (manifest_through(s3, bucket, origin.endpoint)
-                    .settings(origin_attempts=attempts, origin_backoff=0.01, origin_max_backoff=0.05)
-                    .object("m", "tok/a.json", to=f"/a{attempts}.json").build())
+        manifest = (
+            manifest_through(s3, bucket, origin.endpoint)
+            .settings(origin_attempts=attempts, origin_backoff=0.01, origin_max_backoff=0.05)
+            .object("m", "tok/a.json", to=f"/a{attempts}.json")
+            .build()
+        )
         plan = manifest.plan()
         origin.reset()
         origin.refuse(f"/{bucket}/root/tok/a.json", 500)

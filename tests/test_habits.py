@@ -44,8 +44,12 @@ def builder(s3, bucket, endpoint):
 
 
 def manifest_a(s3, bucket, endpoint) -> Manifest:
-    return builder(s3, bucket, endpoint).object("m", "model.bin", to="/habits/model.bin").prefix(
-        "m", "tok/", to="/habits/tok").build()
+    return (
+        builder(s3, bucket, endpoint)
+        .object("m", "model.bin", to="/habits/model.bin")
+        .prefix("m", "tok/", to="/habits/tok")
+        .build()
+    )
 
 
 def manifest_b(s3, bucket, endpoint) -> Manifest:
@@ -53,8 +57,11 @@ def manifest_b(s3, bucket, endpoint) -> Manifest:
 
 
 def files_a(contents) -> dict[str, bytes]:
-    return {"/habits/model.bin": contents["root/model.bin"], "/habits/tok/a.json": contents["root/tok/a.json"],
-            "/habits/tok/b.json": contents["root/tok/b.json"]}
+    return {
+        "/habits/model.bin": contents["root/model.bin"],
+        "/habits/tok/a.json": contents["root/tok/a.json"],
+        "/habits/tok/b.json": contents["root/tok/b.json"],
+    }
 
 
 def clear(cluster) -> None:
@@ -74,8 +81,9 @@ def assert_on_every_node(cluster, files: dict[str, bytes]) -> None:
 
 def object_bytes(origin) -> int:
     """Object bytes the origin served (planning's LIST responses left out)."""
-    return sum(r.body_bytes for r in origin.traffic().requests
-               if r.method == "GET" and r.status < 300 and "/root/" in r.path)
+    return sum(
+        r.body_bytes for r in origin.traffic().requests if r.method == "GET" and r.status < 300 and "/root/" in r.path
+    )
 
 
 def assert_cache_hit(report, origin) -> None:
@@ -153,8 +161,11 @@ def test_a_kernel_restart_then_a_run_from_the_new_kernel(cluster, s3, bucket, co
     clear(cluster)
     manifest = manifest_a(s3, bucket, origin.endpoint)
     (tmp_path / "artifacts.toml").write_text(manifest.to_toml())
-    kernel = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "artifacts.toml"), cluster.address],
-                              stdout=subprocess.PIPE, text=True)
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "artifacts.toml"), cluster.address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert kernel.stdout.readline().strip() == "ran True"
     finally:
@@ -188,8 +199,12 @@ def test_ctrl_c_stops_the_run_and_the_next_run_completes(cluster, s3, bucket, co
     manifest = manifest_a(s3, bucket, origin.endpoint)
     (tmp_path / "artifacts.toml").write_text(manifest.to_toml())
     origin.throttle(256 * 1024)  # 3 MiB: about 12 s, far longer than the test waits before the interrupt
-    driver = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(tmp_path / "artifacts.toml"), cluster.address],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, str(tmp_path / "artifacts.toml"), cluster.address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         while driver.stdout.readline().strip() != "progress":
             assert driver.poll() is None, "the driver ended before the run started"
@@ -245,8 +260,11 @@ def wait_until(condition, timeout: float = 60.0) -> None:
 def test_nodes_without_a_matching_label_are_an_error_not_an_empty_success(cluster, s3, bucket, contents, origin):
     from xfd.errors import ConfigError
 
-    manifest = builder(s3, bucket, origin.endpoint).object(
-        "m", "other.bin", to="/habits/other.bin", nodes={"gpu": "h100"}).build()
+    manifest = (
+        builder(s3, bucket, origin.endpoint)
+        .object("m", "other.bin", to="/habits/other.bin", nodes={"gpu": "h100"})
+        .build()
+    )
     with pytest.raises(ConfigError, match=r'artifacts\[0\].*"gpu": "h100"'):
         manifest.distribute(progress=None)
     assert origin.traffic().requests == (), "refused before planning: not one request to the store"

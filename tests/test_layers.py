@@ -110,8 +110,9 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
     for line, target in sorted(imported_modules(module, source, is_package)):
         theirs = layer_of(target)
         if theirs is not None and theirs > own:
-            found.append(f"{module}:{line} imports {target} (layer '{LAYERS[theirs][0]}') from layer "
-                         f"'{LAYERS[own][0]}'")
+            found.append(
+                f"{module}:{line} imports {target} (layer '{LAYERS[theirs][0]}') from layer '{LAYERS[own][0]}'"
+            )
     return found
 
 

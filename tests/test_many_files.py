@@ -17,8 +17,8 @@ import attrs
 import pytest
 
 from xfd import PlanError
-from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.formatting import human_size
+from xfd.manifest import Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.plan import Plan, _assemble, _Found
 from xfd.scheduler import Scheduler
 
@@ -30,10 +30,14 @@ READS_PER_FILE = 8
 
 
 def manifest() -> Manifest:
-    return Manifest(stores={"s": Store("s3://b")}, settings=Settings(), artifacts=(
-        PrefixArtifact(store="s", prefix="data", to="/data"),
-        PrefixArtifact(store="s", prefix="extra", to="/extra", name="more"),
-    ))
+    return Manifest(
+        stores={"s": Store("s3://b")},
+        settings=Settings(),
+        artifacts=(
+            PrefixArtifact(store="s", prefix="data", to="/data"),
+            PrefixArtifact(store="s", prefix="extra", to="/extra", name="more"),
+        ),
+    )
 
 
 def found(prefix: str, index: int, size: int) -> _Found:
@@ -103,8 +107,10 @@ def test_a_prefix_of_20000_files_summarizes_reading_each_file_a_few_times(plan):
         f"  data: {FILES - EXTRA} files, {human_size((FILES - EXTRA) * KiB)}",
         f"  more: {EXTRA} files, {human_size(EXTRA * 2 * KiB)}",
     ]
-    assert within_budget(plan, repr) == (f"<Plan 2 artifacts, {FILES} files, {FILES} unique objects, {unique} "
-                                         f"unique, {FILES} chunks; {FILES} small files packed into 79 bundles>")
+    assert within_budget(plan, repr) == (
+        f"<Plan 2 artifacts, {FILES} files, {FILES} unique objects, {unique} "
+        f"unique, {FILES} chunks; {FILES} small files packed into 79 bundles>"
+    )
 
 
 def test_20000_object_artifacts_summarize_reading_each_file_a_few_times():
@@ -147,8 +153,10 @@ def test_every_files_object_is_looked_up_once_each(plan):
     by_id = {o.id: o for o in plan.objects}
     found_objects = within_budget(plan, lambda p: [p.object(f.object_id) for f in p.files])
     assert found_objects == [by_id[f.object_id] for f in plan.files]
-    assert (plan.files[0].destination, found_objects[0].key) == ("/data/shard-000/part-000000.bin",
-                                                                 "data/shard-000/part-000000.bin")
+    assert (plan.files[0].destination, found_objects[0].key) == (
+        "/data/shard-000/part-000000.bin",
+        "data/shard-000/part-000000.bin",
+    )
     with pytest.raises(KeyError, match="this plan has no object 'nope'"):
         plan.object("nope")
 
@@ -182,19 +190,26 @@ def test_a_file_that_is_also_a_directory_is_found_among_20000_files_and_named_th
     clash = data[10_500].key
     # As text, "clash b" and "clash.txt" sort between "clash" and "clash/inner": the sweep compares
     # segments, so the file and the file below it are still neighbours.
-    data += [_Found(clash + " b", 1, None, None, None), _Found(clash + ".txt", 1, None, None, None),
-             _Found(clash + "/inner", 1, None, None, None)]
+    data += [
+        _Found(clash + " b", 1, None, None, None),
+        _Found(clash + ".txt", 1, None, None, None),
+        _Found(clash + "/inner", 1, None, None, None),
+    ]
     with pytest.raises(PlanError) as info:
         _assemble(manifest(), [data, extra])
     path = "/" + clash
-    assert str(info.value) == (f"{path} is a file of artifact 'data' and also a directory holding {path}/inner "
-                               "(artifact 'data')")
+    assert str(info.value) == (
+        f"{path} is a file of artifact 'data' and also a directory holding {path}/inner (artifact 'data')"
+    )
     # Of two such files, the first in path order is named, whatever the order of the listing.
     early = data[100].key
     data.insert(0, _Found(early + "/z", 1, None, None, None))
     for listing in (data, data[::-1]):
-        with pytest.raises(PlanError, match=rf"^/{early} is a file of artifact 'data' and also a directory "
-                                            rf"holding /{early}/z "):
+        with pytest.raises(
+            PlanError,
+            match=rf"^/{early} is a file of artifact 'data' and also a directory "
+            rf"holding /{early}/z ",
+        ):
             _assemble(manifest(), [listing, extra])
 
 

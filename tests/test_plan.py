@@ -112,8 +112,11 @@ def filled(s3: LocalS3, bucket: str) -> dict[str, bytes]:
 
 
 def builder_for(s3: LocalS3, bucket: str, endpoint: str | None = None):
-    return Manifest.builder().store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint)).settings(
-        chunk_size="1MiB")
+    return (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **s3.manifest_options(endpoint))
+        .settings(chunk_size="1MiB")
+    )
 
 
 def test_objects_and_prefixes_resolve_with_nested_keys_and_globs(s3, bucket, filled):
@@ -126,7 +129,10 @@ def test_objects_and_prefixes_resolve_with_nested_keys_and_globs(s3, bucket, fil
         .plan()
     )
     assert [f.destination for f in plan.files] == [
-        "/models/empty.bin", "/models/model.bin", "/tok/a.json", "/tok/sub/b.json",
+        "/models/empty.bin",
+        "/models/model.bin",
+        "/tok/a.json",
+        "/tok/sub/b.json",
     ]
     sizes = {plan.object(f.object_id).key: plan.object(f.object_id).size for f in plan.files}
     assert sizes == {"model.bin": 3 * MiB + 5, "empty.bin": 0, "tok/a.json": 8, "tok/sub/b.json": 8}
@@ -213,28 +219,48 @@ def test_hostile_keys_under_a_prefix_are_refused(s3, bucket):
 NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
 
 
-@pytest.mark.parametrize(("keys", "expected"), [
-    # object_store refuses these when listing: the key is named, escaped, in the PlanError.
-    (["root/data/../../escape"], 'refused: Path "root/data/../../escape"'),
-    (["root/data//abs"], 'refused: Path "root/data//abs" contained empty path segment'),
-    (["root/data/a\tb"], 'refused: Path "root/data/a\\tb"'),  # a control character ('\n' alike; moto cannot store it)
-    (["root/data/a\x01b"], 'refused: Path "root/data/a\\x01b"'),
-    # S3 "folders": the prefix's own marker, and a marker of a directory that holds keys, are not files.
-    (["root/data/", "root/data/a.txt"], {"data/a.txt": "/data/a.txt"}),
-    (["root/data/dir/", "root/data/dir/f"], {"data/dir/f": "/data/dir/f"}),
-    (["root/data/x", "root/data/x/"], {"data/x": "/data/x"}),
-    # A lone folder marker reads like an empty object "empty" (obstore drops the slash): an empty file, inside.
-    (["root/data/empty/", "root/data/a.txt"], {"data/empty": "/data/empty", "data/a.txt": "/data/a.txt"}),
-    # Names longer than NAME_MAX (255 bytes: 128 'é' are 256) would fail on every node at write time.
-    (["root/data/" + "a" * 300], "refused: key 'data/" + "a" * 300 + "' has a name of 300 bytes"),
-    (["root/data/sub/" + "é" * 128], "refused: key 'data/sub/" + "é" * 128 + "' has a name of 256 bytes"),
-    (["root/data/" + "b" * 255], {"data/" + "b" * 255: "/data/" + "b" * 255}),
-    # NFC and NFD of one name are different keys and, on Linux file systems, different files: both, unchanged.
-    ([f"root/data/{NFC}", f"root/data/{NFD}"], {f"data/{NFC}": f"/data/{NFC}", f"data/{NFD}": f"/data/{NFD}"}),
-    # A backslash is an ordinary character in a POSIX name: "..\\..\\x" is one segment, inside /data.
-    (["root/data/a\\b", "root/data/..\\..\\x"], {"data/a\\b": "/data/a\\b", "data/..\\..\\x": "/data/..\\..\\x"}),
-], ids=["dot-dot", "empty-segment", "tab", "control", "prefix-marker", "directory-marker", "marker-beside-object",
-        "lone-marker", "300-bytes", "256-bytes-of-128-chars", "255-bytes", "nfc-and-nfd", "backslash"])
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # object_store refuses these when listing: the key is named, escaped, in the PlanError.
+        (["root/data/../../escape"], 'refused: Path "root/data/../../escape"'),
+        (["root/data//abs"], 'refused: Path "root/data//abs" contained empty path segment'),
+        (
+            ["root/data/a\tb"],
+            'refused: Path "root/data/a\\tb"',
+        ),  # a control character ('\n' alike; moto cannot store it)
+        (["root/data/a\x01b"], 'refused: Path "root/data/a\\x01b"'),
+        # S3 "folders": the prefix's own marker, and a marker of a directory that holds keys, are not files.
+        (["root/data/", "root/data/a.txt"], {"data/a.txt": "/data/a.txt"}),
+        (["root/data/dir/", "root/data/dir/f"], {"data/dir/f": "/data/dir/f"}),
+        (["root/data/x", "root/data/x/"], {"data/x": "/data/x"}),
+        # A lone folder marker reads like an empty object "empty" (obstore drops the slash): an empty file, inside.
+        (["root/data/empty/", "root/data/a.txt"], {"data/empty": "/data/empty", "data/a.txt": "/data/a.txt"}),
+        # Names longer than NAME_MAX (255 bytes: 128 'é' are 256) would fail on every node at write time.
+        (["root/data/" + "a" * 300], "refused: key 'data/" + "a" * 300 + "' has a name of 300 bytes"),
+        (["root/data/sub/" + "é" * 128], "refused: key 'data/sub/" + "é" * 128 + "' has a name of 256 bytes"),
+        (["root/data/" + "b" * 255], {"data/" + "b" * 255: "/data/" + "b" * 255}),
+        # NFC and NFD of one name are different keys and, on Linux file systems, different files: both, unchanged.
+        ([f"root/data/{NFC}", f"root/data/{NFD}"], {f"data/{NFC}": f"/data/{NFC}", f"data/{NFD}": f"/data/{NFD}"}),
+        # A backslash is an ordinary character in a POSIX name: "..\\..\\x" is one segment, inside /data.
+        (["root/data/a\\b", "root/data/..\\..\\x"], {"data/a\\b": "/data/a\\b", "data/..\\..\\x": "/data/..\\..\\x"}),
+    ],
+    ids=[
+        "dot-dot",
+        "empty-segment",
+        "tab",
+        "control",
+        "prefix-marker",
+        "directory-marker",
+        "marker-beside-object",
+        "lone-marker",
+        "300-bytes",
+        "256-bytes-of-128-chars",
+        "255-bytes",
+        "nfc-and-nfd",
+        "backslash",
+    ],
+)
 def test_odd_keys_under_a_prefix_land_inside_the_destination_or_are_refused(s3, bucket, keys, expected):
     client = s3.client()
     for key in keys:
@@ -256,28 +282,47 @@ def test_odd_keys_under_a_prefix_land_inside_the_destination_or_are_refused(s3, 
 
 def test_two_objects_at_one_destination_or_file_over_directory_are_refused(s3, bucket, filled):
     with pytest.raises(PlanError, match=r"/tok/a.json is the destination of two different objects"):
-        (builder_for(s3, bucket).prefix("m", "tok", to="/tok")
-         .object("m", "model.bin", to="/tok/a.json").build().plan())
+        (
+            builder_for(s3, bucket)
+            .prefix("m", "tok", to="/tok")
+            .object("m", "model.bin", to="/tok/a.json")
+            .build()
+            .plan()
+        )
     with pytest.raises(PlanError, match=r"/tok/a.json is a file of artifact 'tok' and also a directory holding"):
-        builder_for(s3, bucket).prefix("m", "tok", to="/tok").object("m", "model.bin", to="/tok/a.json/m").build().plan()
+        builder_for(s3, bucket).prefix("m", "tok", to="/tok").object(
+            "m", "model.bin", to="/tok/a.json/m"
+        ).build().plan()
 
 
-@pytest.mark.parametrize(("second", "expected"), [
-    # Spelled another way, one path: the two objects used to be planned as two files of one path on the node.
-    (lambda b: b.object("m", "model.bin", to="/tok//a.json"),
-     "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
-     "give them different paths"),
-    (lambda b: b.object("m", "model.bin", to="/tok/./a.json"),
-     "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
-     "give them different paths"),
-    # The same object with other options: one of the two used to be dropped silently (here: not cached, nodes).
-    (lambda b: b.object("m", "tok/a.json", to="/tok/a.json", cache=False, name="uncached"),
-     "/tok/a.json is written by artifacts 'tok' and 'uncached' with different cache; "
-     "make them agree or give them different paths"),
-    (lambda b: b.prefix("m", "tok/sub", to="/tok//sub/", nodes={"gpu": "a100"}, name="gpu-only"),
-     "/tok/sub/b.json is written by artifacts 'tok' and 'gpu-only' with different nodes; "
-     "make them agree or give them different paths"),
-], ids=["double-slash", "dot-segment", "same-object-other-cache", "same-object-other-nodes"])
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        # Spelled another way, one path: the two objects used to be planned as two files of one path on the node.
+        (
+            lambda b: b.object("m", "model.bin", to="/tok//a.json"),
+            "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
+            "give them different paths",
+        ),
+        (
+            lambda b: b.object("m", "model.bin", to="/tok/./a.json"),
+            "/tok/a.json is the destination of two different objects (artifacts 'tok' and 'model.bin'); "
+            "give them different paths",
+        ),
+        # The same object with other options: one of the two used to be dropped silently (here: not cached, nodes).
+        (
+            lambda b: b.object("m", "tok/a.json", to="/tok/a.json", cache=False, name="uncached"),
+            "/tok/a.json is written by artifacts 'tok' and 'uncached' with different cache; "
+            "make them agree or give them different paths",
+        ),
+        (
+            lambda b: b.prefix("m", "tok/sub", to="/tok//sub/", nodes={"gpu": "a100"}, name="gpu-only"),
+            "/tok/sub/b.json is written by artifacts 'tok' and 'gpu-only' with different nodes; "
+            "make them agree or give them different paths",
+        ),
+    ],
+    ids=["double-slash", "dot-segment", "same-object-other-cache", "same-object-other-nodes"],
+)
 def test_files_of_two_artifacts_at_one_path_are_refused_naming_both(s3, bucket, filled, second, expected):
     manifest = second(builder_for(s3, bucket).prefix("m", "tok", to="/tok")).build()
     with pytest.raises(PlanError) as info:
@@ -286,27 +331,48 @@ def test_files_of_two_artifacts_at_one_path_are_refused_naming_both(s3, bucket, 
 
 
 def test_the_same_file_named_by_two_artifacts_is_planned_once(s3, bucket, filled):
-    plan = (builder_for(s3, bucket).prefix("m", "tok", to="/tok").prefix("m", "tok/sub", to="/tok/sub", name="sub")
-            .object("m", "tok/a.json", to="/tok/a.json").object("m", "tok/a.json", to="/tok//a.json", name="again")
-            .build().plan())
-    assert [f.destination for f in plan.files] == ["/tok/a.json", "/tok/skip.tmp.json", "/tok/sub/b.json",
-                                                   "/tok/sub/c.txt"]
+    plan = (
+        builder_for(s3, bucket)
+        .prefix("m", "tok", to="/tok")
+        .prefix("m", "tok/sub", to="/tok/sub", name="sub")
+        .object("m", "tok/a.json", to="/tok/a.json")
+        .object("m", "tok/a.json", to="/tok//a.json", name="again")
+        .build()
+        .plan()
+    )
+    assert [f.destination for f in plan.files] == [
+        "/tok/a.json",
+        "/tok/skip.tmp.json",
+        "/tok/sub/b.json",
+        "/tok/sub/c.txt",
+    ]
     assert len(plan.objects) == 4
 
 
 def test_unpack_limits_and_the_disk_reserve_reach_the_plan_and_the_engine(s3, bucket, filled, tmp_path):
-    manifest = (builder_for(s3, bucket).settings(disk_reserve="2GiB")
-                .object("m", "model.bin", to="/a/limited.tar").unpack(max_size="8GiB", max_ratio=50)
-                .object("m", "model.bin", to="/a/default.tar").unpack()
-                .build())
+    manifest = (
+        builder_for(s3, bucket)
+        .settings(disk_reserve="2GiB")
+        .object("m", "model.bin", to="/a/limited.tar")
+        .unpack(max_size="8GiB", max_ratio=50)
+        .object("m", "model.bin", to="/a/default.tar")
+        .unpack()
+        .build()
+    )
     plan = manifest.plan()
     raw = json.loads(plan.to_json())
     assert raw["settings"]["disk_reserve"] == 2 << 30
     assert [(u["to"], u["max_size"], u["max_ratio"]) for u in raw["unpacks"]] == [
-        ("/a/limited", 8 << 30, 50.0), ("/a/default", None, None)]
+        ("/a/limited", 8 << 30, 50.0),
+        ("/a/default", None, None),
+    ]
     assert Plan.from_json(plan.to_json()) == plan
-    assert json.loads(builder_for(s3, bucket).object("m", "model.bin", to="/m").build().plan().to_json())[
-        "settings"]["disk_reserve"] == 1 << 30
+    assert (
+        json.loads(builder_for(s3, bucket).object("m", "model.bin", to="/m").build().plan().to_json())["settings"][
+            "disk_reserve"
+        ]
+        == 1 << 30
+    )
     node_engine(plan, manifest.stores, tmp_path).close()  # the engine reads these plans
     node_engine(plan.to_json(), manifest.stores, tmp_path).close()  # and their text, as node agents hand it over
 
@@ -318,7 +384,8 @@ def test_a_plain_http_endpoint_without_allow_http_says_what_to_set(s3, bucket, f
         manifest.plan()  # it used to say "HTTP error: builder error"
     assert str(info.value) == (
         f"artifacts[0] (model.bin): cannot read s3://{bucket}/root/model.bin: {s3.endpoint} is plain HTTP, which the "
-        "store refuses unless allowed; set allow_http = true in [stores.m] (or use https://)")
+        "store refuses unless allowed; set allow_http = true in [stores.m] (or use https://)"
+    )
     plain = Manifest.builder().store("web", "http://127.0.0.1:9/files").object("web", "a.bin", to="/a").build()
     with pytest.raises(PlanError, match=r"127.0.0.1:9 is plain HTTP, .* set allow_http = true in \[stores.web\]"):
         plain.plan()
@@ -329,10 +396,15 @@ def test_plans_objects_and_the_manifest_have_one_line_reprs(s3, bucket, filled):
     plan = manifest.plan()
     assert repr(manifest) == "<Manifest 1 store, 2 artifacts: model.bin, tok>"
     # The four small files of tok travel as one bundle; model.bin as its own 4 chunks.
-    assert repr(plan) == ("<Plan 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks; "
-                          "4 small files packed into 1 bundle>")
+    assert repr(plan) == (
+        "<Plan 2 artifacts, 5 files, 5 unique objects, 3.0 MiB unique, 8 chunks; 4 small files packed into 1 bundle>"
+    )
     assert sorted(plan.object(m).key for b in plan.bundles for m in b.members) == [
-        "tok/a.json", "tok/skip.tmp.json", "tok/sub/b.json", "tok/sub/c.txt"]
+        "tok/a.json",
+        "tok/skip.tmp.json",
+        "tok/sub/b.json",
+        "tok/sub/c.txt",
+    ]
     assert plan.unit_count == 5 and sum(plan.unit_sizes.values()) == plan.unique_bytes
     model = next(o for o in plan.objects if o.key == "model.bin")
     assert repr(model) == "<PlanObject m:model.bin, 3.0 MiB in 4 chunks>"
@@ -344,8 +416,9 @@ def test_plans_objects_and_the_manifest_have_one_line_reprs(s3, bucket, filled):
 def test_secrets_stay_out_of_plans(s3, bucket, filled):
     canary = "CANARY-SECRET-91ab"
     options = {**s3.manifest_options(), "session_token": canary}
-    plan = (Manifest.builder().store("m", f"s3://{bucket}/root", **options)
-            .object("m", "model.bin", to="/x").build().plan())
+    plan = (
+        Manifest.builder().store("m", f"s3://{bucket}/root", **options).object("m", "model.bin", to="/x").build().plan()
+    )
     assert canary not in plan.to_json() and canary not in repr(plan) and canary not in plan._repr_html_()
     assert "session_token" not in plan.to_json()
 
@@ -353,8 +426,7 @@ def test_secrets_stay_out_of_plans(s3, bucket, filled):
 def test_environment_templates_are_resolved_when_planning(s3, bucket, filled, monkeypatch):
     monkeypatch.setenv("XFD_TEST_ENDPOINT", s3.endpoint)
     options = {**s3.manifest_options(), "endpoint": "${XFD_TEST_ENDPOINT}"}
-    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options).object(
-        "m", "model.bin", to="/x").build()
+    manifest = Manifest.builder().store("m", f"s3://{bucket}/root", **options).object("m", "model.bin", to="/x").build()
     assert manifest.plan().stores["m"].options["endpoint"] == "${XFD_TEST_ENDPOINT}"
     monkeypatch.delenv("XFD_TEST_ENDPOINT")
     with pytest.raises(ConfigError, match=r"stores.m.endpoint: environment variable XFD_TEST_ENDPOINT is not set"):
@@ -363,7 +435,9 @@ def test_environment_templates_are_resolved_when_planning(s3, bucket, filled, mo
 
 def test_lock_file_accepts_the_same_store_and_refuses_a_changed_one(s3, bucket, filled, tmp_path, capsys):
     path = tmp_path / "artifacts.toml"
-    path.write_text(s3.store_toml("m", f"s3://{bucket}/root") + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/tok"\n')
+    path.write_text(
+        s3.store_toml("m", f"s3://{bucket}/root") + '[[artifacts]]\nstore = "m"\nprefix = "tok"\nto = "/tok"\n'
+    )
     assert main(["lock", str(path)]) == 0
     assert (tmp_path / "artifacts.lock.json").exists()
     assert main(["plan", "--locked", str(path)]) == 0

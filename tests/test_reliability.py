@@ -23,8 +23,8 @@ import obstore
 import pytest
 
 from xfd import Manifest
-from xfd.errors import DistributionError
 from xfd.engine import state_dir
+from xfd.errors import DistributionError
 from xfd.nodes import localize
 from xfd.testing import faults, tar_gz
 
@@ -111,10 +111,12 @@ def second_node():
     return sorted(describe_nodes(), key=lambda n: n.ip)[1]
 
 
-@pytest.mark.parametrize("fault", ["origin-fetch:abort", "chunk-recorded:abort@3", "publish:abort",
-                                   "unpack-entry:abort@3"])
+@pytest.mark.parametrize(
+    "fault", ["origin-fetch:abort", "chunk-recorded:abort@3", "publish:abort", "unpack-entry:abort@3"]
+)
 def test_a_node_killed_at_any_moment_damages_nothing_and_a_rerun_completes(
-        cluster, s3, bucket, contents, origin, fault):
+    cluster, s3, bucket, contents, origin, fault
+):
     clear_roots(cluster)
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
@@ -139,10 +141,11 @@ def test_a_node_killed_at_any_moment_damages_nothing_and_a_rerun_completes(
     assert origin.traffic().get_bytes == 0, "the rerun takes what is missing from peers, not the origin"
 
 
-@pytest.mark.parametrize("fault, symptom", [("serve:corrupt", "digest"), ("serve:truncate", "bytes of chunk"),
-                                            ("serve:stall", "no complete answer")])
-def test_a_peer_serving_bad_bytes_dying_or_hanging_is_survived(cluster, s3, bucket, contents, origin, fault,
-                                                                symptom):
+@pytest.mark.parametrize(
+    "fault, symptom",
+    [("serve:corrupt", "digest"), ("serve:truncate", "bytes of chunk"), ("serve:stall", "no complete answer")],
+)
+def test_a_peer_serving_bad_bytes_dying_or_hanging_is_survived(cluster, s3, bucket, contents, origin, fault, symptom):
     clear_roots(cluster)
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
@@ -253,14 +256,18 @@ xfd.Manifest.load(sys.argv[1]).distribute(progress=None)
 
 
 def test_a_driver_killed_mid_run_is_resumed_by_a_rerun_fetching_only_missing_chunks(
-        cluster, s3, bucket, contents, origin, tmp_path):
+    cluster, s3, bucket, contents, origin, tmp_path
+):
     clear_roots(cluster)
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
     (tmp_path / "artifacts.toml").write_text(manifest.to_toml())
     origin.throttle(2 * MiB)
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "artifacts.toml"), cluster.address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "artifacts.toml"), cluster.address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: len(recorded_chunks(cluster)) >= 3, "a few chunks on disk", driver)
     finally:
@@ -279,8 +286,10 @@ def test_a_driver_killed_mid_run_is_resumed_by_a_rerun_fetching_only_missing_chu
         assert_complete(node.root, expected_files(contents))
     rerun_bytes = origin.traffic().get_bytes
     assert 0 < recorded_bytes and rerun_bytes <= plan.unique_bytes - recorded_bytes
-    print(f"\ndriver killed: unique {plan.unique_bytes} B, fetched before the kill {first_run_bytes} B, "
-          f"recorded on disk {recorded_bytes} B, fetched by the rerun {rerun_bytes} B")
+    print(
+        f"\ndriver killed: unique {plan.unique_bytes} B, fetched before the kill {first_run_bytes} B, "
+        f"recorded on disk {recorded_bytes} B, fetched by the rerun {rerun_bytes} B"
+    )
 
 
 def recorded_chunks(cluster) -> set[str]:
@@ -337,4 +346,3 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
         assert process is None or process.poll() is None, f"the driver ended before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-

@@ -13,14 +13,37 @@ MB = 1_000_000
 
 
 def node(state: str, ip: str = "127.0.0.2") -> NodeReport:
-    return NodeReport(node_id=ip, ip=ip, origin_bytes=MiB, peer_bytes=0, cache_bytes=0, served_bytes=0,
-                      seconds=1.0 if state == "done" else None, state=state)
+    return NodeReport(
+        node_id=ip,
+        ip=ip,
+        origin_bytes=MiB,
+        peer_bytes=0,
+        cache_bytes=0,
+        served_bytes=0,
+        seconds=1.0 if state == "done" else None,
+        state=state,
+    )
 
 
-def report(*nodes: NodeReport, failures: tuple[str, ...] = (), wall: float = 2.0, ideal: float = 1.0,
-           startup: float = 0.0, origin: int = MiB) -> Report:
-    return Report(nodes=nodes, unique_bytes=MiB, origin_bytes=origin, origin_refetches=0, wall_seconds=wall,
-                  ideal_seconds=ideal, rates={}, failures=failures, startup_seconds=startup)
+def report(
+    *nodes: NodeReport,
+    failures: tuple[str, ...] = (),
+    wall: float = 2.0,
+    ideal: float = 1.0,
+    startup: float = 0.0,
+    origin: int = MiB,
+) -> Report:
+    return Report(
+        nodes=nodes,
+        unique_bytes=MiB,
+        origin_bytes=origin,
+        origin_refetches=0,
+        wall_seconds=wall,
+        ideal_seconds=ideal,
+        rates={},
+        failures=failures,
+        startup_seconds=startup,
+    )
 
 
 def test_ok_needs_a_surviving_node_with_everything_and_no_failure():
@@ -36,10 +59,13 @@ def test_ratio_efficiency_and_summary():
     assert done.origin_ratio == 1.0 and done.efficiency == 0.5
     assert done.summary().splitlines()[0] == (
         "ok: 1 node, 1.0 MiB unique, origin served 1.0 MiB (1.00x), 2.00 s; efficiency 0.50 against an ideal "
-        "1.00 s at the run's own peak rates")
+        "1.00 s at the run's own peak rates"
+    )
     two = report(node("done"), node("done", "127.0.0.3"), wall=9.0, startup=5.0, ideal=2.0)
-    assert two.summary().startswith("ok: 2 nodes, 1.0 MiB unique, origin served 1.0 MiB (1.00x), 9.00 s (5.00 s "
-                                    "until the first agent was up); efficiency 0.50 against an ideal 2.00 s")
+    assert two.summary().startswith(
+        "ok: 2 nodes, 1.0 MiB unique, origin served 1.0 MiB (1.00x), 9.00 s (5.00 s "
+        "until the first agent was up); efficiency 0.50 against an ideal 2.00 s"
+    )
     assert "FAILED" in report(node("lost")).summary()
 
 
@@ -48,7 +74,11 @@ def test_agent_start_up_is_not_counted_and_a_short_run_has_no_efficiency():
     first = report(node("done"), wall=6.9, startup=6.5, ideal=0.05)
     assert first.transfer_seconds == pytest.approx(0.4)
     assert first.efficiency is None
-    assert first.summary().splitlines()[0].endswith("6.90 s (6.50 s until the first agent was up); too short to measure efficiency")
+    assert (
+        first.summary()
+        .splitlines()[0]
+        .endswith("6.90 s (6.50 s until the first agent was up); too short to measure efficiency")
+    )
     measured = report(node("done"), wall=6.5 + 2 * MIN_MEASURED_S, startup=6.5, ideal=MIN_MEASURED_S)
     assert measured.efficiency == pytest.approx(0.5), "start-up is not in the efficiency's time"
 
@@ -81,6 +111,7 @@ def test_the_repr_is_one_line_and_the_full_forms_stay_available():
     big = report(*nodes)
     assert repr(big) == (
         "<Report ok: 48 nodes, 1.0 MiB unique, origin served 1.0 MiB (1.00x), 2.00 s; efficiency 0.50 against an "
-        "ideal 1.00 s at the run's own peak rates>")
+        "ideal 1.00 s at the run's own peak rates>"
+    )
     assert len(str(big).splitlines()) == 49 and "127.0.0.49" in str(big)
     assert len(attrs.asdict(big)["nodes"]) == 48

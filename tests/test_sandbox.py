@@ -62,7 +62,9 @@ def test_uploads_through_the_proxy_are_forwarded(s3: LocalS3, bucket: str, origi
 
 def _url(s3: LocalS3, proxy: CountingProxy, bucket: str, key: str) -> str:
     """A presigned path-and-query for ``key`` through ``proxy``: moto refuses unsigned GETs."""
-    url = urlsplit(s3.client(proxy.endpoint).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}))
+    url = urlsplit(
+        s3.client(proxy.endpoint).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+    )
     return f"{url.path}?{url.query}"
 
 

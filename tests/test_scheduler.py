@@ -12,8 +12,12 @@ from xfd.scheduler import ORIGIN, Scheduler, Transfer
 
 def make(chunks: int, nodes: int, *, origin: int = 4, slots: int = 2, **kwargs) -> Scheduler:
     return Scheduler(
-        [f"c{i:03d}" for i in range(chunks)], [f"n{i}" for i in range(nodes)],
-        origin_parallelism=origin, download_slots=slots, upload_slots=slots, **kwargs,
+        [f"c{i:03d}" for i in range(chunks)],
+        [f"n{i}" for i in range(nodes)],
+        origin_parallelism=origin,
+        download_slots=slots,
+        upload_slots=slots,
+        **kwargs,
     )
 
 
@@ -27,8 +31,15 @@ def check_limits(scheduler: Scheduler) -> None:
     assert len({t.chunk for t in origin}) == len(origin), "a chunk fetched twice from the origin at once"
 
 
-def run(scheduler: Scheduler, rng: random.Random, *, fail_rate: float = 0.0, lose: str | None = None,
-        bad_peer: str | None = None, origin_failures: dict[str, int] | None = None) -> dict[str, int]:
+def run(
+    scheduler: Scheduler,
+    rng: random.Random,
+    *,
+    fail_rate: float = 0.0,
+    lose: str | None = None,
+    bad_peer: str | None = None,
+    origin_failures: dict[str, int] | None = None,
+) -> dict[str, int]:
     """Completes transfers in random order until done; returns origin fetches per chunk (and counts
     the origin failures it made per chunk into ``origin_failures``)."""
     origin_fetches: dict[str, int] = {}
@@ -60,8 +71,13 @@ def run(scheduler: Scheduler, rng: random.Random, *, fail_rate: float = 0.0, los
 
 
 @settings(max_examples=60, deadline=None)
-@given(chunks=st.integers(1, 40), nodes=st.integers(1, 6), slots=st.integers(1, 4), origin=st.integers(1, 8),
-       seed=st.integers(0, 10_000))
+@given(
+    chunks=st.integers(1, 40),
+    nodes=st.integers(1, 6),
+    slots=st.integers(1, 4),
+    origin=st.integers(1, 8),
+    seed=st.integers(0, 10_000),
+)
 def test_every_node_gets_every_chunk_and_the_origin_serves_each_once(chunks, nodes, slots, origin, seed):
     scheduler = make(chunks, nodes, origin=origin, slots=slots, seed=seed)
     fetches = run(scheduler, random.Random(seed))
@@ -116,8 +132,14 @@ def test_a_cached_copy_seeds_everyone_with_zero_origin_fetches():
 
 
 def test_rarest_chunk_is_taken_first():
-    scheduler = Scheduler(["c000", "c001", "c002"], ["n0", "n1", "n2", "n3"], origin_parallelism=4,
-                          download_slots=1, upload_slots=1, needs={"n3": ["c000", "c001", "c002"]})
+    scheduler = Scheduler(
+        ["c000", "c001", "c002"],
+        ["n0", "n1", "n2", "n3"],
+        origin_parallelism=4,
+        download_slots=1,
+        upload_slots=1,
+        needs={"n3": ["c000", "c001", "c002"]},
+    )
     scheduler.held("n0", ["c000", "c001", "c002"])
     scheduler.held("n1", ["c000", "c001"])
     scheduler.held("n2", ["c000"])
@@ -126,8 +148,14 @@ def test_rarest_chunk_is_taken_first():
 
 
 def test_only_the_nodes_that_need_a_chunk_get_it():
-    scheduler = Scheduler(["a", "b"], ["x", "y"], origin_parallelism=4, download_slots=2, upload_slots=2,
-                          needs={"x": ["a", "b"], "y": ["b"]})
+    scheduler = Scheduler(
+        ["a", "b"],
+        ["x", "y"],
+        origin_parallelism=4,
+        download_slots=2,
+        upload_slots=2,
+        needs={"x": ["a", "b"], "y": ["b"]},
+    )
     run(scheduler, random.Random(0))
     assert scheduler.holders == {"a": {"x"}, "b": {"x", "y"}}
 

@@ -20,10 +20,13 @@ CANARY_TOKEN = "CANARY-TOKEN-77aa-do-not-print"
 
 def manifest_with_canary(s3, bucket, endpoint, to: str) -> Manifest:
     options = s3.manifest_options(endpoint) | {"secret_access_key": CANARY, "session_token": CANARY_TOKEN}
-    return (Manifest.builder().store("m", f"s3://{bucket}/root", **options)
-            .settings(chunk_size="1MiB")
-            .object("m", "model.bin", to=to)
-            .build())
+    return (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **options)
+        .settings(chunk_size="1MiB")
+        .object("m", "model.bin", to=to)
+        .build()
+    )
 
 
 def test_a_canary_secret_appears_nowhere(cluster, s3, bucket, origin, capfd, caplog):
@@ -34,8 +37,15 @@ def test_a_canary_secret_appears_nowhere(cluster, s3, bucket, origin, capfd, cap
 
     report = manifest.distribute(plan=plan, progress=lambda snapshot: seen.append(repr(snapshot)))
     assert report.ok, report.summary()
-    seen += [repr(manifest), manifest._repr_html_(), plan.to_json(), repr(plan),
-             report.summary(), repr(report), report._repr_html_()]
+    seen += [
+        repr(manifest),
+        manifest._repr_html_(),
+        plan.to_json(),
+        repr(plan),
+        report.summary(),
+        repr(report),
+        report._repr_html_(),
+    ]
 
     failing = manifest_with_canary(s3, bucket, origin.endpoint, "/secrets/again/model.bin")
     failing_plan = failing.plan()

@@ -92,8 +92,9 @@ def test_a_rerun_brings_back_deleted_small_files_from_a_peer(cluster, s3, bucket
 
 
 @pytest.mark.parametrize("fault", ["publish:abort@2", "chunk-recorded:abort@3"])
-def test_a_node_killed_mid_bundle_damages_no_file_and_a_rerun_completes(cluster, s3, bucket, small_files, origin,
-                                                                        fault):
+def test_a_node_killed_mid_bundle_damages_no_file_and_a_rerun_completes(
+    cluster, s3, bucket, small_files, origin, fault
+):
     """``publish``: the agent dies with its second bundle's members written and synced and their publish
     record on disk, before the renames; ``chunk-recorded``: right after its third bundle was published."""
     from xfd.runtime import describe_nodes

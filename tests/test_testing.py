@@ -22,8 +22,12 @@ from xfd.testing import faults
 def planned(tmp_path):
     (tmp_path / "origin").mkdir()
     (tmp_path / "origin" / "model.bin").write_bytes(b"x" * 1000)
-    manifest = (xfd.Manifest.builder().store("local", (tmp_path / "origin").as_uri())
-                .object("local", "model.bin", to="/models/model.bin").build())
+    manifest = (
+        xfd.Manifest.builder()
+        .store("local", (tmp_path / "origin").as_uri())
+        .object("local", "model.bin", to="/models/model.bin")
+        .build()
+    )
     return manifest, manifest.plan()
 
 
@@ -54,12 +58,17 @@ def test_no_public_entry_point_takes_fault_rules():
         assert "faults" not in inspect.signature(entry).parameters, entry.__qualname__
 
 
-@pytest.mark.parametrize("rules, message", [
-    ({"node-a": 3}, "node ids and rules must be non-empty strings, such as {node_id: 'publish:abort'}; "
-                    "got 'node-a': 3"),
-    ({"": "serve:corrupt"}, "got '': 'serve:corrupt'"),
-    (["publish:abort"], "faults: expected a dict of node id -> rules such as {node_id: 'publish:abort'}, got list"),
-])
+@pytest.mark.parametrize(
+    "rules, message",
+    [
+        (
+            {"node-a": 3},
+            "node ids and rules must be non-empty strings, such as {node_id: 'publish:abort'}; got 'node-a': 3",
+        ),
+        ({"": "serve:corrupt"}, "got '': 'serve:corrupt'"),
+        (["publish:abort"], "faults: expected a dict of node id -> rules such as {node_id: 'publish:abort'}, got list"),
+    ],
+)
 def test_rules_that_are_not_a_dict_of_strings_are_refused_before_any_run(rules, message):
     with pytest.raises(ConfigError) as caught, faults(rules):
         pass
@@ -67,8 +76,10 @@ def test_rules_that_are_not_a_dict_of_strings_are_refused_before_any_run(rules, 
 
 
 def test_the_stand_ins_come_without_ray_and_local_cluster_is_the_runtimes():
-    code = ("import sys, xfd.testing; from xfd.testing import LocalS3, CountingProxy, tar_gz, free_port, faults; "
-            "print('ray' in sys.modules)")
+    code = (
+        "import sys, xfd.testing; from xfd.testing import LocalS3, CountingProxy, tar_gz, free_port, faults; "
+        "print('ray' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
     from xfd.runtime import LocalCluster

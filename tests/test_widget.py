@@ -8,9 +8,19 @@ from xfd.progress import NodeProgress, Snapshot
 
 def snapshot(done: int, states: dict[str, dict[str, str]], failures=()) -> Snapshot:
     nodes = tuple(
-        NodeProgress(node_id=f"n{i}", ip=f"127.0.0.{i + 2}", total_bytes=100, done_bytes=done, origin_bytes=done // 2,
-                     peer_bytes=done - done // 2, cache_bytes=0, served_bytes=0, inflight=1,
-                     failures=tuple(failures), state="running")
+        NodeProgress(
+            node_id=f"n{i}",
+            ip=f"127.0.0.{i + 2}",
+            total_bytes=100,
+            done_bytes=done,
+            origin_bytes=done // 2,
+            peer_bytes=done - done // 2,
+            cache_bytes=0,
+            served_bytes=0,
+            inflight=1,
+            failures=tuple(failures),
+            state="running",
+        )
         for i in range(2)
     )
     return Snapshot(elapsed_s=2.0, unique_bytes=100, origin_bytes=done, nodes=nodes, chunk_states=states)
@@ -24,8 +34,13 @@ def test_traits_follow_the_snapshots():
     assert "origin 40 B for 100 B unique" in widget.header.value
     assert "ideal 0.00 s at the peak rates so far" in widget.header.value
     assert STATE_COLOURS["inflight"] in widget.chunk_map.value
-    widget.update(snapshot(100, {"n0": {"a": "origin", "b": "peer"}, "n1": {"a": "peer", "b": "cache"}},
-                           failures=["peer 127.0.0.9:1 sent bad bytes"]))
+    widget.update(
+        snapshot(
+            100,
+            {"n0": {"a": "origin", "b": "peer"}, "n1": {"a": "peer", "b": "cache"}},
+            failures=["peer 127.0.0.9:1 sent bad bytes"],
+        )
+    )
     assert widget.overall.value == widget.overall.max == 200.0
     assert len(widget.nodes.children) == 2, "rows are updated, never duplicated"
     assert "color:#c00" in widget.failures.value and "sent bad bytes" in widget.failures.value

@@ -15,8 +15,6 @@ def hash_file_range(path: str | os.PathLike[str], offset: int = 0, length: int |
         FileNotFoundError, PermissionError, OSError: the file cannot be opened or read.
         xfd.errors.RangeError: the range does not lie inside the file.
     """
-
-
 @final
 class Coordinator:
     """A run's coordinator (mirrors rust/xfd-py/src/coordinator.rs): a control server the agents link to,
@@ -63,7 +61,6 @@ class Coordinator:
         """The latest status."""
     def end(self) -> dict[str, Any]:
         """Ends the run (every link is told) and returns the final status."""
-
 
 @final
 class Engine:

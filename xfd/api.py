@@ -42,23 +42,59 @@ class Manifest(model.Manifest):
         return compile_plan(self, locked=locked, lock_path=lock_path)
 
     @overload
-    def distribute(self, *, wait: Literal[True] = True, address: str | None = None, nodes: NodeChoice = None,
-                   progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report: ...
+    def distribute(
+        self,
+        *,
+        wait: Literal[True] = True,
+        address: str | None = None,
+        nodes: NodeChoice = None,
+        progress: Progress = "auto",
+        deep_verify: bool = False,
+        timeout: float | None = None,
+        plan: Plan | None = None,
+        raise_on_failure: bool = True,
+    ) -> Report: ...
 
     @overload
-    def distribute(self, *, wait: Literal[False], address: str | None = None, nodes: NodeChoice = None,
-                   progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, raise_on_failure: bool = True) -> Distribution: ...
+    def distribute(
+        self,
+        *,
+        wait: Literal[False],
+        address: str | None = None,
+        nodes: NodeChoice = None,
+        progress: Progress = "auto",
+        deep_verify: bool = False,
+        timeout: float | None = None,
+        plan: Plan | None = None,
+        raise_on_failure: bool = True,
+    ) -> Distribution: ...
 
     @overload
-    def distribute(self, *, wait: bool, address: str | None = None, nodes: NodeChoice = None,
-                   progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report | Distribution: ...
+    def distribute(
+        self,
+        *,
+        wait: bool,
+        address: str | None = None,
+        nodes: NodeChoice = None,
+        progress: Progress = "auto",
+        deep_verify: bool = False,
+        timeout: float | None = None,
+        plan: Plan | None = None,
+        raise_on_failure: bool = True,
+    ) -> Report | Distribution: ...
 
-    def distribute(self, *, wait: bool = True, address: str | None = None, nodes: NodeChoice = None,
-                   progress: Progress = "auto", deep_verify: bool = False, timeout: float | None = None,
-                   plan: Plan | None = None, raise_on_failure: bool = True) -> Report | Distribution:
+    def distribute(
+        self,
+        *,
+        wait: bool = True,
+        address: str | None = None,
+        nodes: NodeChoice = None,
+        progress: Progress = "auto",
+        deep_verify: bool = False,
+        timeout: float | None = None,
+        plan: Plan | None = None,
+        raise_on_failure: bool = True,
+    ) -> Report | Distribution:
         """Puts every artifact on every node (or the chosen ones) of the Ray cluster and returns a Report.
 
         ``wait=False`` returns a :class:`~xfd.runtime.distribute.Distribution` at once instead (``wait()``
@@ -74,9 +110,17 @@ class Manifest(model.Manifest):
         """
         from xfd.runtime.distribute import distribute  # Ray is imported only when a run starts
 
-        return distribute(self, wait=wait, address=address, nodes=nodes, progress=progress,
-                          deep_verify=deep_verify, timeout=timeout, plan=plan,
-                          raise_on_failure=raise_on_failure)
+        return distribute(
+            self,
+            wait=wait,
+            address=address,
+            nodes=nodes,
+            progress=progress,
+            deep_verify=deep_verify,
+            timeout=timeout,
+            plan=plan,
+            raise_on_failure=raise_on_failure,
+        )
 
     def to_xenna(self) -> XennaRequests:
         """Cosmos-Xenna ``download_requests`` and ``DistributedDownloadConfig`` for this manifest (needs the
@@ -89,14 +133,20 @@ class Manifest(model.Manifest):
         """The notebook's view: the stores (secrets shown as ``***``) and the artifacts."""
         stores = html_table(
             ["store", "url", "options"],
-            [(n, s.url, ", ".join(f"{k}={v}" for k, v in display_options(s.options).items()))
-             for n, s in self.stores.items()],
+            [
+                (n, s.url, ", ".join(f"{k}={v}" for k, v in display_options(s.options).items()))
+                for n, s in self.stores.items()
+            ],
             "Stores",
         )
         artifacts = html_table(
             ["artifact", "store", "what", "to", "unpack"],
-            [(a.display_name, a.store, a.key, a.to, a.unpack_destination or "") if isinstance(a, model.ObjectArtifact)
-             else (a.display_name, a.store, f"{a.prefix} (prefix)", a.to, "") for a in self.artifacts],
+            [
+                (a.display_name, a.store, a.key, a.to, a.unpack_destination or "")
+                if isinstance(a, model.ObjectArtifact)
+                else (a.display_name, a.store, f"{a.prefix} (prefix)", a.to, "")
+                for a in self.artifacts
+            ],
             "Artifacts",
         )
         return f"<div class='xfd-manifest'>{stores}{artifacts}</div>"

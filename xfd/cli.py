@@ -55,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("distribute", help="put a manifest's artifacts on every node of a Ray cluster")
     run.add_argument("manifest", help="path of the TOML manifest")
-    run.add_argument("--address", default=None, help="Ray cluster to join (default: running one, RAY_ADDRESS, or local)")
-    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                     help="only nodes with this Ray label (repeatable)")
+    run.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: running one, RAY_ADDRESS, or local)"
+    )
+    run.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="only nodes with this Ray label (repeatable)"
+    )
     run.add_argument("--locked", action="store_true", help="fail if the stores changed since `xfd lock`")
     run.add_argument("--deep-verify", action="store_true", help="re-hash cached files before trusting them")
     run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
@@ -97,9 +100,9 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_lock(args: argparse.Namespace) -> int:
-    from xfd.lockfile import default_lock_path
     from xfd import Manifest
     from xfd.formatting import counted
+    from xfd.lockfile import default_lock_path
 
     manifest = Manifest.load(args.manifest)
     plan = manifest.plan()
@@ -124,8 +127,14 @@ def _run_distribute(args: argparse.Namespace) -> int:
     plan = manifest.plan(locked=args.locked)
     print(plan.summary())
     # The report is printed either way: a failed run exits 1 with it, not with a traceback.
-    report = manifest.distribute(plan=plan, nodes=node_ids, progress=None if args.no_progress else "auto",
-                                 deep_verify=args.deep_verify, timeout=args.timeout, raise_on_failure=False)
+    report = manifest.distribute(
+        plan=plan,
+        nodes=node_ids,
+        progress=None if args.no_progress else "auto",
+        deep_verify=args.deep_verify,
+        timeout=args.timeout,
+        raise_on_failure=False,
+    )
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -140,8 +149,10 @@ def _labels(items: Sequence[str]) -> dict[str, str]:
         if problem := _label_problem(key, value):
             raise ConfigError(f"--label {item!r}: {problem}")
         if labels.get(key, value) != value:
-            raise ConfigError(f"--label {key}: given twice, as {labels[key]!r} and {value!r}; a node has one value "
-                              "per label, so no node would match")
+            raise ConfigError(
+                f"--label {key}: given twice, as {labels[key]!r} and {value!r}; a node has one value "
+                "per label, so no node would match"
+            )
         labels[key] = value
     return labels
 

@@ -16,8 +16,7 @@ import time
 
 import obstore
 
-from xfd import _core
-from xfd import Manifest
+from xfd import Manifest, _core
 from xfd.formatting import human_size
 from xfd.testing import CountingProxy, LocalS3, tar_gz
 
@@ -29,9 +28,11 @@ IN_FLIGHT = 64
 def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
     from xfd.testing import LocalCluster  # imports Ray: only when the demo runs
 
-    with tempfile.TemporaryDirectory(prefix="xfd-demo-") as workdir, LocalS3() as s3, CountingProxy(
-        s3.endpoint
-    ) as origin:
+    with (
+        tempfile.TemporaryDirectory(prefix="xfd-demo-") as workdir,
+        LocalS3() as s3,
+        CountingProxy(s3.endpoint) as origin,
+    ):
         print(f"origin    local S3 server at {s3.endpoint}, counted through a proxy at {origin.endpoint}")
         expected = _upload_samples(s3, size_mib)
         manifest = _manifest(s3, origin.endpoint, chunk_mib=max(1, size_mib // 16))
@@ -39,22 +40,30 @@ def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
         print(plan.summary())
         started = time.perf_counter()
         with LocalCluster(os.path.join(workdir, "nodes"), num_nodes=nodes) as cluster:
-            print(f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s "
-                  f"({', '.join(n.ip for n in cluster.nodes)})")
+            print(
+                f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s "
+                f"({', '.join(n.ip for n in cluster.nodes)})"
+            )
             bound = _origin_once_seconds(s3, origin.endpoint, [o.key for o in plan.objects])
             origin.reset()
             report = manifest.distribute(plan=plan, raise_on_failure=False)  # the demo shows a failed report too
             print(report.summary())
-            print(f"bound     the origin serves the sample once in {bound:.2f} s to one client ({IN_FLIGHT} GETs "
-                  f"in flight, to memory), the pace of any distribution that takes each byte from it once; "
-                  f"this one took {report.wall_seconds:.2f} s: efficiency {bound / report.wall_seconds:.2f}")
+            print(
+                f"bound     the origin serves the sample once in {bound:.2f} s to one client ({IN_FLIGHT} GETs "
+                f"in flight, to memory), the pace of any distribution that takes each byte from it once; "
+                f"this one took {report.wall_seconds:.2f} s: efficiency {bound / report.wall_seconds:.2f}"
+            )
             counted = origin.traffic().get_bytes
-            print(f"origin    served {human_size(counted)} for {human_size(plan.unique_bytes)} of unique bytes "
-                  f"({counted / plan.unique_bytes:.2f}x), counted at the origin")
+            print(
+                f"origin    served {human_size(counted)} for {human_size(plan.unique_bytes)} of unique bytes "
+                f"({counted / plan.unique_bytes:.2f}x), counted at the origin"
+            )
             mismatches = _verify(cluster, expected)
             files = len(expected) * len(cluster.nodes)
-            print(f"verify    {files - len(mismatches)}/{files} files identical to the origin (BLAKE3) on "
-                  f"{len(cluster.nodes)} nodes" + (f"; MISMATCH: {mismatches[:5]}" if mismatches else ""))
+            print(
+                f"verify    {files - len(mismatches)}/{files} files identical to the origin (BLAKE3) on "
+                f"{len(cluster.nodes)} nodes" + (f"; MISMATCH: {mismatches[:5]}" if mismatches else "")
+            )
     return 0 if report.ok and not mismatches else 1
 
 

@@ -44,8 +44,11 @@ def store_arguments(
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """``(url, [(option, value), ...])`` per store of ``names`` that ``stores`` defines, with environment
     templates resolved. The engine opens a store the plan names and this lacks with the plan's URL alone."""
-    return {name: (stores[name].url, list(resolved_options(name, stores[name], environ).items()))
-            for name in names if name in stores}
+    return {
+        name: (stores[name].url, list(resolved_options(name, stores[name], environ).items()))
+        for name in names
+        if name in stores
+    }
 
 
 def state_dir(node_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Path:
@@ -58,8 +61,10 @@ def state_dir(node_root: str | os.PathLike[str], environ: Mapping[str, str] | No
     if path == "~" or path.startswith("~/"):
         path = (environ.get("HOME") or os.path.expanduser("~")) + path[1:]
     if not os.path.isabs(path):
-        raise ConfigError(f"environment variable {STATE_DIR_ENV} is {configured!r}: the state directory must be "
-                          "an absolute path (or start with ~/)")
+        raise ConfigError(
+            f"environment variable {STATE_DIR_ENV} is {configured!r}: the state directory must be "
+            "an absolute path (or start with ~/)"
+        )
     return localize(os.path.normpath(path), Path(node_root))
 
 
@@ -85,6 +90,13 @@ def node_engine(
     The engine keeps its records in :func:`state_dir` (from ``environ``), never beside the files.
     """
     plan_json, names = (plan, stores) if isinstance(plan, str) else (plan.to_json(), plan.stores)
-    return _core.Engine(plan_json, str(Path(node_root)), store_arguments(names, stores, environ),
-                        peer_token=peer_token, deep_verify=deep_verify, faults=faults,
-                        node_labels=dict(node_labels or {}), state_dir=str(state_dir(node_root, environ)))
+    return _core.Engine(
+        plan_json,
+        str(Path(node_root)),
+        store_arguments(names, stores, environ),
+        peer_token=peer_token,
+        deep_verify=deep_verify,
+        faults=faults,
+        node_labels=dict(node_labels or {}),
+        state_dir=str(state_dir(node_root, environ)),
+    )

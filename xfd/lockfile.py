@@ -60,10 +60,16 @@ def check_lock(plan: Plan, path: str) -> None:
     if document.get("format") != LOCK_FORMAT:
         raise PlanError(f"{path} is not an xfd lock file of format {LOCK_FORMAT}")
     locked, now = document["objects"], _identities(plan)
-    changes = [f"changed: {k} (was {locked[k]}, now {now[k]})" for k in sorted(now) if k in locked and locked[k] != now[k]]
+    changes = [
+        f"changed: {k} (was {locked[k]}, now {now[k]})" for k in sorted(now) if k in locked and locked[k] != now[k]
+    ]
     changes += [f"new: {k}" for k in sorted(now.keys() - locked.keys())]
     changes += [f"gone: {k}" for k in sorted(locked.keys() - now.keys())]
     if changes:
-        shown = "\n".join(f"  {c}" for c in changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
-        raise PlanError(f"the stores no longer match the lock file {path}:\n{shown}\n"
-                        "rerun without --locked to see the new plan, then `xfd lock` to accept it")
+        shown = "\n".join(f"  {c}" for c in changes[:20]) + (
+            f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
+        )
+        raise PlanError(
+            f"the stores no longer match the lock file {path}:\n{shown}\n"
+            "rerun without --locked to see the new plan, then `xfd lock` to accept it"
+        )

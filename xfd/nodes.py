@@ -28,9 +28,7 @@ NODE_ROOT_ENV = "XFD_NODE_ROOT"
 NODE_ROOT_LABEL = "xfd-root"
 
 
-def resolve_node_root(
-    environ: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
-) -> Path:
+def resolve_node_root(environ: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> Path:
     """The node root of the current process, from its environment and its Ray node labels."""
     environ = os.environ if environ is None else environ
     labels = labels or {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ from xfd.errors import ConfigError, PlanError
 from xfd.formatting import counted, html_table, human_size
 from xfd.lockfile import check_lock, default_lock_path, write_lock
 from xfd.manifest.globs import selected
-from xfd.manifest.model import ChunkSize, Manifest, ObjectArtifact, PrefixArtifact, Settings, Store
+from xfd.manifest.model import ChunkSize, Manifest, ObjectArtifact, Settings, Store
 from xfd.manifest.stores import build_obstore, public_options
 
 PLAN_FORMAT = "xfd.plan/1"
@@ -221,9 +222,11 @@ class Plan:
         return "\n".join(lines)
 
     def _counts(self, artifacts: int) -> str:
-        return (f"{counted(artifacts, 'artifact')}, {counted(len(self.files), 'file')}, "
-                f"{counted(len(self.objects), 'unique object')}, {human_size(self.unique_bytes)} unique, "
-                f"{counted(self.chunk_count, 'chunk')}")
+        return (
+            f"{counted(artifacts, 'artifact')}, {counted(len(self.files), 'file')}, "
+            f"{counted(len(self.objects), 'unique object')}, {human_size(self.unique_bytes)} unique, "
+            f"{counted(self.chunk_count, 'chunk')}"
+        )
 
     def _bundled(self) -> str:
         """``; 20000 small files packed into 79 bundles``, or nothing when the plan has no bundles."""
@@ -306,8 +309,9 @@ def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[list[_Fo
     this also works from a notebook cell, whose event loop is already running.
     """
     artifacts = manifest.artifacts
-    pool = ThreadPoolExecutor(max_workers=max(1, min(RESOLVE_CONCURRENCY, len(artifacts))),
-                              thread_name_prefix="xfd-plan")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(RESOLVE_CONCURRENCY, len(artifacts))), thread_name_prefix="xfd-plan"
+    )
     try:
         futures = [pool.submit(_resolve, index, a, manifest, stores[a.store]) for index, a in enumerate(artifacts)]
         results = [future.exception() or future.result() for future in futures]
@@ -317,8 +321,11 @@ def _resolve_all(manifest: Manifest, stores: Mapping[str, Any]) -> list[list[_Fo
     if unexpected := [r for r in results if isinstance(r, BaseException) and not isinstance(r, PlanError)]:
         raise unexpected[0]
     if problems:
-        raise PlanError(problems[0] if len(problems) == 1 else
-                        f"{len(problems)} artifacts cannot be resolved:\n" + "\n".join(f"  {p}" for p in problems))
+        raise PlanError(
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} artifacts cannot be resolved:\n" + "\n".join(f"  {p}" for p in problems)
+        )
     return results  # type: ignore[return-value]
 
 
@@ -394,16 +401,20 @@ def _store_error_message(where: str, location: str, artifact: Any, error: Except
         # object_store speaks only HTTPS unless allowed; the HTTP client then refuses an http:// URL with a bare
         # "builder error" (its debug source names BadScheme). The endpoint may come from the environment.
         endpoint = re.search(r"http://[^\s/]+", first_line)
-        return (f"{where}: cannot read {target}: {endpoint[0] if endpoint else 'the endpoint'} is plain HTTP, which "
-                f"the store refuses unless allowed; set allow_http = true in [stores.{artifact.store}] "
-                "(or use https://)")
+        return (
+            f"{where}: cannot read {target}: {endpoint[0] if endpoint else 'the endpoint'} is plain HTTP, which "
+            f"the store refuses unless allowed; set allow_http = true in [stores.{artifact.store}] "
+            "(or use https://)"
+        )
     if "invalid path" in first_line:
         # object_store refuses keys with '..', '.' or empty segments, or control characters: they could not land
         # safely anyway. The key may hold a line break: the message shows it escaped, and whole.
         detail = str(error).split("\n\nDebug source:")[0].strip()
         detail = "".join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
-        return (f"{where}: {target} holds a key that cannot be mapped to a file safely ({detail}); "
-                "rename or remove that object, or narrow the prefix")
+        return (
+            f"{where}: {target} holds a key that cannot be mapped to a file safely ({detail}); "
+            "rename or remove that object, or narrow the prefix"
+        )
     return f"{where}: cannot read {target}: {first_line}"
 
 
@@ -422,18 +433,29 @@ def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
         for item in found:
             plan_object = _plan_object(manifest, artifact.store, item, objects)
             destination = _destination(index, artifact, item)
-            _add_file(files, PlanFile(
-                object_id=plan_object.id,
-                destination=destination,
-                artifact=artifact.display_name,
-                sha256=artifact.sha256 if isinstance(artifact, ObjectArtifact) else None,
-                cache=artifact.cache,
-                nodes=dict(artifact.nodes),
-            ))
+            _add_file(
+                files,
+                PlanFile(
+                    object_id=plan_object.id,
+                    destination=destination,
+                    artifact=artifact.display_name,
+                    sha256=artifact.sha256 if isinstance(artifact, ObjectArtifact) else None,
+                    cache=artifact.cache,
+                    nodes=dict(artifact.nodes),
+                ),
+            )
             if isinstance(artifact, ObjectArtifact) and artifact.unpack is not None:
-                unpacks.append(PlanUnpack(plan_object.id, destination, artifact.unpack.format,
-                                          artifact.unpack_destination or "", artifact.display_name,
-                                          artifact.unpack.max_size, artifact.unpack.max_ratio))
+                unpacks.append(
+                    PlanUnpack(
+                        plan_object.id,
+                        destination,
+                        artifact.unpack.format,
+                        artifact.unpack_destination or "",
+                        artifact.display_name,
+                        artifact.unpack.max_size,
+                        artifact.unpack.max_ratio,
+                    )
+                )
     _check_nesting(files)
     stores = {
         name: PlanStore(url=store.url, options=public_options(store.options))
@@ -449,7 +471,9 @@ def _assemble(manifest: Manifest, listings: list[list[_Found]]) -> Plan:
     )
 
 
-def _plan_object(manifest: Manifest, store_name: str, item: _Found, objects: dict[tuple[str, str], PlanObject]) -> PlanObject:
+def _plan_object(
+    manifest: Manifest, store_name: str, item: _Found, objects: dict[tuple[str, str], PlanObject]
+) -> PlanObject:
     store = manifest.stores[store_name]
     location = f"{store.url.rstrip('/')}|{store.options.get('endpoint', '')}"
     if (location, item.key) in objects:
@@ -458,12 +482,17 @@ def _plan_object(manifest: Manifest, store_name: str, item: _Found, objects: dic
     object_id = _digest(identity)
     chunk_size = manifest.settings.chunk_size_for(item.size)
     chunks = tuple(
-        Chunk(id=_digest(f"{identity}\0{chunk_size}\0{i}"), index=i, offset=offset,
-              length=min(chunk_size, item.size - offset))
+        Chunk(
+            id=_digest(f"{identity}\0{chunk_size}\0{i}"),
+            index=i,
+            offset=offset,
+            length=min(chunk_size, item.size - offset),
+        )
         for i, offset in enumerate(range(0, item.size, chunk_size))
     )
-    plan_object = PlanObject(object_id, store_name, item.key, item.size, item.etag, item.version,
-                             item.last_modified, chunks)
+    plan_object = PlanObject(
+        object_id, store_name, item.key, item.size, item.etag, item.version, item.last_modified, chunks
+    )
     objects[(location, item.key)] = plan_object
     return plan_object
 
@@ -484,16 +513,23 @@ def _bundles(objects: Iterable[PlanObject], files: Iterable[PlanFile]) -> tuple[
         if _bundleable(plan_object):
             group = (plan_object.store, tuple(sorted(selectors.get(plan_object.id, ()))))
             groups.setdefault(group, []).append(plan_object)
-    bundles = [_bundle(run) for members in groups.values()
-               for run in _runs(sorted(members, key=lambda o: (o.key, o.id)), _members_per_bundle(len(members)))
-               if len(run) > 1]
+    bundles = [
+        _bundle(run)
+        for members in groups.values()
+        for run in _runs(sorted(members, key=lambda o: (o.key, o.id)), _members_per_bundle(len(members)))
+        if len(run) > 1
+    ]
     return tuple(sorted(bundles, key=lambda b: b.id))
 
 
 def _bundleable(plan_object: PlanObject) -> bool:
     chunks = plan_object.chunks
-    return (1 <= plan_object.size <= BUNDLE_MEMBER_MAX and len(chunks) == 1
-            and chunks[0].offset == 0 and chunks[0].length == plan_object.size)
+    return (
+        1 <= plan_object.size <= BUNDLE_MEMBER_MAX
+        and len(chunks) == 1
+        and chunks[0].offset == 0
+        and chunks[0].length == plan_object.size
+    )
 
 
 def _members_per_bundle(group: int) -> int:
@@ -520,8 +556,11 @@ def _runs(members: list[PlanObject], most: int) -> Iterable[list[PlanObject]]:
 def _bundle(members: list[PlanObject]) -> PlanBundle:
     # The members' chunk ids name their bytes (store, key, ETag, version, size): the bundle's id changes
     # exactly when one member or the membership does.
-    return PlanBundle(id=_digest("bundle\0" + "\0".join(m.chunks[0].id for m in members)),
-                      length=sum(m.size for m in members), members=tuple(m.id for m in members))
+    return PlanBundle(
+        id=_digest("bundle\0" + "\0".join(m.chunks[0].id for m in members)),
+        length=sum(m.size for m in members),
+        members=tuple(m.id for m in members),
+    )
 
 
 def _digest(text: str) -> str:
@@ -555,11 +594,15 @@ def _add_file(files: dict[str, PlanFile], new: PlanFile) -> None:
     if existing is None:
         files[new.destination] = new
     elif existing.object_id != new.object_id:
-        raise PlanError(f"{new.destination} is the destination of two different objects "
-                        f"(artifacts {existing.artifact!r} and {new.artifact!r}); give them different paths")
+        raise PlanError(
+            f"{new.destination} is the destination of two different objects "
+            f"(artifacts {existing.artifact!r} and {new.artifact!r}); give them different paths"
+        )
     elif differ := [f for f in ("sha256", "cache", "nodes") if getattr(existing, f) != getattr(new, f)]:
-        raise PlanError(f"{new.destination} is written by artifacts {existing.artifact!r} and {new.artifact!r} "
-                        f"with different {' and '.join(differ)}; make them agree or give them different paths")
+        raise PlanError(
+            f"{new.destination} is written by artifacts {existing.artifact!r} and {new.artifact!r} "
+            f"with different {' and '.join(differ)}; make them agree or give them different paths"
+        )
 
 
 def _check_nesting(files: Mapping[str, PlanFile]) -> None:
@@ -570,7 +613,9 @@ def _check_nesting(files: Mapping[str, PlanFile]) -> None:
     neighbours finds every conflict, and the first one in that order is the one reported.
     """
     ordered = sorted((path.split("/"), path) for path in files)
-    for (_, parent), (_, path) in zip(ordered, ordered[1:]):
+    for (_, parent), (_, path) in itertools.pairwise(ordered):
         if path.startswith(parent + "/"):
-            raise PlanError(f"{parent} is a file of artifact {files[parent].artifact!r} and also a "
-                            f"directory holding {path} (artifact {files[path].artifact!r})")
+            raise PlanError(
+                f"{parent} is a file of artifact {files[parent].artifact!r} and also a "
+                f"directory holding {path} (artifact {files[path].artifact!r})"
+            )

@@ -71,14 +71,32 @@ class Snapshot:
         there; ``status["nodes"]`` names the nodes, ``units`` (the plan's unit ids, in order) the units."""
         core, names = status["snapshot"], status["nodes"]
         nodes = tuple(
-            NodeProgress(names[n["node"]], n["ip"], n["total_bytes"], n["done_bytes"], n["origin_bytes"],
-                         n["peer_bytes"], n["cache_bytes"], n["served_bytes"], n["inflight"], tuple(n["failures"]),
-                         n["state"])
+            NodeProgress(
+                names[n["node"]],
+                n["ip"],
+                n["total_bytes"],
+                n["done_bytes"],
+                n["origin_bytes"],
+                n["peer_bytes"],
+                n["cache_bytes"],
+                n["served_bytes"],
+                n["inflight"],
+                tuple(n["failures"]),
+                n["state"],
+            )
             for n in core["nodes"]
         )
         chunks = {
             names[int(node)]: {units[i]: _CHUNK_STATES[code] for i, code in enumerate(codes) if code != "."}
             for node, codes in core["chunk_states"].items()
         }
-        return cls(core["elapsed_s"], core["unique_bytes"], core["origin_bytes"], nodes, chunks, core["rates"],
-                   core["ideal_s"], core["transfer_s"])
+        return cls(
+            core["elapsed_s"],
+            core["unique_bytes"],
+            core["origin_bytes"],
+            nodes,
+            chunks,
+            core["rates"],
+            core["ideal_s"],
+            core["transfer_s"],
+        )

@@ -104,8 +104,10 @@ class Report:
         if self.lost_nodes:
             lines.append(f"  lost {counted(len(self.lost_nodes), 'node')}: {', '.join(self.lost_nodes)}")
         if self.origin_refetches:
-            lines.append(f"  {counted(self.origin_refetches, 'chunk')} fetched from the origin again (their "
-                         "holders were lost or served bad bytes)")
+            lines.append(
+                f"  {counted(self.origin_refetches, 'chunk')} fetched from the origin again (their "
+                "holders were lost or served bad bytes)"
+            )
         lines += [f"  failure: {f}" for f in self.failures[:SHOWN_FAILURES]]
         if len(self.failures) > SHOWN_FAILURES:
             lines.append(f"  ... and {counted(len(self.failures) - SHOWN_FAILURES, 'more failure')}")
@@ -113,8 +115,10 @@ class Report:
 
     def _headline(self) -> str:
         ratio = f"{self.origin_ratio:.2f}x" if self.unique_bytes else "-"
-        return (f"{'ok' if self.ok else 'FAILED'}: {counted(len(self.nodes), 'node')}, "
-                f"{human_size(self.unique_bytes)} unique, origin served {human_size(self.origin_bytes)} ({ratio})")
+        return (
+            f"{'ok' if self.ok else 'FAILED'}: {counted(len(self.nodes), 'node')}, "
+            f"{human_size(self.unique_bytes)} unique, origin served {human_size(self.origin_bytes)} ({ratio})"
+        )
 
     @property
     def timing(self) -> str:
@@ -123,8 +127,10 @@ class Report:
         if self.startup_seconds > 0:
             timing += f" ({self.startup_seconds:.2f} s until the first agent was up)"
         if self.efficiency is not None:
-            return (f"{timing}; efficiency {self.efficiency:.2f} against an ideal {self.ideal_seconds:.2f} s at "
-                    "the run's own peak rates")
+            return (
+                f"{timing}; efficiency {self.efficiency:.2f} against an ideal {self.ideal_seconds:.2f} s at "
+                "the run's own peak rates"
+            )
         if self.ok and self.ideal_seconds > 0:
             return f"{timing}; too short to measure efficiency"
         return timing
@@ -146,8 +152,10 @@ class Report:
         failures = "".join(f"<p style='color:#c00'>{escape(f)}</p>" for f in self.failures[:SHOWN_FAILURES])
         if len(self.failures) > SHOWN_FAILURES:
             failures += f"<p style='color:#c00'>... and {len(self.failures) - SHOWN_FAILURES} more</p>"
-        table = ("<table><thead><tr><th>node</th><th>state</th><th>origin / peers / cache</th><th>origin</th>"
-                 "<th>peers</th><th>cache</th><th>time</th></tr></thead><tbody>" + self._html_rows() + "</tbody></table>")
+        table = (
+            "<table><thead><tr><th>node</th><th>state</th><th>origin / peers / cache</th><th>origin</th>"
+            "<th>peers</th><th>cache</th><th>time</th></tr></thead><tbody>" + self._html_rows() + "</tbody></table>"
+        )
         return f"<div class='xfd-report'>{head}{table}{failures}</div>"
 
     def _html_rows(self) -> str:
@@ -157,8 +165,11 @@ class Report:
             bar = "".join(
                 f"<span style='display:inline-block;height:10px;width:{160 * part / total:.0f}px;background:{color}'>"
                 "</span>"
-                for part, color in ((node.origin_bytes, "#f28e2b"), (node.peer_bytes, "#4e79a7"),
-                                    (node.cache_bytes, "#59a14f"))
+                for part, color in (
+                    (node.origin_bytes, "#f28e2b"),
+                    (node.peer_bytes, "#4e79a7"),
+                    (node.cache_bytes, "#59a14f"),
+                )
             )
             seconds = f"{node.seconds:.2f} s" if node.seconds is not None else "-"
             rows.append(

@@ -95,9 +95,16 @@ class Scheduler:
         if needs is not None:
             indexed_needs = [[self._chunk_index[c] for c in needs.get(n, ())] for n in self._node_names]
         self._core = _core.Scheduler(
-            len(self.chunks), len(self._node_names), origin_parallelism=origin_parallelism,
-            download_slots=download_slots, upload_slots=upload_slots, needs=indexed_needs,
-            sample_size=sample_size, scan_budget=scan_budget, max_penalties=max_penalties, endgame=endgame,
+            len(self.chunks),
+            len(self._node_names),
+            origin_parallelism=origin_parallelism,
+            download_slots=download_slots,
+            upload_slots=upload_slots,
+            needs=indexed_needs,
+            sample_size=sample_size,
+            scan_budget=scan_budget,
+            max_penalties=max_penalties,
+            endgame=endgame,
             seed=seed,
         )
 
@@ -179,8 +186,9 @@ class Scheduler:
 
     def _state(self, index: int) -> NodeState:
         downloads, uploads, origin_fetches, penalties, wanting, inflight = self._core.node_stats(index)
-        return NodeState(downloads, uploads, origin_fetches, penalties, wanting, inflight, self.download_slots,
-                         self.upload_slots)
+        return NodeState(
+            downloads, uploads, origin_fetches, penalties, wanting, inflight, self.download_slots, self.upload_slots
+        )
 
     def _indexed(self, transfer: Transfer) -> tuple[int, int, int | None, bool]:
         source = None if transfer.from_origin else self._node_index[transfer.source]
@@ -188,5 +196,9 @@ class Scheduler:
 
     def _named(self, transfer: tuple[int, int, int | None, bool]) -> Transfer:
         chunk, node, source, duplicate = transfer
-        return Transfer(self.chunks[chunk], self._node_names[node],
-                        ORIGIN if source is None else self._node_names[source], duplicate)
+        return Transfer(
+            self.chunks[chunk],
+            self._node_names[node],
+            ORIGIN if source is None else self._node_names[source],
+            duplicate,
+        )

@@ -65,16 +65,34 @@ _UNPACK_FORMATS = {"auto": "auto", "tar": "tar", "tar.gz": "tar.gz", "zip": "zip
 
 # --- option names and schemes: everything the object_store crate (behind obstore and Xenna) accepts ---
 
-_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "az": "az", "azure": "az", "adl": "az", "abfs": "az",
-            "abfss": "az", "file": "file", "memory": "memory", "http": "http", "https": "https"}
+_SCHEMES = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gs",
+    "az": "az",
+    "azure": "az",
+    "adl": "az",
+    "abfs": "az",
+    "abfss": "az",
+    "file": "file",
+    "memory": "memory",
+    "http": "http",
+    "https": "https",
+}
 """URL schemes obstore's ``from_url`` reads (Xenna's listing) -> the scheme xfd names the same store with."""
 _KEY_PREFIXES = {"s3": ("aws_",), "gs": ("google_",), "az": ("azure_storage_", "azure_")}
 """object_store accepts every option name with these prefixes too (``aws_region``, ``AZURE_STORAGE_...``)."""
 _KEY_ALIASES = {
     "s3": {"token": "session_token", "endpoint_url": "endpoint"},
     "gs": {"service_account_path": "service_account"},
-    "az": {"access_key": "account_key", "master_key": "account_key", "authority_id": "tenant_id",
-           "sas_token": "sas_key", "bearer_token": "token", "identity_endpoint": "msi_endpoint"},
+    "az": {
+        "access_key": "account_key",
+        "master_key": "account_key",
+        "authority_id": "tenant_id",
+        "sas_token": "sas_key",
+        "bearer_token": "token",
+        "identity_endpoint": "msi_endpoint",
+    },
 }
 """object_store's other spellings of an option (``aws_token``, ``sas_token``, ...) -> xfd's name."""
 _URL_KEYS = {"s3": ("bucket", "bucket_name"), "gs": ("bucket", "bucket_name"), "az": ("container_name",)}
@@ -143,9 +161,19 @@ class XennaSwitch:
         :func:`download_distributed`."""
         try:
             report = download_distributed(
-                download_requests, object_store_config, chunk_size_bytes, node_parallelism,
-                object_store_parallelism, p2p_retry_config, object_store_retry_config, verbose, testing_info,
-                display_rate_s, overwrite=self.overwrite, progress=self.progress)
+                download_requests,
+                object_store_config,
+                chunk_size_bytes,
+                node_parallelism,
+                object_store_parallelism,
+                p2p_retry_config,
+                object_store_retry_config,
+                verbose,
+                testing_info,
+                display_rate_s,
+                overwrite=self.overwrite,
+                progress=self.progress,
+            )
         except DistributionError as error:
             self.reports.append(error.report)
             raise
@@ -250,11 +278,19 @@ def download_distributed(
             "(a raylet, an address and a root directory per node) and call this without testing_info"
         )
     if not ray.is_initialized():
-        raise RayNotInitializedError("Ray is not initialized: call ray.init() (or ray.init(address=...)) first, "
-                                     "as for Xenna's download_distributed")
-    manifest = from_xenna(download_requests, object_store_config, chunk_size_bytes=chunk_size_bytes,
-                          node_parallelism=node_parallelism, object_store_parallelism=object_store_parallelism,
-                          object_store_retry_config=object_store_retry_config, overwrite=overwrite)
+        raise RayNotInitializedError(
+            "Ray is not initialized: call ray.init() (or ray.init(address=...)) first, "
+            "as for Xenna's download_distributed"
+        )
+    manifest = from_xenna(
+        download_requests,
+        object_store_config,
+        chunk_size_bytes=chunk_size_bytes,
+        node_parallelism=node_parallelism,
+        object_store_parallelism=object_store_parallelism,
+        object_store_retry_config=object_store_retry_config,
+        overwrite=overwrite,
+    )
     with _verbose(verbose):
         try:
             return manifest.distribute(progress=progress)  # a failed run raises DistributionError
@@ -262,8 +298,9 @@ def download_distributed(
             raise _as_xenna_error(error) from error
 
 
-def download_for_stages(stages: Iterable[Any], config: Any, *, overwrite: bool = False,
-                        progress: Any = "auto") -> Report | None:
+def download_for_stages(
+    stages: Iterable[Any], config: Any, *, overwrite: bool = False, progress: Any = "auto"
+) -> Report | None:
     """Xenna's ``download_artifacts(stages, config)`` with xfd as its downloader: Xenna collects the
     ``download_requests`` of every ``Stage`` / ``StageSpec``, dedupes them, connects to Ray as its pipelines
     do when Ray is not initialized, and xfd puts them on every node. Returns the report, or ``None`` when no
@@ -341,8 +378,9 @@ def from_xenna(
         builder = builder.store(stores[profile], url, **options)
     for _, request in known:
         builder = _add_request(builder, request, stores)
-    builder = builder.settings(**_settings(chunk_size_bytes, node_parallelism, object_store_parallelism,
-                                           object_store_retry_config, overwrite))
+    builder = builder.settings(
+        **_settings(chunk_size_bytes, node_parallelism, object_store_parallelism, object_store_retry_config, overwrite)
+    )
     try:
         manifest = builder.build()
     except ManifestError as error:
@@ -359,8 +397,10 @@ def _profiles(object_store_config: Any) -> dict[str | None, Any]:
     elif hasattr(object_store_config, "uri") and hasattr(object_store_config, "config_args"):
         profiles = {None: object_store_config}
     else:
-        raise XennaAdapterError("object_store_config must be an ObjectStoreConfig or ObjectStoreConfigByProfile "
-                                f"(got {type(object_store_config).__name__})")
+        raise XennaAdapterError(
+            "object_store_config must be an ObjectStoreConfig or ObjectStoreConfigByProfile "
+            f"(got {type(object_store_config).__name__})"
+        )
     if not profiles:
         raise XennaAdapterError("object_store_config has no profiles: add at least one ObjectStoreConfig")
     return profiles
@@ -385,13 +425,23 @@ def _store(config: Any, where: str) -> tuple[str, dict[str, Any], dict[str, str]
         name, at = _option_name(scheme, str(key)), f"{where}.config_args[{key!r}]"
         if name in _URL_KEYS.get(scheme, ()) or name in implied:
             if str(value).lower() != str(implied.get(name, bucket)).lower():
-                problems.append((at, f"says {value!r} where the URI says {implied.get(name, bucket)!r}: Xenna would "
-                                     "list with one (obstore lets the option win) and download with the other "
-                                     "(object_store lets the URI win); make them agree or drop the option"))
+                problems.append(
+                    (
+                        at,
+                        f"says {value!r} where the URI says {implied.get(name, bucket)!r}: Xenna would "
+                        "list with one (obstore lets the option win) and download with the other "
+                        "(object_store lets the URI win); make them agree or drop the option",
+                    )
+                )
             continue
         if name == "default_headers":
-            problems.append((at, "xfd sends no custom HTTP headers to a store; drop it (credentials go in their "
-                                 "own options, such as token or session_token)"))
+            problems.append(
+                (
+                    at,
+                    "xfd sends no custom HTTP headers to a store; drop it (credentials go in their "
+                    "own options, such as token or session_token)",
+                )
+            )
             continue
         literal = value.replace("$", "$$") if isinstance(value, str) else value
         if name in options and options[name] != literal:
@@ -409,7 +459,7 @@ def _option_name(scheme: str, key: str) -> str:
     allowed = STORE_OPTIONS.get(scheme, frozenset()) | CLIENT_OPTIONS
     aliases = _KEY_ALIASES.get(scheme, {})
     name = key.lower()
-    candidates = [name] + [name[len(p):] for p in _KEY_PREFIXES.get(scheme, ()) if name.startswith(p)]
+    candidates = [name] + [name[len(p) :] for p in _KEY_PREFIXES.get(scheme, ()) if name.startswith(p)]
     for candidate in candidates:
         candidate = aliases.get(candidate, candidate)
         if candidate in allowed or candidate in _URL_KEYS.get(scheme, ()) or candidate == "default_headers":
@@ -433,8 +483,17 @@ def _store_url(uri: str, where: str) -> tuple[str, dict[str, Any], list[tuple[st
         container, _, address = parts.netloc.partition("@")
         account, _, domain = address.partition(".")
         if domain not in ("dfs.core.windows.net", "blob.core.windows.net"):
-            return uri, {}, [(where, f"{domain or address} is not an Azure Storage address xfd reads; write "
-                                     "az://CONTAINER/path with the account_name option")]
+            return (
+                uri,
+                {},
+                [
+                    (
+                        where,
+                        f"{domain or address} is not an Azure Storage address xfd reads; write "
+                        "az://CONTAINER/path with the account_name option",
+                    )
+                ],
+            )
         return f"az://{container}{parts.path}", {"account_name": account}, []
     if scheme == "https":
         return _https_store(uri, parts.path, host, where)
@@ -450,8 +509,11 @@ def _https_store(uri: str, path: str, host: str, where: str) -> tuple[str, dict[
     account, _, domain = host.partition(".")
     if domain in ("blob.core.windows.net", "dfs.core.windows.net"):
         if not first:
-            return uri, {}, [(where, "an Azure Storage address must name a container: https://ACCOUNT."
-                                     f"{domain}/CONTAINER/...")]
+            return (
+                uri,
+                {},
+                [(where, f"an Azure Storage address must name a container: https://ACCOUNT.{domain}/CONTAINER/...")],
+            )
         return f"az://{first}/{rest}", {"account_name": account}, []
     store: tuple[str, dict[str, Any]]
     match host.split(".", 3):
@@ -462,20 +524,38 @@ def _https_store(uri: str, path: str, host: str, where: str) -> tuple[str, dict[
         case [bucket, "s3", "amazonaws", "com"]:
             store = (f"s3://{bucket}{path}", {"virtual_hosted_style_request": True})
         case [bucket, "s3", "dualstack", tail] if tail.endswith(".amazonaws.com"):
-            store = (f"s3://{bucket}{path}", {"virtual_hosted_style_request": True, "endpoint": f"https://{host}",
-                                              "region": tail.removesuffix(".amazonaws.com")})
+            store = (
+                f"s3://{bucket}{path}",
+                {
+                    "virtual_hosted_style_request": True,
+                    "endpoint": f"https://{host}",
+                    "region": tail.removesuffix(".amazonaws.com"),
+                },
+            )
         case [bucket, "s3", region, "amazonaws.com"]:
             store = (f"s3://{bucket}{path}", {"virtual_hosted_style_request": True, "region": region})
         case [_, "r2", "cloudflarestorage", "com"] | [_, _, "r2", "cloudflarestorage.com"]:
             store = (f"s3://{first}/{rest}", {"region": "auto", "endpoint": f"https://{host}"})
         case _:
             if host.endswith(("amazonaws.com", "fabric.microsoft.com")):
-                return uri, {}, [(where, "not an S3 or Azure address object_store reads; write s3://BUCKET/... "
-                                         "(or az://CONTAINER/...) with the region, endpoint or account as options")]
+                return (
+                    uri,
+                    {},
+                    [
+                        (
+                            where,
+                            "not an S3 or Azure address object_store reads; write s3://BUCKET/... "
+                            "(or az://CONTAINER/...) with the region, endpoint or account as options",
+                        )
+                    ],
+                )
             return uri, {}, []
     if store[0].startswith("s3:///"):
-        return uri, {}, [(where, "this S3 address names no bucket: add it to the path, as in "
-                                 f"https://{host}/BUCKET/...")]
+        return (
+            uri,
+            {},
+            [(where, f"this S3 address names no bucket: add it to the path, as in https://{host}/BUCKET/...")],
+        )
     return store[0], store[1], []
 
 
@@ -512,8 +592,9 @@ def _typed_fields(values: Mapping[str, Any], fields: Mapping[str, Any], where: s
 def _unwrap(request: Any, index: int) -> Any:
     value = getattr(request, "value", request)
     if not (hasattr(value, "uri") and hasattr(value, "destination") and hasattr(value, "profile_name")):
-        raise XennaAdapterError(f"download_requests[{index}]: not an ObjectDownloadRequest or "
-                                f"PrefixDownloadRequest: {value!r:.80}")
+        raise XennaAdapterError(
+            f"download_requests[{index}]: not an ObjectDownloadRequest or PrefixDownloadRequest: {value!r:.80}"
+        )
     return value
 
 
@@ -580,24 +661,32 @@ def _add_request(builder: Any, request: Any, stores: Mapping[str | None, str]) -
     return builder.unpack(_UNPACK_FORMATS.get(method, method), to=str(request.unpack_options.unpack_destination))
 
 
-def _settings(chunk_size_bytes: int | str | None, node_parallelism: int | None,
-              object_store_parallelism: int | None, retry: Any, overwrite: bool) -> dict[str, Any]:
+def _settings(
+    chunk_size_bytes: int | str | None,
+    node_parallelism: int | None,
+    object_store_parallelism: int | None,
+    retry: Any,
+    overwrite: bool,
+) -> dict[str, Any]:
     """Xenna's tuning as xfd settings, ``None`` meaning what Xenna makes of it."""
     if node_parallelism is None:
         node_parallelism = 2 * (os.cpu_count() or 1)  # Xenna: twice the CPUs of the machine that calls it
     if object_store_parallelism is None:
         object_store_parallelism = XENNA_OBJECT_STORE_PARALLELISM
     if isinstance(node_parallelism, int) and node_parallelism > NODE_PARALLELISM_MAX:
-        log.info("node_parallelism=%d: xfd runs at most %d transfers per node", node_parallelism,
-                 NODE_PARALLELISM_MAX)
+        log.info("node_parallelism=%d: xfd runs at most %d transfers per node", node_parallelism, NODE_PARALLELISM_MAX)
         node_parallelism = NODE_PARALLELISM_MAX
-    retries, delay_ms = (XENNA_RETRIES, XENNA_BASE_DELAY_MS) if retry is None else (retry.num_retries,
-                                                                                    retry.base_delay_millis)
+    retries, delay_ms = (
+        (XENNA_RETRIES, XENNA_BASE_DELAY_MS) if retry is None else (retry.num_retries, retry.base_delay_millis)
+    )
     # Xenna's num_retries counts retries after the first try; its first wait is base_delay_millis.
     backoff = max(delay_ms, 1) / 1000
     settings: dict[str, Any] = {
-        "chunk_size": _chunk_size(chunk_size_bytes), "node_parallelism": node_parallelism,
-        "origin_parallelism": object_store_parallelism, "origin_attempts": retries + 1, "origin_backoff": backoff,
+        "chunk_size": _chunk_size(chunk_size_bytes),
+        "node_parallelism": node_parallelism,
+        "origin_parallelism": object_store_parallelism,
+        "origin_attempts": retries + 1,
+        "origin_backoff": backoff,
         "overwrite": overwrite or None,
     }
     if isinstance(node_parallelism, int) and node_parallelism >= 1:
@@ -619,47 +708,70 @@ def _chunk_size(chunk_size_bytes: int | str | None) -> int | str:
         return chunk_size_bytes  # type: ignore[return-value]
     bounded = min(max(chunk_size_bytes, CHUNK_MIN), CHUNK_MAX)
     if bounded != chunk_size_bytes:
-        log.info("chunk_size_bytes=%d: xfd cuts files into chunks of 1 MiB to 4 GiB; using %d", chunk_size_bytes,
-                 bounded)
+        log.info(
+            "chunk_size_bytes=%d: xfd cuts files into chunks of 1 MiB to 4 GiB; using %d", chunk_size_bytes, bounded
+        )
     return bounded
 
 
 def _unknown_profiles(requests: list[tuple[int, Any]], profiles: Mapping[str | None, Any]) -> list[tuple[str, str]]:
     known = ", ".join(repr(p) for p in profiles)
-    return [(f"download_requests[{index}].value.profile_name",
-             f"no profile {request.profile_name!r} in object_store_config (profiles: {known})")
-            for index, request in requests if request.profile_name not in profiles]
+    return [
+        (
+            f"download_requests[{index}].value.profile_name",
+            f"no profile {request.profile_name!r} in object_store_config (profiles: {known})",
+        )
+        for index, request in requests
+        if request.profile_name not in profiles
+    ]
 
 
-_ARTIFACT_FIELDS = {"to": "destination", "key": "uri", "prefix": "uri", "store": "profile_name",
-                    "unpack.to": "unpack_options.unpack_destination", "unpack.format": "unpack_options.unpack_method",
-                    "unpack": "unpack_options"}
-_SETTINGS_FIELDS = {"chunk_size": "chunk_size_bytes", "node_parallelism": "node_parallelism",
-                    "origin_parallelism": "object_store_parallelism",
-                    "origin_attempts": "object_store_retry_config.num_retries",
-                    "origin_backoff": "object_store_retry_config.base_delay_millis"}
+_ARTIFACT_FIELDS = {
+    "to": "destination",
+    "key": "uri",
+    "prefix": "uri",
+    "store": "profile_name",
+    "unpack.to": "unpack_options.unpack_destination",
+    "unpack.format": "unpack_options.unpack_method",
+    "unpack": "unpack_options",
+}
+_SETTINGS_FIELDS = {
+    "chunk_size": "chunk_size_bytes",
+    "node_parallelism": "node_parallelism",
+    "origin_parallelism": "object_store_parallelism",
+    "origin_attempts": "object_store_retry_config.num_retries",
+    "origin_backoff": "object_store_retry_config.base_delay_millis",
+}
 
 
 def _input_order(problem: tuple[str, str]) -> tuple[int, int]:
     """Store configs first, then requests by index, then tuning values: the order of the inputs."""
     path = problem[0]
     if path.startswith("download_requests["):
-        return 1, int(path[len("download_requests["):path.index("]")])
+        return 1, int(path[len("download_requests[") : path.index("]")])
     return (0, 0) if path.startswith("object_store_config") else (2, 0)
 
 
-def _xenna_paths(problems: list[tuple[str, str]], requests: list[tuple[int, Any]],
-                 stores: Mapping[str | None, str], written: Mapping[str, Mapping[str, str]]) -> list[tuple[str, str]]:
+def _xenna_paths(
+    problems: list[tuple[str, str]],
+    requests: list[tuple[int, Any]],
+    stores: Mapping[str | None, str],
+    written: Mapping[str, Mapping[str, str]],
+) -> list[tuple[str, str]]:
     """Rewrites manifest paths (``artifacts[3].to``) as the Xenna inputs they came from."""
     profile_of = {name: profile for profile, name in stores.items()}
     return [(_xenna_path(path, requests, profile_of, written), message) for path, message in problems]
 
 
-def _xenna_path(path: str, requests: list[tuple[int, Any]], profile_of: Mapping[str, str | None],
-                written: Mapping[str, Mapping[str, str]]) -> str:
+def _xenna_path(
+    path: str,
+    requests: list[tuple[int, Any]],
+    profile_of: Mapping[str, str | None],
+    written: Mapping[str, Mapping[str, str]],
+) -> str:
     head, _, rest = path.partition(".")
     if head.startswith("artifacts["):
-        index = requests[int(head[len("artifacts["):-1])][0]
+        index = requests[int(head[len("artifacts[") : -1])][0]
         return f"download_requests[{index}].value" + (f".{_ARTIFACT_FIELDS.get(rest, rest)}" if rest else "")
     if head == "stores":
         name, _, option = rest.partition(".")
@@ -689,10 +801,13 @@ def to_xenna(manifest: Manifest, environ: Mapping[str, str] | None = None) -> Xe
 
     _refuse_unmappable(manifest)
     profile_of = {name: (None if name == DEFAULT_PROFILE_STORE else name) for name in manifest.stores}
-    profiles = {profile_of[name]: fd.ObjectStoreConfig(uri=store.url, config_args=resolved_options(name, store, environ))
-                for name, store in manifest.stores.items()}
-    requests = [fd.DownloadRequest(value=_request(fd, artifact, profile_of[artifact.store]))
-                for artifact in manifest.artifacts]
+    profiles = {
+        profile_of[name]: fd.ObjectStoreConfig(uri=store.url, config_args=resolved_options(name, store, environ))
+        for name, store in manifest.stores.items()
+    }
+    requests = [
+        fd.DownloadRequest(value=_request(fd, artifact, profile_of[artifact.store])) for artifact in manifest.artifacts
+    ]
     settings = manifest.settings
     config = pipelines.DistributedDownloadConfig(
         object_store_config=fd.ObjectStoreConfigByProfile(profiles=profiles),
@@ -711,13 +826,17 @@ def _request(fd: Any, artifact: ObjectArtifact | PrefixArtifact, profile: str | 
     if artifact.unpack is not None:
         method = fd.UnpackMethod("tar.gz" if artifact.unpack.format == "tgz" else artifact.unpack.format)
         unpack = fd.UnpackOptions(unpack_destination=Path(artifact.unpack_destination or ""), unpack_method=method)
-    return fd.ObjectDownloadRequest(uri=artifact.key, destination=Path(artifact.destination),
-                                    unpack_options=unpack, profile_name=profile)
+    return fd.ObjectDownloadRequest(
+        uri=artifact.key, destination=Path(artifact.destination), unpack_options=unpack, profile_name=profile
+    )
 
 
 def _refuse_unmappable(manifest: Manifest) -> None:
-    problems = [problem for index, artifact in enumerate(manifest.artifacts)
-                for problem in _artifact_unmappable(f"artifacts[{index}]", artifact)]
+    problems = [
+        problem
+        for index, artifact in enumerate(manifest.artifacts)
+        for problem in _artifact_unmappable(f"artifacts[{index}]", artifact)
+    ]
     problems += _settings_unmappable(manifest.settings)
     if problems:
         raise XennaAdapterError(ManifestError(problems, manifest.source or "manifest").args[0])
@@ -730,15 +849,22 @@ def _artifact_unmappable(path: str, artifact: ObjectArtifact | PrefixArtifact) -
     if isinstance(artifact, ObjectArtifact) and artifact.sha256:
         problems.append((f"{path}.sha256", "Xenna cannot verify a sha256; drop it to hand this to Xenna"))
     if not artifact.cache:
-        problems.append((f"{path}.cache", "Xenna caches every file (it never reads PrefixDownloadRequest.cache); "
-                                          "cache = false has no equivalent"))
+        problems.append(
+            (
+                f"{path}.cache",
+                "Xenna caches every file (it never reads PrefixDownloadRequest.cache); cache = false has no equivalent",
+            )
+        )
     if artifact.nodes:
-        problems.append((f"{path}.nodes", "Xenna puts every request on every node; node selectors have no "
-                                          "equivalent"))
+        problems.append((f"{path}.nodes", "Xenna puts every request on every node; node selectors have no equivalent"))
     for limit in ("max_size", "max_ratio"):
         if isinstance(artifact, ObjectArtifact) and artifact.unpack and getattr(artifact.unpack, limit) is not None:
-            problems.append((f"{path}.unpack.{limit}", "Xenna sets no limits on unpacking; leave it at its default "
-                                                       "to hand this manifest to Xenna"))
+            problems.append(
+                (
+                    f"{path}.unpack.{limit}",
+                    "Xenna sets no limits on unpacking; leave it at its default to hand this manifest to Xenna",
+                )
+            )
     return problems
 
 
@@ -752,13 +878,38 @@ def _settings_unmappable(settings: Settings) -> list[tuple[str, str]]:
         "origin_attempts": XENNA_RETRIES + 1,
         "origin_backoff": XENNA_BASE_DELAY_MS / 1000,
     }
-    return [(f"settings.{field}", "has no Xenna DistributedDownloadConfig equivalent; leave it at its default to "
-                                  "hand this manifest to Xenna")
-            for field in ("upload_slots", "overwrite", "origin_chunk_streams", "origin_attempts", "origin_backoff",
-                          "origin_max_backoff", "origin_timeout", "disk_reserve")
-            if getattr(settings, field) not in (getattr(defaults, field), xenna_does.get(field, getattr(defaults, field)))]
+    return [
+        (
+            f"settings.{field}",
+            "has no Xenna DistributedDownloadConfig equivalent; leave it at its default to hand this manifest to Xenna",
+        )
+        for field in (
+            "upload_slots",
+            "overwrite",
+            "origin_chunk_streams",
+            "origin_attempts",
+            "origin_backoff",
+            "origin_max_backoff",
+            "origin_timeout",
+            "disk_reserve",
+        )
+        if getattr(settings, field) not in (getattr(defaults, field), xenna_does.get(field, getattr(defaults, field)))
+    ]
 
 
-__all__ = ["RayNotInitializedError", "XennaAdapterError", "XennaNotFoundError", "XennaPermissionError",
-           "XennaRequests", "XennaSwitch", "download_distributed", "download_for_stages", "from_xenna", "install",
-           "is_installed", "to_xenna", "uninstall", "use_xfd"]
+__all__ = [
+    "RayNotInitializedError",
+    "XennaAdapterError",
+    "XennaNotFoundError",
+    "XennaPermissionError",
+    "XennaRequests",
+    "XennaSwitch",
+    "download_distributed",
+    "download_for_stages",
+    "from_xenna",
+    "install",
+    "is_installed",
+    "to_xenna",
+    "uninstall",
+    "use_xfd",
+]

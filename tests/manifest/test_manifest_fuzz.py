@@ -14,17 +14,43 @@ from xfd import Manifest, ManifestError
 from xfd.manifest import ManifestBuilder
 from xfd.manifest.toml_format import from_document
 
-KEYS = ["settings", "stores", "artifacts", "url", "store", "key", "prefix", "to", "unpack", "format", "chunk_size",
-        "node_parallelism", "include", "exclude", "cache", "sha256", "name", "region", "endpoint", "m", "x", "max_size",
-        "max_ratio", "disk_reserve"]
+KEYS = [
+    "settings",
+    "stores",
+    "artifacts",
+    "url",
+    "store",
+    "key",
+    "prefix",
+    "to",
+    "unpack",
+    "format",
+    "chunk_size",
+    "node_parallelism",
+    "include",
+    "exclude",
+    "cache",
+    "sha256",
+    "name",
+    "region",
+    "endpoint",
+    "m",
+    "x",
+    "max_size",
+    "max_ratio",
+    "disk_reserve",
+]
 scalars = st.one_of(
-    st.text(max_size=12), st.integers(-(2**70), 2**70), st.booleans(), st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.floats(allow_nan=False),
     st.sampled_from(["s3://b/p", "/abs", "rel", "64MiB", "auto", "rar", "${X}", "$", "m", "*.json", ".."]),
 )
 documents = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner,
-                                                                max_size=5),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=5),
     max_leaves=25,
 )
 artifact_fields = ["key", "prefix", "to", "name", "sha256", "cache", "unpack", "include", "exclude"]
@@ -74,16 +100,38 @@ def test_valid_toml_of_arbitrary_shape_loads_or_raises_manifest_error(document):
 
 BUILDER_METHODS = {"settings", "store", "object", "prefix", "unpack", "to_document", "build"}
 HUGE_INTS = st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**400]) | st.sampled_from([-1, 1]).map(
-    lambda sign: sign * 10**5000)  # beyond str()'s 4300 digits (built lazily: the strategy's repr must work)
-odd_strings = st.sampled_from([
-    "s3://[bucket", "http://a\uff03b", "gs://", "rel", "/", "", "x/..", "..", "dir/", "9" * 400 + "MiB", "1.5KiB", "rar",
-    "$", "${X", "*.json", "é", "e\u0301", "a\nb", "\x00",
-])
-odd_scalars = st.one_of(st.none(), st.booleans(), st.text(max_size=10), st.integers(-(2**70), 2**70), HUGE_INTS,
-                        st.floats(), odd_strings)
+    lambda sign: sign * 10**5000
+)  # beyond str()'s 4300 digits (built lazily: the strategy's repr must work)
+odd_strings = st.sampled_from(
+    [
+        "s3://[bucket",
+        "http://a\uff03b",
+        "gs://",
+        "rel",
+        "/",
+        "",
+        "x/..",
+        "..",
+        "dir/",
+        "9" * 400 + "MiB",
+        "1.5KiB",
+        "rar",
+        "$",
+        "${X",
+        "*.json",
+        "é",
+        "e\u0301",
+        "a\nb",
+        "\x00",
+    ]
+)
+odd_scalars = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=10), st.integers(-(2**70), 2**70), HUGE_INTS, st.floats(), odd_strings
+)
 odd_values = st.recursive(
     odd_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    lambda inner: st.lists(inner, max_size=3)
+    | st.tuples(inner, inner)
     | st.dictionaries(st.text(max_size=4) | odd_strings, inner, max_size=3),
     max_leaves=6,
 )
@@ -92,8 +140,9 @@ good = {
     "store_name": st.sampled_from(["m", "n"]),
     "name": st.sampled_from([None, None, None, "weights", "data"]),
     "store": st.sampled_from(["m", "n"]),
-    "url": st.sampled_from(["s3://bucket/p", "s3://b", "s3://b/", "gs://b", "az://c/x", "https://h/p", "file:///srv/data",
-                            "memory://"]),
+    "url": st.sampled_from(
+        ["s3://bucket/p", "s3://b", "s3://b/", "gs://b", "az://c/x", "https://h/p", "file:///srv/data", "memory://"]
+    ),
     "key": st.sampled_from(["7b/model.bin", "set.tar.gz", "a.zip", "x"]),
     "prefix": st.sampled_from(["", "tok", "tok/", "a/b/"]),
     "to": st.sampled_from(["/data/", "/data/set.tar.gz", "/srv/p", "/models/llama/", "/x", "/data//./set.tar.gz"]),
@@ -118,12 +167,28 @@ for count in ("node_parallelism", "upload_slots", "origin_parallelism", "origin_
     good[count] = st.integers(1, 40)
 for seconds in ("origin_backoff", "origin_max_backoff", "origin_timeout"):
     good[seconds] = st.floats(0.01, 1000)
-POSITIONAL = {"settings": [], "store": ["store_name", "url"], "object": ["store", "key"], "prefix": ["store", "prefix"],
-              "unpack": ["format"], "to_document": []}
+POSITIONAL = {
+    "settings": [],
+    "store": ["store_name", "url"],
+    "object": ["store", "key"],
+    "prefix": ["store", "prefix"],
+    "unpack": ["format"],
+    "to_document": [],
+}
 KEYWORDS = {
-    "settings": ["chunk_size", "node_parallelism", "upload_slots", "origin_parallelism", "origin_chunk_streams",
-                 "overwrite", "origin_attempts", "origin_backoff", "origin_max_backoff", "origin_timeout",
-                 "disk_reserve"],
+    "settings": [
+        "chunk_size",
+        "node_parallelism",
+        "upload_slots",
+        "origin_parallelism",
+        "origin_chunk_streams",
+        "overwrite",
+        "origin_attempts",
+        "origin_backoff",
+        "origin_max_backoff",
+        "origin_timeout",
+        "disk_reserve",
+    ],
     "store": ["region", "endpoint", "allow_http", "timeout", "skip_signature"],
     "object": ["to", "name", "sha256", "cache", "nodes"],
     "prefix": ["to", "name", "include", "exclude", "cache", "nodes"],
@@ -131,7 +196,23 @@ KEYWORDS = {
     "to_document": [],
 }
 odd_keywords = st.text(max_size=6) | st.sampled_from(
-    ["self", "too", "chunk_sise", "regoin", "options", "", "é", "a-b", "__class__", "name", "url", "store", "key", "format"])
+    [
+        "self",
+        "too",
+        "chunk_sise",
+        "regoin",
+        "options",
+        "",
+        "é",
+        "a-b",
+        "__class__",
+        "name",
+        "url",
+        "store",
+        "key",
+        "format",
+    ]
+)
 
 
 def value_for(parameter: str, wild: bool) -> st.SearchStrategy[Any]:
@@ -146,21 +227,26 @@ def builder_calls(draw: st.DrawFn, wild: bool) -> tuple[str, tuple[Any, ...], di
     method = draw(st.sampled_from(sorted(POSITIONAL)))
     if not wild or draw(st.sampled_from([True, True, True, False])):
         args = [draw(value_for(p, wild)) for p in POSITIONAL[method]]
-        keywords = draw(st.lists(st.sampled_from(KEYWORDS[method]), unique=True, max_size=3)) if KEYWORDS[method] else []
+        keywords = (
+            draw(st.lists(st.sampled_from(KEYWORDS[method]), unique=True, max_size=3)) if KEYWORDS[method] else []
+        )
         if method in ("object", "prefix") and "to" not in keywords and draw(st.sampled_from([True] * 5 + [False])):
             keywords.append("to")
         kwargs = {k: draw(value_for(k, wild)) for k in keywords}
     else:
         args = draw(st.lists(odd_values, max_size=4))
-        kwargs = draw(st.dictionaries(odd_keywords | st.sampled_from(KEYWORDS[method] or ["x"]), odd_values, max_size=3))
+        kwargs = draw(
+            st.dictionaries(odd_keywords | st.sampled_from(KEYWORDS[method] or ["x"]), odd_values, max_size=3)
+        )
     return method, tuple(args), kwargs
 
 
 # Plausible sequences (after two stores are declared) often build, so the round trip is exercised; wild ones
 # probe every error path.
 STORES = [("store", ("m", "s3://bucket"), {}), ("store", ("n", "gs://b/x"), {})]
-call_sequences = (st.lists(builder_calls(wild=False), min_size=1, max_size=6).map(lambda calls: STORES + calls)
-                  | st.lists(builder_calls(wild=True), max_size=7))
+call_sequences = st.lists(builder_calls(wild=False), min_size=1, max_size=6).map(
+    lambda calls: STORES + calls
+) | st.lists(builder_calls(wild=True), max_size=7)
 
 
 def _check_manifest_error(error: ManifestError) -> None:
@@ -212,22 +298,25 @@ def test_toml_the_parser_cannot_take_is_a_manifest_error(text):
         Manifest.loads(text, "fuzz.toml")
 
 
-@pytest.mark.parametrize(("call", "path"), [
-    (lambda b: b.prefix("m", "p", to="/p", include="*.json"), "artifacts[0].include"),  # was ['*', '.', 'j', ...]
-    (lambda b: b.prefix("m", "p", to="/p", exclude=5), "artifacts[0].exclude"),  # was TypeError
-    (lambda b: b.object("m", "k", to="/k", nodes=[1]), "artifacts[0].nodes"),  # was TypeError
-    (lambda b: b.object("m", "k", to="/k", nodes="gpu"), "artifacts[0].nodes"),  # was ValueError
-    (lambda b: b.object("m", "k", to="/k", nodes={"gpu": None}), "artifacts[0].nodes"),  # was every node
-    (lambda b: b.store(5, "s3://x"), "stores"),  # was TypeError (or, unhashable, from the call itself)
-    (lambda b: b.store("n", "s3://[bucket"), "stores.n.url"),  # was ValueError: Invalid IPv6 URL
-    (lambda b: b.store("n", "s3://b", timeout=float("nan")), "stores.n"),  # was accepted, != itself
-    (lambda b: b.store("n", "s3://b", timeout=2**64), "stores.n"),  # was accepted, beyond TOML's integers
-    (lambda b: b.settings(chunk_size="9" * 400 + "MiB"), "settings.chunk_size"),  # was OverflowError
-    (lambda b: b.settings(chunk_size=10**5000), "settings.chunk_size"),  # was ValueError from str()
-    (lambda b: b.settings(origin_backoff=10**400), "settings.origin_backoff"),  # was OverflowError
-    (lambda b: b.settings(node_parallelism=-(10**5000)), "settings.node_parallelism"),  # was ValueError from str()
-    (lambda b: b.object("m", 10**5000, to="/k"), "artifacts[0].key"),  # was a message about str()
-])
+@pytest.mark.parametrize(
+    ("call", "path"),
+    [
+        (lambda b: b.prefix("m", "p", to="/p", include="*.json"), "artifacts[0].include"),  # was ['*', '.', 'j', ...]
+        (lambda b: b.prefix("m", "p", to="/p", exclude=5), "artifacts[0].exclude"),  # was TypeError
+        (lambda b: b.object("m", "k", to="/k", nodes=[1]), "artifacts[0].nodes"),  # was TypeError
+        (lambda b: b.object("m", "k", to="/k", nodes="gpu"), "artifacts[0].nodes"),  # was ValueError
+        (lambda b: b.object("m", "k", to="/k", nodes={"gpu": None}), "artifacts[0].nodes"),  # was every node
+        (lambda b: b.store(5, "s3://x"), "stores"),  # was TypeError (or, unhashable, from the call itself)
+        (lambda b: b.store("n", "s3://[bucket"), "stores.n.url"),  # was ValueError: Invalid IPv6 URL
+        (lambda b: b.store("n", "s3://b", timeout=float("nan")), "stores.n"),  # was accepted, != itself
+        (lambda b: b.store("n", "s3://b", timeout=2**64), "stores.n"),  # was accepted, beyond TOML's integers
+        (lambda b: b.settings(chunk_size="9" * 400 + "MiB"), "settings.chunk_size"),  # was OverflowError
+        (lambda b: b.settings(chunk_size=10**5000), "settings.chunk_size"),  # was ValueError from str()
+        (lambda b: b.settings(origin_backoff=10**400), "settings.origin_backoff"),  # was OverflowError
+        (lambda b: b.settings(node_parallelism=-(10**5000)), "settings.node_parallelism"),  # was ValueError from str()
+        (lambda b: b.object("m", 10**5000, to="/k"), "artifacts[0].key"),  # was a message about str()
+    ],
+)
 def test_builder_values_of_the_wrong_kind_are_manifest_errors_with_their_path(call, path):
     with pytest.raises(ManifestError) as info:
         call(Manifest.builder().store("m", "s3://bucket")).build()

@@ -37,8 +37,10 @@ def manifest() -> xfd.Manifest:
 def test_an_evolved_setting_out_of_range_raises_what_loading_it_raises(manifest: xfd.Manifest) -> None:
     with pytest.raises(ManifestError) as raised:
         attrs.evolve(manifest, settings=attrs.evolve(manifest.settings, node_parallelism=0))
-    assert str(raised.value) == str(loading_error(parallelism=0)) == (
-        "artifacts.toml: settings.node_parallelism: must be between 1 and 1024 (got 0)"
+    assert (
+        str(raised.value)
+        == str(loading_error(parallelism=0))
+        == ("artifacts.toml: settings.node_parallelism: must be between 1 and 1024 (got 0)")
     )
     assert raised.value.problems == [("settings.node_parallelism", "must be between 1 and 1024 (got 0)")]
 
@@ -47,8 +49,10 @@ def test_an_evolved_artifact_naming_no_store_raises_what_loading_it_raises(manif
     artifact = attrs.evolve(manifest.artifacts[0], store="model")
     with pytest.raises(ManifestError) as raised:
         attrs.evolve(manifest, artifacts=(artifact,))
-    assert str(raised.value) == str(loading_error(store="model")) == (
-        "artifacts.toml: artifacts[0].store: no store named 'model'; did you mean 'models'? (stores: models)"
+    assert (
+        str(raised.value)
+        == str(loading_error(store="model"))
+        == ("artifacts.toml: artifacts[0].store: no store named 'model'; did you mean 'models'? (stores: models)")
     )
 
 

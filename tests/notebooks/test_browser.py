@@ -28,10 +28,12 @@ def voila(tmp_path: Path):
 
     assert not ray.is_initialized(), "run the notebook tests before (or apart from) the shared-cluster tests"
     port = free_port()
-    log = open(tmp_path / "voila.log", "w")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "voila.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "voila", str(QUICKSTART), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 60

@@ -28,8 +28,13 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path):
 
     assert not ray.is_initialized(), "run the notebook tests before (or apart from) the shared-cluster tests"
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
-                            store_widget_state=True)
+    client = NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+        store_widget_state=True,
+    )
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
@@ -38,4 +43,6 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path):
         state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
         bars = [w["state"] for w in state.values() if w.get("model_name") == "FloatProgressModel"]
         assert bars, "no progress widget was rendered"
-        assert any(b.get("bar_style") == "success" and b.get("value") == b.get("max") for b in bars), json.dumps(bars)[:500]
+        assert any(b.get("bar_style") == "success" and b.get("value") == b.get("max") for b in bars), json.dumps(bars)[
+            :500
+        ]

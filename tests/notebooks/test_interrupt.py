@@ -1,4 +1,4 @@
-""""Interrupt kernel" during a distribution in a real notebook kernel, then the same cell run again.
+""" "Interrupt kernel" during a distribution in a real notebook kernel, then the same cell run again.
 
 nbclient interrupts the kernel (SIGINT, as Jupyter's button does) when a cell outlives its timeout; the
 cell tagged ``raises-exception`` may end in an error and execution goes on. Like the example notebooks, this
@@ -66,11 +66,18 @@ def test_interrupt_kernel_cancels_the_run_and_the_cell_runs_again(tmp_path: Path
     assert not ray.is_initialized(), "run the notebook tests before (or apart from) the shared-cluster tests"
     notebook = nbformat.v4.new_notebook()
     run = nbformat.v4.new_code_cell(RUN, metadata={"tags": ["raises-exception"]})
-    notebook.cells = [nbformat.v4.new_code_cell(SETUP), run, nbformat.v4.new_code_cell(AFTER),
-                      nbformat.v4.new_code_cell(TEARDOWN)]
+    notebook.cells = [
+        nbformat.v4.new_code_cell(SETUP),
+        run,
+        nbformat.v4.new_code_cell(AFTER),
+        nbformat.v4.new_code_cell(TEARDOWN),
+    ]
     client = NotebookClient(
-        notebook, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
-        timeout_func=lambda cell: INTERRUPT_AFTER_S if cell is run else 300, interrupt_on_timeout=True,
+        notebook,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+        timeout_func=lambda cell: INTERRUPT_AFTER_S if cell is run else 300,
+        interrupt_on_timeout=True,
     )
     client.execute()
 

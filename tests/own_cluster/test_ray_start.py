@@ -38,9 +38,21 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`ray start ... --block` in a session of its own: ending that session ends exactly this cluster
     (`ray stop` would stop every Ray on the machine). Its output goes to ``log``, shown if it fails."""
     with log.open("w") as output:
-        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000",
-                                 "--disable-usage-stats", *args], env=env, start_new_session=True,
-                                stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--object-store-memory=200000000",
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -68,18 +80,37 @@ def ray_started(tmp_path):
         root.mkdir()
     previous = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
     head_log = tmp_path / "ray-start-head.log"
-    head = start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--include-dashboard=false",
-                  f'--labels={{"xfd-root": "{roots[0]}"}}'], env, head_log)
+    head = start(
+        [
+            "--head",
+            f"--node-ip-address={HEAD_IP}",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f'--labels={{"xfd-root": "{roots[0]}"}}',
+        ],
+        env,
+        head_log,
+    )
     processes = [head]
     try:
         deadline = time.monotonic() + 120
         while not (CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text().strip() == f"{HEAD_IP}:{port}"):
-            assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed:\n{head_log.read_text()}"
+            assert head.poll() is None and time.monotonic() < deadline, (
+                f"ray start --head failed:\n{head_log.read_text()}"
+            )
             time.sleep(0.3)
-        processes.append(start([f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}",
-                                f'--labels={{"xfd-root": "{roots[1]}"}}'], env, tmp_path / "ray-start-worker.log"))
-        subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, f"{HEAD_IP}:{port}"], env=env, check=True,
-                       timeout=180)
+        processes.append(
+            start(
+                [
+                    f"--address={HEAD_IP}:{port}",
+                    f"--node-ip-address={WORKER_IP}",
+                    f'--labels={{"xfd-root": "{roots[1]}"}}',
+                ],
+                env,
+                tmp_path / "ray-start-worker.log",
+            )
+        )
+        subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, f"{HEAD_IP}:{port}"], env=env, check=True, timeout=180)
         yield env, roots
     finally:
         for process in reversed(processes):
@@ -94,13 +125,22 @@ def test_xfd_distribute_finds_a_cluster_started_with_ray_start(ray_started, s3, 
     env, roots = ray_started
     weights = os.urandom(3 << 20)
     obstore.put(s3.store(bucket), "root/model.bin", weights)
-    manifest = (Manifest.builder().store("m", f"s3://{bucket}/root", **s3.manifest_options(origin.endpoint))
-                .settings(chunk_size="1MiB").object("m", "model.bin", to="/models/model.bin").build())
+    manifest = (
+        Manifest.builder()
+        .store("m", f"s3://{bucket}/root", **s3.manifest_options(origin.endpoint))
+        .settings(chunk_size="1MiB")
+        .object("m", "model.bin", to="/models/model.bin")
+        .build()
+    )
     (tmp_path / "artifacts.toml").write_text(manifest.to_toml())
 
-    done = subprocess.run([str(Path(sys.executable).with_name("xfd")), "distribute", "--no-progress",
-                           str(tmp_path / "artifacts.toml")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("xfd")), "distribute", "--no-progress", str(tmp_path / "artifacts.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok: 2 nodes" in done.stdout, done.stdout

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.timeout(600)
 
 def s3_config(s3: LocalS3, bucket: str, endpoint: str, path: str = "") -> fd.ObjectStoreConfig:
     """What a Xenna user writes for an S3-compatible server (MinIO-style), through the counting proxy."""
-    config = fd.ObjectStoreConfig.make_for_s3(bucket, endpoint=endpoint, access_key_id=s3.access_key_id,
-                                              secret_access_key=s3.secret_access_key, region="us-east-1")
+    config = fd.ObjectStoreConfig.make_for_s3(
+        bucket,
+        endpoint=endpoint,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        region="us-east-1",
+    )
     config.config_args["allow_http"] = "true"
     config.uri += path
     return config
@@ -35,8 +40,11 @@ def put(s3: LocalS3, bucket: str, contents: dict[str, bytes]) -> None:
 
 def object_bytes(origin: CountingProxy) -> int:
     """Body bytes of object GETs at the origin (listing a bucket is a GET too, but of the bucket itself)."""
-    return sum(r.body_bytes for r in origin.traffic().requests
-               if r.method == "GET" and r.status < 300 and "/" in r.path.strip("/"))
+    return sum(
+        r.body_bytes
+        for r in origin.traffic().requests
+        if r.method == "GET" and r.status < 300 and "/" in r.path.strip("/")
+    )
 
 
 def on_every_node(cluster, path: str) -> list[Path]:
@@ -48,29 +56,45 @@ def test_download_distributed_puts_every_request_on_every_node(cluster, s3, buck
     other_bucket = f"{bucket}-b"
     s3.create_bucket(other_bucket)
     put(s3, bucket, {"models/w.bin": weights, "tok/a.json": b"{}", "tok/sub/b.txt": b"b" * 999})
-    put(s3, other_bucket, {"sets/ds.tar.gz": tar_gz({"x.txt": b"x" * 4000, "sub/y.txt": b"y"}),
-                           "sets/ds.bin": tar_gz({"z.txt": b"z"})})
-    configs = fd.ObjectStoreConfigByProfile(profiles={
-        None: s3_config(s3, bucket, origin.endpoint),
-        "datasets": s3_config(s3, other_bucket, origin.endpoint, path="sets"),  # keys below s3://bucket/sets
-    })
+    put(
+        s3,
+        other_bucket,
+        {"sets/ds.tar.gz": tar_gz({"x.txt": b"x" * 4000, "sub/y.txt": b"y"}), "sets/ds.bin": tar_gz({"z.txt": b"z"})},
+    )
+    configs = fd.ObjectStoreConfigByProfile(
+        profiles={
+            None: s3_config(s3, bucket, origin.endpoint),
+            "datasets": s3_config(s3, other_bucket, origin.endpoint, path="sets"),  # keys below s3://bucket/sets
+        }
+    )
     requests = [
         fd.DownloadRequest(fd.ObjectDownloadRequest(uri="models/w.bin", destination=Path("/xenna/w.bin"))),
         fd.DownloadRequest(fd.PrefixDownloadRequest(uri="tok/", destination=Path("/xenna/tok-slash"))),
         fd.DownloadRequest(fd.PrefixDownloadRequest(uri="tok", destination=Path("/xenna/tok-bare"))),
-        fd.DownloadRequest(fd.ObjectDownloadRequest(
-            uri="ds.tar.gz", destination=Path("/xenna/ds.tar.gz"), profile_name="datasets",
-            unpack_options=fd.UnpackOptions(Path("/xenna/ds"), fd.UnpackMethod.TAR_GZ))),
+        fd.DownloadRequest(
+            fd.ObjectDownloadRequest(
+                uri="ds.tar.gz",
+                destination=Path("/xenna/ds.tar.gz"),
+                profile_name="datasets",
+                unpack_options=fd.UnpackOptions(Path("/xenna/ds"), fd.UnpackMethod.TAR_GZ),
+            )
+        ),
         # AUTO on a name without an archive suffix: xfd tells the format from the bytes (Xenna, from the name).
-        fd.DownloadRequest(fd.ObjectDownloadRequest(
-            uri="ds.bin", destination=Path("/xenna/ds.bin"), profile_name="datasets",
-            unpack_options=fd.UnpackOptions(Path("/xenna/ds-auto")))),
+        fd.DownloadRequest(
+            fd.ObjectDownloadRequest(
+                uri="ds.bin",
+                destination=Path("/xenna/ds.bin"),
+                profile_name="datasets",
+                unpack_options=fd.UnpackOptions(Path("/xenna/ds-auto")),
+            )
+        ),
         fd.DownloadRequest(fd.ObjectDownloadRequest(uri="models/w.bin", destination=Path("/xenna/w.bin"))),
     ]
     level = logging.getLogger("xfd").level
     origin.reset()
-    report = download_distributed(requests, configs, chunk_size_bytes=1 * MiB, verbose=True, display_rate_s=1.0,
-                                  progress="none")
+    report = download_distributed(
+        requests, configs, chunk_size_bytes=1 * MiB, verbose=True, display_rate_s=1.0, progress="none"
+    )
     assert logging.getLogger("xfd").level == level  # verbose for this download only
     assert report.ok and len(report.nodes) == len(cluster.nodes)
     assert object_bytes(origin) == report.unique_bytes  # each byte from the origin once, the repeat too
@@ -129,8 +153,9 @@ def test_stage_download_requests_are_collected_deduped_and_distributed(cluster, 
         pipelines.StageSpec(WeightsStage([shared, fd.DownloadRequest(fd.PrefixDownloadRequest("b", Path("/st/b")))])),
         WeightsStage([]),
     ]
-    config = pipelines.DistributedDownloadConfig(object_store_config=s3_config(s3, bucket, origin.endpoint),
-                                                 chunk_size_bytes=MiB, node_parallelism=4)
+    config = pipelines.DistributedDownloadConfig(
+        object_store_config=s3_config(s3, bucket, origin.endpoint), chunk_size_bytes=MiB, node_parallelism=4
+    )
     origin.reset()
     report = download_for_stages(stages, config, progress="none")
     assert report is not None and report.ok

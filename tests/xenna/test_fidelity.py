@@ -49,7 +49,9 @@ def xennas(requests: list[fd.DownloadRequest], config: fd.ObjectStoreConfig) -> 
     """(destination, key) of every object Xenna's download_distributed would put on each node."""
     catalog = _file_distribution._create_download_catalog(
         [_file_distribution._DownloadRequestWithId(uuid.uuid4(), r.value) for r in requests],
-        fd.ObjectStoreConfigByProfile(profiles={None: config}), 100 << 20)
+        fd.ObjectStoreConfigByProfile(profiles={None: config}),
+        100 << 20,
+    )
     return sorted((str(o.destination), o.uri) for o in catalog.objects)
 
 
@@ -61,8 +63,12 @@ def xfds(requests: list[fd.DownloadRequest], config: fd.ObjectStoreConfig) -> li
 
 
 def test_objects_and_prefixes_land_where_xenna_puts_them(store):
-    requests = [obj("models/w.bin", "/m/w.bin"), prefix("tok/", "/t"), prefix("tok/sub/", "/deep"),
-                prefix("", "/everything")]
+    requests = [
+        obj("models/w.bin", "/m/w.bin"),
+        prefix("tok/", "/t"),
+        prefix("tok/sub/", "/deep"),
+        prefix("", "/everything"),
+    ]
     assert xfds(requests, store) == xennas(requests, store)
     assert ("/everything/tokens/c.txt", "tokens/c.txt") in xennas(requests, store)
 
@@ -74,7 +80,9 @@ def test_a_prefix_without_its_slash_takes_the_same_objects_but_keeps_them_below_
     theirs, ours = xennas([prefix("tok", "/t")], store), xfds([prefix("tok", "/t")], store)
     assert [key for _, key in theirs] == [key for _, key in ours] == ["tok/a.json", "tok/sub/b.txt"]
     assert theirs == [("/a.json", "tok/a.json"), ("/sub/b.txt", "tok/sub/b.txt")]
-    assert ours == [("/t/a.json", "tok/a.json"), ("/t/sub/b.txt", "tok/sub/b.txt")] == xfds([prefix("tok/", "/t")], store)
+    assert (
+        ours == [("/t/a.json", "tok/a.json"), ("/t/sub/b.txt", "tok/sub/b.txt")] == xfds([prefix("tok/", "/t")], store)
+    )
 
 
 def test_a_key_ending_in_a_space_keeps_its_name(store):
@@ -113,8 +121,9 @@ def test_through_xennas_pipeline_the_first_of_disagreeing_repeats_wins_as_in_xen
     assert [a.store for a in from_xenna(kept, configs).artifacts] == ["default"]
 
 
-@pytest.mark.parametrize(("uri", "scheme"), [("gs://weights/", "gs"), ("azure://weights/", "az"),
-                                             ("az://weights/", "az")])
+@pytest.mark.parametrize(
+    ("uri", "scheme"), [("gs://weights/", "gs"), ("azure://weights/", "az"), ("az://weights/", "az")]
+)
 def test_gcs_and_azure_stores_are_read_where_xennas_downloader_cannot(uri, scheme):
     config = fd.ObjectStoreConfig(uri=uri, config_args={"account_name": "acct"} if scheme == "az" else {})
     with pytest.raises(ValueError, match="not enabled"):  # Xenna's wheel is built with S3 support only

@@ -36,18 +36,21 @@ from xfd.xenna import (
 )
 
 MiB, GiB = 1 << 20, 1 << 30
-S3 = fd.ObjectStoreConfig.make_for_s3("models", endpoint="http://127.0.0.1:9000", access_key_id="AKIA",
-                                      secret_access_key="s3cr3t", region="us-east-1")
+S3 = fd.ObjectStoreConfig.make_for_s3(
+    "models", endpoint="http://127.0.0.1:9000", access_key_id="AKIA", secret_access_key="s3cr3t", region="us-east-1"
+)
 
 
 def obj(uri: str, dest: str, unpack: fd.UnpackOptions | None = None, profile: str | None = None):
-    return fd.DownloadRequest(value=fd.ObjectDownloadRequest(uri=uri, destination=Path(dest), unpack_options=unpack,
-                                                             profile_name=profile))
+    return fd.DownloadRequest(
+        value=fd.ObjectDownloadRequest(uri=uri, destination=Path(dest), unpack_options=unpack, profile_name=profile)
+    )
 
 
 def prefix(uri: str, dest: str, cache: bool = True, profile: str | None = None):
-    return fd.DownloadRequest(value=fd.PrefixDownloadRequest(uri=uri, destination=Path(dest), cache=cache,
-                                                             profile_name=profile))
+    return fd.DownloadRequest(
+        value=fd.PrefixDownloadRequest(uri=uri, destination=Path(dest), cache=cache, profile_name=profile)
+    )
 
 
 def store_of(config: fd.ObjectStoreConfig) -> xfd.manifest.model.Store:
@@ -70,8 +73,15 @@ def test_a_prefix_request_is_a_prefix_artifact_and_its_cache_flag_is_ignored_as_
     assert not re.search(r"\.cache\b", inspect.getsource(_file_distribution._create_download_catalog))
 
 
-@pytest.mark.parametrize(("method", "fmt"), [(fd.UnpackMethod.AUTO, "auto"), (fd.UnpackMethod.TAR, "tar"),
-                                             (fd.UnpackMethod.TAR_GZ, "tar.gz"), (fd.UnpackMethod.ZIP, "zip")])
+@pytest.mark.parametrize(
+    ("method", "fmt"),
+    [
+        (fd.UnpackMethod.AUTO, "auto"),
+        (fd.UnpackMethod.TAR, "tar"),
+        (fd.UnpackMethod.TAR_GZ, "tar.gz"),
+        (fd.UnpackMethod.ZIP, "zip"),
+    ],
+)
 def test_every_unpack_method_maps_to_its_format(method, fmt):
     unpack = fd.UnpackOptions(unpack_destination=Path("/data/ds"), unpack_method=method)
     [artifact] = from_xenna([obj("ds.bin", "/data/ds.bin", unpack)], S3).artifacts
@@ -79,13 +89,14 @@ def test_every_unpack_method_maps_to_its_format(method, fmt):
 
 
 def test_profiles_become_stores_and_each_request_uses_its_own():
-    configs = fd.ObjectStoreConfigByProfile(profiles={
-        None: S3,
-        "local": fd.ObjectStoreConfig.make_for_local("/srv/artifacts"),
-        "gcs": fd.ObjectStoreConfig.make_for_gcs("weights", service_account_key="/keys/sa.json"),
-    })
-    manifest = from_xenna([obj("a", "/a"), obj("b", "/b", profile="local"), prefix("c/", "/c", profile="gcs")],
-                          configs)
+    configs = fd.ObjectStoreConfigByProfile(
+        profiles={
+            None: S3,
+            "local": fd.ObjectStoreConfig.make_for_local("/srv/artifacts"),
+            "gcs": fd.ObjectStoreConfig.make_for_gcs("weights", service_account_key="/keys/sa.json"),
+        }
+    )
+    manifest = from_xenna([obj("a", "/a"), obj("b", "/b", profile="local"), prefix("c/", "/c", profile="gcs")], configs)
     assert {n: (s.url, dict(s.options)) for n, s in manifest.stores.items()} == {
         "default": ("s3://models/", S3.config_args),
         "local": ("file:///srv/artifacts", {}),
@@ -104,9 +115,14 @@ def test_a_named_profile_called_default_keeps_its_name():
 
 
 def test_tuning_values_become_settings():
-    manifest = from_xenna([obj("a", "/a")], S3, chunk_size_bytes=50 * MiB, node_parallelism=20,
-                          object_store_parallelism=1000,
-                          object_store_retry_config=RetryConfig(num_retries=3, base_delay_millis=500))
+    manifest = from_xenna(
+        [obj("a", "/a")],
+        S3,
+        chunk_size_bytes=50 * MiB,
+        node_parallelism=20,
+        object_store_parallelism=1000,
+        object_store_retry_config=RetryConfig(num_retries=3, base_delay_millis=500),
+    )
     s = manifest.settings
     assert (s.chunk_size, s.node_parallelism, s.origin_parallelism) == (50 * MiB, 20, 1000)
     assert s.upload_slots == 20  # Xenna limits a node's uploads by node_parallelism too
@@ -117,14 +133,19 @@ def test_none_means_xennas_defaults(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 48)
     s = from_xenna([obj("a", "/a")], S3).settings
     assert (s.chunk_size, s.node_parallelism, s.upload_slots, s.origin_parallelism) == (100 * MiB, 96, 96, 100)
-    assert (s.origin_attempts, s.origin_backoff) == (RetryConfig().num_retries + 1, RetryConfig().base_delay_millis / 1000)
+    assert (s.origin_attempts, s.origin_backoff) == (
+        RetryConfig().num_retries + 1,
+        RetryConfig().base_delay_millis / 1000,
+    )
     # ... read from Xenna itself: its signature, its RetryConfig, and the lines that fill in a None.
     source = inspect.getsource(fd.download_distributed)
     assert "chunk_size_bytes = 100 * 1024 * 1024" in source and "node_parallelism = os.cpu_count() * 2" in source
     assert inspect.signature(fd.download_distributed).parameters["object_store_parallelism"].default == 100
     assert pipelines.DistributedDownloadConfig(S3).object_store_parallelism == 100
-    assert (RetryConfig().num_retries, RetryConfig().base_delay_millis) == (xfd.xenna.XENNA_RETRIES,
-                                                                             xfd.xenna.XENNA_BASE_DELAY_MS)
+    assert (RetryConfig().num_retries, RetryConfig().base_delay_millis) == (
+        xfd.xenna.XENNA_RETRIES,
+        xfd.xenna.XENNA_BASE_DELAY_MS,
+    )
 
 
 def test_xfds_automatic_chunk_size_is_there_on_request():
@@ -204,8 +225,15 @@ ALIASES = [
 ]
 
 
-BOOLEAN_OPTIONS = ("virtual_hosted_style_request", "skip_signature", "allow_http", "request_payer", "unsigned_payload",
-                   "imdsv1_fallback", "use_emulator")
+BOOLEAN_OPTIONS = (
+    "virtual_hosted_style_request",
+    "skip_signature",
+    "allow_http",
+    "request_payer",
+    "unsigned_payload",
+    "imdsv1_fallback",
+    "use_emulator",
+)
 
 
 @pytest.mark.parametrize(("url", "written", "name"), ALIASES)
@@ -218,8 +246,11 @@ def test_option_names_as_object_store_spells_them_are_read(url, written, name):
 def test_where_xennas_obstore_takes_a_spelling_it_means_the_option_xfd_maps_it_to():
     checked = 0
     for url, written, name in ALIASES:
-        pair = {"access_key_id": {"secret_access_key": "s"}, "secret_access_key": {"access_key_id": "a"},
-                "account_key": {"account_name": "acct"}}.get(name, {"account_name": "acct"} if "azure" in url else {})
+        pair = {
+            "access_key_id": {"secret_access_key": "s"},
+            "secret_access_key": {"access_key_id": "a"},
+            "account_key": {"account_name": "acct"},
+        }.get(name, {"account_name": "acct"} if "azure" in url else {})
         value = "djE=" if name == "account_key" else "true" if name in BOOLEAN_OPTIONS else "v"
         try:
             theirs = from_url(url, config={written: value, **pair})
@@ -237,9 +268,15 @@ def _declared_options(stub: str, typed_dict: str) -> list[str]:
     return re.findall(r"^    ([a-z_0-9]+): ", body, re.MULTILINE)
 
 
-@pytest.mark.parametrize(("url", "stub", "typed_dict", "prefix_"), [
-    ("s3://b/", "_aws.pyi", "S3Config", "aws_"), ("gs://b/", "_gcs.pyi", "GCSConfig", "google_"),
-    ("az://c/", "_azure.pyi", "AzureConfig", "azure_"), ("s3://b/", "_client.pyi", "ClientConfig", "")])
+@pytest.mark.parametrize(
+    ("url", "stub", "typed_dict", "prefix_"),
+    [
+        ("s3://b/", "_aws.pyi", "S3Config", "aws_"),
+        ("gs://b/", "_gcs.pyi", "GCSConfig", "google_"),
+        ("az://c/", "_azure.pyi", "AzureConfig", "azure_"),
+        ("s3://b/", "_client.pyi", "ClientConfig", ""),
+    ],
+)
 def test_every_option_name_xennas_obstore_takes_is_taken(url, stub, typed_dict, prefix_):
     # The bucket comes from the URL (tested below); xfd sends no custom headers (tested below).
     names = [n for n in _declared_options(stub, typed_dict) if n not in ("bucket", "container_name", "default_headers")]
@@ -248,8 +285,11 @@ def test_every_option_name_xennas_obstore_takes_is_taken(url, stub, typed_dict, 
     refused = []
     for written in sorted(spellings):
         try:
-            from_url(url, config={written: "x"} if typed_dict != "ClientConfig" else None,
-                     client_options={written: "x"} if typed_dict == "ClientConfig" else None)
+            from_url(
+                url,
+                config={written: "x"} if typed_dict != "ClientConfig" else None,
+                client_options={written: "x"} if typed_dict == "ClientConfig" else None,
+            )
         except obstore.exceptions.UnknownConfigurationKeyError:
             continue  # Xenna's obstore refuses it too
         except BaseException:  # noqa: BLE001 - a bad value (or a missing pair): the name itself was taken
@@ -279,11 +319,16 @@ def test_custom_http_headers_are_refused_with_the_reason():
 
 
 def test_two_spellings_of_one_option_must_agree():
-    store = store_of(fd.ObjectStoreConfig(uri="s3://b/", config_args={"region": "eu-west-1", "AWS_REGION": "eu-west-1"}))
+    store = store_of(
+        fd.ObjectStoreConfig(uri="s3://b/", config_args={"region": "eu-west-1", "AWS_REGION": "eu-west-1"})
+    )
     assert dict(store.options) == {"region": "eu-west-1"}
     config = fd.ObjectStoreConfig(uri="s3://b/", config_args={"region": "eu-west-1", "aws_region": "us-east-1"})
-    with pytest.raises(xfd.ManifestError, match=r"config_args\['aws_region'\]: sets 'region' like "
-                                                r"config_args\['region'\], to another value"):
+    with pytest.raises(
+        xfd.ManifestError,
+        match=r"config_args\['aws_region'\]: sets 'region' like "
+        r"config_args\['region'\], to another value",
+    ):
         from_xenna([obj("a", "/a")], config)
 
 
@@ -292,8 +337,10 @@ def test_option_values_are_taken_literally_as_xenna_takes_them():
     config = fd.ObjectStoreConfig.make_for_s3("b", access_key_id="a", secret_access_key=secret)
     manifest = from_xenna([obj("a", "/a")], config)
     assert resolved_options("default", manifest.stores["default"], environ={})["secret_access_key"] == secret
-    assert to_xenna(manifest, environ={}).config.object_store_config.profiles[None].config_args[
-        "secret_access_key"] == secret
+    assert (
+        to_xenna(manifest, environ={}).config.object_store_config.profiles[None].config_args["secret_access_key"]
+        == secret
+    )
 
 
 URLS = [
@@ -304,10 +351,16 @@ URLS = [
     ("https://acct.blob.core.windows.net/models/7b", "az://models/7b", {"account_name": "acct"}),
     ("s3a://bucket/7b", "s3://bucket/7b", {}),
     ("https://s3.eu-west-1.amazonaws.com/bucket/7b", "s3://bucket/7b", {"region": "eu-west-1"}),
-    ("https://bucket.s3.eu-west-1.amazonaws.com/7b", "s3://bucket/7b",
-     {"virtual_hosted_style_request": True, "region": "eu-west-1"}),
-    ("https://acct.r2.cloudflarestorage.com/bucket/7b", "s3://bucket/7b",
-     {"region": "auto", "endpoint": "https://acct.r2.cloudflarestorage.com"}),
+    (
+        "https://bucket.s3.eu-west-1.amazonaws.com/7b",
+        "s3://bucket/7b",
+        {"virtual_hosted_style_request": True, "region": "eu-west-1"},
+    ),
+    (
+        "https://acct.r2.cloudflarestorage.com/bucket/7b",
+        "s3://bucket/7b",
+        {"region": "auto", "endpoint": "https://acct.r2.cloudflarestorage.com"},
+    ),
     ("https://example.com/files/", "https://example.com/files/", {}),
     ("s3://bucket/7b", "s3://bucket/7b", {}),
 ]
@@ -318,8 +371,9 @@ def test_every_url_form_xennas_obstore_reads_names_the_same_store(uri, url, opti
     store = store_of(fd.ObjectStoreConfig(uri=uri))
     assert (store.url, dict(store.options)) == (url, options)
     # Xenna's obstore reads the same bucket or container, account, region and prefix from it.
-    theirs = from_url(uri, config={"account_name": "acct"} if "azure" in uri or "adl:" in uri or "abfs:" in uri
-                      else None)
+    theirs = from_url(
+        uri, config={"account_name": "acct"} if "azure" in uri or "adl:" in uri or "abfs:" in uri else None
+    )
     config = dict(getattr(theirs, "config", {}) or {})
     expected = {"bucket": url.split("/")[2]} if url.startswith("s3://") else {}
     if url.startswith("az://"):
@@ -330,14 +384,26 @@ def test_every_url_form_xennas_obstore_reads_names_the_same_store(uri, url, opti
         assert str(theirs.prefix or "") == "/".join(url.split("/")[3:]).strip("/")
 
 
-@pytest.mark.parametrize(("uri", "url", "options"), [
-    ("https://bucket.s3.amazonaws.com/7b", "s3://bucket/7b", {"virtual_hosted_style_request": True}),
-    ("https://s3.dualstack.eu-west-1.amazonaws.com/bucket/7b", "s3://bucket/7b",
-     {"region": "eu-west-1", "endpoint": "https://s3.dualstack.eu-west-1.amazonaws.com"}),
-    ("https://bucket.s3.dualstack.eu-west-1.amazonaws.com/7b", "s3://bucket/7b",
-     {"virtual_hosted_style_request": True, "region": "eu-west-1",
-      "endpoint": "https://bucket.s3.dualstack.eu-west-1.amazonaws.com"}),
-])
+@pytest.mark.parametrize(
+    ("uri", "url", "options"),
+    [
+        ("https://bucket.s3.amazonaws.com/7b", "s3://bucket/7b", {"virtual_hosted_style_request": True}),
+        (
+            "https://s3.dualstack.eu-west-1.amazonaws.com/bucket/7b",
+            "s3://bucket/7b",
+            {"region": "eu-west-1", "endpoint": "https://s3.dualstack.eu-west-1.amazonaws.com"},
+        ),
+        (
+            "https://bucket.s3.dualstack.eu-west-1.amazonaws.com/7b",
+            "s3://bucket/7b",
+            {
+                "virtual_hosted_style_request": True,
+                "region": "eu-west-1",
+                "endpoint": "https://bucket.s3.dualstack.eu-west-1.amazonaws.com",
+            },
+        ),
+    ],
+)
 def test_addresses_only_newer_object_store_reads_are_read_as_it_reads_them(uri, url, options):
     """object_store 0.14 (xfd's engine, and Xenna's data plane) reads these; Xenna's obstore 0.8, which lists
     and HEADs, does not yet, so Xenna 0.5.12 refuses them while xfd reads them."""
@@ -345,8 +411,9 @@ def test_addresses_only_newer_object_store_reads_are_read_as_it_reads_them(uri, 
     assert (store.url, dict(store.options)) == (url, options)
 
 
-@pytest.mark.parametrize("uri", ["https://s3.amazonaws.com/bucket/", "https://host.amazonaws.com/x",
-                                 "abfss://c@acct.example.com/x"])
+@pytest.mark.parametrize(
+    "uri", ["https://s3.amazonaws.com/bucket/", "https://host.amazonaws.com/x", "abfss://c@acct.example.com/x"]
+)
 def test_an_address_object_store_does_not_read_is_refused_with_the_way_to_write_it(uri):
     with pytest.raises(xfd.ManifestError, match=r"object_store_config.profiles\[None\].uri: .*write"):
         from_xenna([obj("a", "/a")], fd.ObjectStoreConfig(uri=uri))
@@ -361,8 +428,7 @@ def test_a_profiles_retry_config_is_checked_as_obstore_checks_it():
         from_xenna([obj("a", "/a")], config)
     assert dict(caught.value.problems) == {
         "object_store_config.profiles[None].retry_config['max_retries']": "must be int (got 'ten')",
-        "object_store_config.profiles[None].retry_config['backoff']['bse']":
-            "unknown field; obstore's are init_backoff, max_backoff, base",
+        "object_store_config.profiles[None].retry_config['backoff']['bse']": "unknown field; obstore's are init_backoff, max_backoff, base",
     }
     with pytest.raises(Exception):  # noqa: B017 - and Xenna's obstore refuses it too
         from_url("s3://b/", retry_config=config.retry_config)
@@ -373,10 +439,21 @@ def test_a_profiles_retry_config_is_checked_as_obstore_checks_it():
 
 def test_identical_requests_are_merged_as_xenna_does():
     unpack = fd.UnpackOptions(unpack_destination=Path("/d/x"))
-    manifest = from_xenna([obj("x.tgz", "/d/x.tgz", unpack), prefix("p/", "/p"), obj("x.tgz", "/d/x.tgz", unpack),
-                           prefix("p/", "/p", cache=False), obj("x.tgz", "/elsewhere/x.tgz")], S3)
+    manifest = from_xenna(
+        [
+            obj("x.tgz", "/d/x.tgz", unpack),
+            prefix("p/", "/p"),
+            obj("x.tgz", "/d/x.tgz", unpack),
+            prefix("p/", "/p", cache=False),
+            obj("x.tgz", "/elsewhere/x.tgz"),
+        ],
+        S3,
+    )
     assert [(type(a).__name__, a.to) for a in manifest.artifacts] == [
-        ("ObjectArtifact", "/d/x.tgz"), ("PrefixArtifact", "/p"), ("ObjectArtifact", "/elsewhere/x.tgz")]
+        ("ObjectArtifact", "/d/x.tgz"),
+        ("PrefixArtifact", "/p"),
+        ("ObjectArtifact", "/elsewhere/x.tgz"),
+    ]
 
 
 def test_repeats_that_would_fetch_other_bytes_are_refused_not_dropped():
@@ -393,8 +470,9 @@ def test_problems_are_reported_at_once_by_their_xenna_paths():
     bad = fd.ObjectStoreConfig(uri="s3://models/", config_args={"regoin": "us-east-1"})
     configs = fd.ObjectStoreConfigByProfile(profiles={None: bad})
     with pytest.raises(xfd.ManifestError) as caught:
-        from_xenna([obj("a", "/a"), obj("b", "relative/b"), prefix("c/", "/c", profile="missing")], configs,
-                   chunk_size_bytes=0)
+        from_xenna(
+            [obj("a", "/a"), obj("b", "relative/b"), prefix("c/", "/c", profile="missing")], configs, chunk_size_bytes=0
+        )
     problems = dict(caught.value.problems)
     assert "did you mean 'region'" in problems["object_store_config.profiles[None].config_args['regoin']"]
     assert "absolute" in problems["download_requests[1].value.destination"]
@@ -435,7 +513,8 @@ def test_the_switch_replaces_xennas_download_function_and_puts_it_back():
     with use_xfd(overwrite=True, progress="none") as switch:
         assert fd.download_distributed == switch.download_distributed and xfd.xenna.is_installed()
         assert [(p.name, p.default) for p in inspect.signature(fd.download_distributed).parameters.values()] == [
-            (p.name, p.default) for p in inspect.signature(xennas).parameters.values()]  # Xenna's calls bind
+            (p.name, p.default) for p in inspect.signature(xennas).parameters.values()
+        ]  # Xenna's calls bind
         with use_xfd() as inner:
             assert fd.download_distributed == inner.download_distributed
         assert fd.download_distributed == switch.download_distributed
@@ -469,7 +548,12 @@ def test_xennas_pipeline_downloads_nothing_when_no_stage_asks(monkeypatch):
         def process_data(self, batch):
             return batch
 
-    assert xfd.xenna.download_for_stages([NoFiles(), pipelines.StageSpec(NoFiles())], pipelines.DistributedDownloadConfig(S3)) is None
+    assert (
+        xfd.xenna.download_for_stages(
+            [NoFiles(), pipelines.StageSpec(NoFiles())], pipelines.DistributedDownloadConfig(S3)
+        )
+        is None
+    )
     assert not xfd.xenna.is_installed()
 
 
@@ -483,14 +567,20 @@ def test_xenna_requests_survive_a_round_trip_through_a_manifest():
         obj("ds.tar.gz", "/d/ds.tar.gz", fd.UnpackOptions(Path("/d/ds"), fd.UnpackMethod.TAR_GZ), profile="local"),
         prefix("tok/", "/tok"),
     ]
-    back = to_xenna(from_xenna(requests, configs, chunk_size_bytes=8 * MiB, node_parallelism=4,
-                               object_store_parallelism=64))
+    back = to_xenna(
+        from_xenna(requests, configs, chunk_size_bytes=8 * MiB, node_parallelism=4, object_store_parallelism=64)
+    )
     assert back.download_requests == requests
     assert isinstance(back.config, pipelines.DistributedDownloadConfig)
     assert {p: (c.uri, c.config_args) for p, c in back.config.object_store_config.profiles.items()} == {
-        None: (S3.uri, S3.config_args), "local": ("file:///l", {})}
+        None: (S3.uri, S3.config_args),
+        "local": ("file:///l", {}),
+    }
     assert (back.config.chunk_size_bytes, back.config.node_parallelism, back.config.object_store_parallelism) == (
-        8 * MiB, 4, 64)
+        8 * MiB,
+        4,
+        64,
+    )
     defaults = to_xenna(from_xenna(requests, configs, object_store_parallelism=4)).config
     assert (defaults.chunk_size_bytes, defaults.object_store_parallelism) == (100 * MiB, 4)
 
@@ -503,7 +593,7 @@ def test_automatic_chunk_size_maps_to_xennas_single_size_and_back():
 
 def test_a_manifest_survives_a_round_trip_through_xenna(monkeypatch):
     monkeypatch.setenv("XENNA_TEST_SECRET", "s3cr3t")
-    manifest = xfd.Manifest.loads('''
+    manifest = xfd.Manifest.loads("""
         [settings]
         chunk_size = "16MiB"
         node_parallelism = 4
@@ -526,33 +616,52 @@ def test_a_manifest_survives_a_round_trip_through_xenna(monkeypatch):
         store = "default"
         prefix = "7b/tokenizer/"
         to = "/models/tokenizer"
-    ''')
+    """)
     handed = manifest.to_xenna()
     assert handed.config.object_store_config.profiles[None].config_args["secret_access_key"] == "s3cr3t"
-    again = from_xenna(handed.download_requests, handed.config.object_store_config,
-                       chunk_size_bytes=handed.config.chunk_size_bytes, node_parallelism=handed.config.node_parallelism,
-                       object_store_parallelism=handed.config.object_store_parallelism)
+    again = from_xenna(
+        handed.download_requests,
+        handed.config.object_store_config,
+        chunk_size_bytes=handed.config.chunk_size_bytes,
+        node_parallelism=handed.config.node_parallelism,
+        object_store_parallelism=handed.config.object_store_parallelism,
+    )
     resolved = {**manifest.stores["default"].options, "secret_access_key": "s3cr3t"}
     assert dict(again.stores["default"].options) == resolved
     assert again.stores["data"] == manifest.stores["data"]
     # What Xenna does anyway comes back: node_parallelism limits uploads too, RetryConfig() for the origin.
-    expected = xfd.Manifest.builder().settings(chunk_size="16MiB", node_parallelism=4, upload_slots=4,
-                                               origin_parallelism=manifest.settings.origin_parallelism,
-                                               origin_attempts=6, origin_backoff=0.2).build().settings
+    expected = (
+        xfd.Manifest.builder()
+        .settings(
+            chunk_size="16MiB",
+            node_parallelism=4,
+            upload_slots=4,
+            origin_parallelism=manifest.settings.origin_parallelism,
+            origin_attempts=6,
+            origin_backoff=0.2,
+        )
+        .build()
+        .settings
+    )
     assert again.settings == expected
     assert to_xenna(again).config.node_parallelism == 4
     expected_artifacts = list(manifest.artifacts)
-    expected_artifacts[1] = ObjectArtifact(store="data", key="set.tgz", to="/data/set.tgz",
-                                           unpack=Unpack("tar.gz", "/data/set"))
+    expected_artifacts[1] = ObjectArtifact(
+        store="data", key="set.tgz", to="/data/set.tgz", unpack=Unpack("tar.gz", "/data/set")
+    )
     assert list(again.artifacts) == expected_artifacts
 
 
 def test_what_xenna_cannot_express_is_refused_when_handing_over():
-    manifest = (xfd.Manifest.builder().store("default", "s3://b")
-                .prefix("default", "p/", to="/p", include=["*.json"])
-                .object("default", "k", to="/k", sha256="a" * 64)
-                .prefix("default", "q/", to="/q", cache=False)
-                .settings(overwrite=True, upload_slots=3).build())
+    manifest = (
+        xfd.Manifest.builder()
+        .store("default", "s3://b")
+        .prefix("default", "p/", to="/p", include=["*.json"])
+        .object("default", "k", to="/k", sha256="a" * 64)
+        .prefix("default", "q/", to="/q", cache=False)
+        .settings(overwrite=True, upload_slots=3)
+        .build()
+    )
     with pytest.raises(XennaAdapterError) as caught:
         manifest.to_xenna()
     message = str(caught.value)
@@ -570,5 +679,9 @@ def test_the_drop_in_keeps_xennas_parameters_in_order():
 
 def test_durations_in_config_args_pass_validation():
     # make_for_s3 always sets timeout/connect_timeout as "300s"/"60s"; they must stay valid store options.
-    assert from_xenna([obj("a", "/a")], fd.ObjectStoreConfig.make_for_s3(
-        "b", retry_timeout=timedelta(minutes=1))).stores["default"].options["timeout"] == "300s"
+    assert (
+        from_xenna([obj("a", "/a")], fd.ObjectStoreConfig.make_for_s3("b", retry_timeout=timedelta(minutes=1)))
+        .stores["default"]
+        .options["timeout"]
+        == "300s"
+    )

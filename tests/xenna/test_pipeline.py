@@ -67,8 +67,16 @@ class ReadsOnItsNode(pipelines.Stage):
     node's worker has read its files.
     """
 
-    def __init__(self, name: str, cpus: float, requests: list[fd.DownloadRequest], reads: list[str], base: str,
-                 results: str, workers: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        cpus: float,
+        requests: list[fd.DownloadRequest],
+        reads: list[str],
+        base: str,
+        results: str,
+        workers: int,
+    ) -> None:
         self._name, self._cpus, self._requests = name, cpus, requests
         self._reads, self._base, self._results, self._workers = reads, base, results, workers
 
@@ -105,36 +113,64 @@ def request(uri: str, to: str, unpack_to: str | None = None) -> fd.DownloadReque
 def pipeline(base: Path, results: Path, nodes: int) -> pipelines.PipelineSpec:
     """Two stages, one worker on every node each (0.6 + 0.3 CPU: a node of 1 CPU holds one of each)."""
     weights = request("models/w.bin", f"{base}/models/w.bin")
-    embed = ReadsOnItsNode("embed", 0.6, [weights, request("sets/eval.tar.gz", f"{base}/sets/eval.tar.gz",
-                                                           unpack_to=f"{base}/eval")],
-                           ["models/w.bin", "eval/eval/a.json"], str(base), str(results), 2 * nodes)
-    tokenize = ReadsOnItsNode("tokenize", 0.3, [fd.DownloadRequest(fd.PrefixDownloadRequest("tok/", base / "tok")),
-                                                weights],  # the same weights again: Xenna's dedupe drops it
-                              ["tok/vocab.txt", "tok/sub/merges.txt", "models/w.bin"], str(base), str(results),
-                              2 * nodes)
+    embed = ReadsOnItsNode(
+        "embed",
+        0.6,
+        [weights, request("sets/eval.tar.gz", f"{base}/sets/eval.tar.gz", unpack_to=f"{base}/eval")],
+        ["models/w.bin", "eval/eval/a.json"],
+        str(base),
+        str(results),
+        2 * nodes,
+    )
+    tokenize = ReadsOnItsNode(
+        "tokenize",
+        0.3,
+        [
+            fd.DownloadRequest(fd.PrefixDownloadRequest("tok/", base / "tok")),
+            weights,
+        ],  # the same weights again: Xenna's dedupe drops it
+        ["tok/vocab.txt", "tok/sub/merges.txt", "models/w.bin"],
+        str(base),
+        str(results),
+        2 * nodes,
+    )
     # All of a node's CPU (Xenna keeps 5% back by default, which leaves none of a 1-CPU simulated node).
-    config = pipelines.PipelineConfig(return_last_stage_outputs=True, logging_interval_s=5.0,
-                                      cpu_allocation_percentage=1.0)
-    return pipelines.PipelineSpec(input_data=list(range(6)), config=config, stages=[
-        pipelines.StageSpec(embed, num_workers_per_node=1), pipelines.StageSpec(tokenize, num_workers_per_node=1)])
+    config = pipelines.PipelineConfig(
+        return_last_stage_outputs=True, logging_interval_s=5.0, cpu_allocation_percentage=1.0
+    )
+    return pipelines.PipelineSpec(
+        input_data=list(range(6)),
+        config=config,
+        stages=[
+            pipelines.StageSpec(embed, num_workers_per_node=1),
+            pipelines.StageSpec(tokenize, num_workers_per_node=1),
+        ],
+    )
 
 
 def download_config(s3: LocalS3, bucket: str, endpoint: str) -> pipelines.DistributedDownloadConfig:
-    store = fd.ObjectStoreConfig.make_for_s3(bucket, endpoint=endpoint, access_key_id=s3.access_key_id,
-                                             secret_access_key=s3.secret_access_key, region="us-east-1")
+    store = fd.ObjectStoreConfig.make_for_s3(
+        bucket,
+        endpoint=endpoint,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        region="us-east-1",
+    )
     store.config_args["allow_http"] = "true"
     return pipelines.DistributedDownloadConfig(object_store_config=store, chunk_size_bytes=1 * MiB)
 
 
 def files_below(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): digest(p.read_bytes())
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(directory)): digest(p.read_bytes()) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def object_bytes(origin: CountingProxy) -> int:
     """Body bytes of object GETs at the origin (listing a bucket is a GET too, but of the bucket itself)."""
-    return sum(r.body_bytes for r in origin.traffic().requests
-               if r.method == "GET" and r.status < 300 and "/" in r.path.strip("/"))
+    return sum(
+        r.body_bytes
+        for r in origin.traffic().requests
+        if r.method == "GET" and r.status < 300 and "/" in r.path.strip("/")
+    )
 
 
 def stage_records(results: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -166,8 +202,9 @@ def xenna_reference(tmp_path_factory, s3, pipeline_bucket, _origin_proxy) -> Ite
     os.environ["RAY_ADDRESS"] = "local"
     try:
         assert not xfd.xenna.is_installed()
-        outputs = pipelines.run_pipeline(pipeline(base, results, nodes=1),
-                                         download_config(s3, pipeline_bucket, _origin_proxy.endpoint))
+        outputs = pipelines.run_pipeline(
+            pipeline(base, results, nodes=1), download_config(s3, pipeline_bucket, _origin_proxy.endpoint)
+        )
         assert sorted(outputs) == list(range(6))
     finally:
         ray.shutdown()
@@ -179,7 +216,8 @@ def xenna_reference(tmp_path_factory, s3, pipeline_bucket, _origin_proxy) -> Ite
 
 
 def test_run_pipeline_downloads_with_xfd_on_every_node_like_xennas_own_downloader(
-        xenna_reference, cluster, s3, pipeline_bucket, origin: CountingProxy, tmp_path):
+    xenna_reference, cluster, s3, pipeline_bucket, origin: CountingProxy, tmp_path
+):
     _, xenna = xenna_reference
     base, results = tmp_path / "run", tmp_path / "reads"
     results.mkdir()
@@ -203,14 +241,19 @@ def test_run_pipeline_downloads_with_xfd_on_every_node_like_xennas_own_downloade
     wanted = ["models/w.bin", "tok/vocab.txt", "tok/sub/merges.txt", "sets/eval.tar.gz"]
     traffic = origin.traffic()
     assert {key: traffic.get_bytes_for(f"/{pipeline_bucket}/{key}") for key in CONTENTS} == {
-        key: len(data) if key in wanted else 0 for key, data in CONTENTS.items()}
+        key: len(data) if key in wanted else 0 for key, data in CONTENTS.items()
+    }
     assert report.ok and report.unique_bytes == report.origin_bytes == sum(len(CONTENTS[k]) for k in wanted)
     # Side by side: every node holds the files Xenna's own downloader left, and nothing else; Xenna also
     # leaves its cache records (*.s3_cache_info) beside them, xfd keeps its records in the node store.
     theirs = xenna["files"]
     assert {path for path in theirs if XENNA_SIDECAR in path} == {
-        "models/w.bin.s3_cache_info", "sets/eval.tar.gz.s3_cache_info", "tok/vocab.txt.s3_cache_info",
-        "tok/sub/merges.txt.s3_cache_info", "eval/.s3_cache_info"}
+        "models/w.bin.s3_cache_info",
+        "sets/eval.tar.gz.s3_cache_info",
+        "tok/vocab.txt.s3_cache_info",
+        "tok/sub/merges.txt.s3_cache_info",
+        "eval/.s3_cache_info",
+    }
     their_files = {path: sha for path, sha in theirs.items() if XENNA_SIDECAR not in path}
     for node in cluster.nodes:
         assert files_below(localize(str(base), node.root)) == their_files
@@ -219,7 +262,8 @@ def test_run_pipeline_downloads_with_xfd_on_every_node_like_xennas_own_downloade
 
 
 def test_background_downloader_and_the_pre_pipeline_download_run_on_xfd_once(
-        cluster, s3, pipeline_bucket, origin: CountingProxy, tmp_path):
+    cluster, s3, pipeline_bucket, origin: CountingProxy, tmp_path
+):
     base = tmp_path / "run"
     spec = pipeline(base, tmp_path, nodes=len(cluster.nodes))
     config = download_config(s3, pipeline_bucket, origin.endpoint)

@@ -72,9 +72,21 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`ray start ... --block` in a session of its own: ending that session ends exactly this cluster
     (`ray stop` would stop every Ray on the machine). Its output goes to ``log``, shown if it fails."""
     with log.open("w") as output:
-        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=100000000",
-                                 "--disable-usage-stats", *args], env=env, start_new_session=True,
-                                stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--object-store-memory=100000000",
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -101,16 +113,37 @@ def ray_started(tmp_path_factory):
         root.mkdir()
     previous = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
     head_log = base / "ray-start-head.log"
-    processes = [start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--include-dashboard=false",
-                        f'--labels={{"xfd-root": "{roots[0]}"}}'], env, head_log)]
+    processes = [
+        start(
+            [
+                "--head",
+                f"--node-ip-address={HEAD_IP}",
+                f"--port={port}",
+                "--include-dashboard=false",
+                f'--labels={{"xfd-root": "{roots[0]}"}}',
+            ],
+            env,
+            head_log,
+        )
+    ]
     try:
         deadline = time.monotonic() + 120
         while not (CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text().strip() == f"{HEAD_IP}:{port}"):
             assert processes[0].poll() is None and time.monotonic() < deadline, (
-                f"ray start --head failed:\n{head_log.read_text()}")
+                f"ray start --head failed:\n{head_log.read_text()}"
+            )
             time.sleep(0.3)
-        processes.append(start([f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}",
-                                f'--labels={{"xfd-root": "{roots[1]}"}}'], env, base / "ray-start-worker.log"))
+        processes.append(
+            start(
+                [
+                    f"--address={HEAD_IP}:{port}",
+                    f"--node-ip-address={WORKER_IP}",
+                    f'--labels={{"xfd-root": "{roots[1]}"}}',
+                ],
+                env,
+                base / "ray-start-worker.log",
+            )
+        )
         deadline = time.monotonic() + 120
         while run(ENSURE_RAY_PROCESS, env).stdout.strip().splitlines()[-1:] != ["2"]:
             assert time.monotonic() < deadline, "the second node did not join"
@@ -125,8 +158,14 @@ def ray_started(tmp_path_factory):
 
 
 def run(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=tempfile.gettempdir())
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tempfile.gettempdir(),
+    )
 
 
 def test_ensure_ray_joins_a_cluster_started_with_ray_start(ray_started):

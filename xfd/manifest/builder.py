@@ -89,8 +89,15 @@ class ManifestBuilder(Generic[M]):
 
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
         """
-        artifact = {"store": store, "key": key, "to": to, "name": name, "sha256": sha256, "cache": cache,
-                    "nodes": _table(nodes)}
+        artifact = {
+            "store": store,
+            "key": key,
+            "to": to,
+            "name": name,
+            "sha256": sha256,
+            "cache": cache,
+            "nodes": _table(nodes),
+        }
         return self._add(artifact)
 
     def prefix(
@@ -109,13 +116,21 @@ class ManifestBuilder(Generic[M]):
 
         ``nodes``: only nodes whose Ray labels include all these pairs get it (default: every node).
         """
-        artifact = {"store": store, "prefix": prefix, "to": to, "name": name, "cache": cache,
-                    "include": _list(include), "exclude": _list(exclude), "nodes": _table(nodes)}
+        artifact = {
+            "store": store,
+            "prefix": prefix,
+            "to": to,
+            "name": name,
+            "cache": cache,
+            "include": _list(include),
+            "exclude": _list(exclude),
+            "nodes": _table(nodes),
+        }
         return self._add(artifact)
 
     def unpack(
         self,
-        format: UnpackFormat = "auto",  # noqa: A002
+        format: UnpackFormat = "auto",
         *,
         to: str | None = None,
         max_size: int | str | None = None,
@@ -128,8 +143,9 @@ class ManifestBuilder(Generic[M]):
         200) bound what it may unpack to (see :class:`xfd.manifest.model.Unpack`).
         """
         if not self._artifacts or "key" not in self._artifacts[-1]:
-            raise ManifestError([("", "unpack() applies to the artifact added just before it: call object() first")],
-                                "builder")
+            raise ManifestError(
+                [("", "unpack() applies to the artifact added just before it: call object() first")], "builder"
+            )
         unpack = {"format": format, "to": to, "max_size": max_size, "max_ratio": max_ratio}
         last = {**self._artifacts[-1], "unpack": _without_none(unpack)}
         return attrs.evolve(self, artifacts=(*self._artifacts[:-1], last))

@@ -291,8 +291,10 @@ class Manifest:
         names = [a.display_name for a in self.artifacts]
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         stores, artifacts = len(self.stores), len(names)
-        return (f"<Manifest {stores} store{'s' * (stores != 1)}, {artifacts} artifact{'s' * (artifacts != 1)}"
-                f"{': ' + shown if shown else ''}>")
+        return (
+            f"<Manifest {stores} store{'s' * (stores != 1)}, {artifacts} artifact{'s' * (artifacts != 1)}"
+            f"{': ' + shown if shown else ''}>"
+        )
 
 
 if TYPE_CHECKING:

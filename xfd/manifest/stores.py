@@ -126,8 +126,9 @@ def resolve_options(
     }
 
 
-def build_obstore(url: str, options: Mapping[str, OptionValue], environ: Mapping[str, str] | None = None,
-                  where: str = "store") -> Any:
+def build_obstore(
+    url: str, options: Mapping[str, OptionValue], environ: Mapping[str, str] | None = None, where: str = "store"
+) -> Any:
     """An obstore store for ``url`` with ``options`` resolved from the environment."""
     from obstore.store import from_url
 

@@ -49,7 +49,9 @@ def _strict(kind: type) -> Any:
     def structure(value: Any, _: type) -> Any:
         is_int = isinstance(value, int) and not isinstance(value, bool)
         if is_int and kind in (int, float) and value not in INT64:
-            raise ValueError(f"must be {_TYPE_NAMES[kind]} (got an integer of {value.bit_length()} bits; TOML's have 64)")
+            raise ValueError(
+                f"must be {_TYPE_NAMES[kind]} (got an integer of {value.bit_length()} bits; TOML's have 64)"
+            )
         ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
         if kind is float and is_int:
             return float(value)
@@ -70,17 +72,18 @@ def _make_converter() -> cattrs.Converter:
     chunk_hook = override(struct_hook=lambda v, _: _chunk_size(v))
     size_hook = override(struct_hook=lambda v, _: parse_size(v))
     ratio_hook = override(struct_hook=_strict(float))
-    for cls, overrides in ((Settings, {"chunk_size": chunk_hook, "disk_reserve": size_hook}),
-                           (Unpack, {"max_size": size_hook, "max_ratio": ratio_hook}), (ObjectArtifact, {}),
-                           (PrefixArtifact, {})):
+    for cls, overrides in (
+        (Settings, {"chunk_size": chunk_hook, "disk_reserve": size_hook}),
+        (Unpack, {"max_size": size_hook, "max_ratio": ratio_hook}),
+        (ObjectArtifact, {}),
+        (PrefixArtifact, {}),
+    ):
         converter.register_structure_hook(cls, _tables_only(make_dict_structure_fn(cls, converter, **overrides)))
     converter.register_structure_hook(Store, _structure_store)
     converter.register_structure_hook(Artifact, _structure_artifact)
     converter.register_unstructure_hook(Store, lambda s: {"url": s.url, **s.options})
     for cls in (Settings, Unpack, ObjectArtifact, PrefixArtifact):
-        converter.register_unstructure_hook(
-            cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True)
-        )
+        converter.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True))
     return converter
 
 
@@ -105,9 +108,10 @@ def _tables_only(structure: Any) -> Any:
 
 
 def _label_table(value: Any, _: type) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
-                                               for k, v in value.items()):
-        raise ValueError(f"must be a table of Ray labels, as in {{ gpu = \"a100\" }} (got {shown(value)})")
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
+    ):
+        raise ValueError(f'must be a table of Ray labels, as in {{ gpu = "a100" }} (got {shown(value)})')
     return dict(value)
 
 
@@ -129,7 +133,7 @@ def _structure_store(value: Any, _: type) -> Store:
     options = dict(value)
     url = options.pop("url", None)
     if not isinstance(url, str):
-        raise ValueError("needs url = \"s3://bucket/prefix\" (or gs://, az://, https://, file://, memory://)")
+        raise ValueError('needs url = "s3://bucket/prefix" (or gs://, az://, https://, file://, memory://)')
     for key, option in options.items():
         if not isinstance(option, (str, bool, int, float)):
             raise ValueError(f"option {key!r} must be a string, boolean or number")
@@ -145,7 +149,9 @@ def _structure_artifact(value: Any, _: type) -> Artifact:
         raise ValueError("must be a table")
     has_key, has_prefix = "key" in value, "prefix" in value
     if has_key == has_prefix:
-        raise ValueError("needs exactly one of key = \"dir/file\" (one object) or prefix = \"dir/\" (every object under it)")
+        raise ValueError(
+            'needs exactly one of key = "dir/file" (one object) or prefix = "dir/" (every object under it)'
+        )
     return CONVERTER.structure(value, ObjectArtifact if has_key else PrefixArtifact)
 
 
@@ -171,19 +177,22 @@ def load(path: str | os.PathLike[str], manifest_class: type[M] = Manifest) -> M:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:  # a binary file, or text in another encoding
-        why = (f"not UTF-8 TOML text (byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8); "
-               "a manifest is a TOML text file, saved as UTF-8")
+        why = (
+            f"not UTF-8 TOML text (byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8); "
+            "a manifest is a TOML text file, saved as UTF-8"
+        )
         raise ManifestError([("", why)], path) from None
     return loads(text, path, manifest_class)
 
 
-def from_document(document: Mapping[str, Any], source: str | None = None,
-                  manifest_class: type[M] = Manifest) -> M:  # type: ignore[assignment]
+def from_document(document: Mapping[str, Any], source: str | None = None, manifest_class: type[M] = Manifest) -> M:  # type: ignore[assignment]
     """A validated manifest of ``manifest_class`` from parsed TOML (or any dict of the same shape)."""
     problems: list[Problem] = []
     for key in document:
         if key not in TOP_LEVEL_KEYS:
-            problems.append((key, f"unknown key{did_you_mean(key, TOP_LEVEL_KEYS)} (top-level keys: {', '.join(TOP_LEVEL_KEYS)})"))
+            problems.append(
+                (key, f"unknown key{did_you_mean(key, TOP_LEVEL_KEYS)} (top-level keys: {', '.join(TOP_LEVEL_KEYS)})")
+            )
     settings, unread = _settings(document.get("settings", {}), problems)
     stores_raw = document.get("stores", {})
     stores: dict[str, Store] = {}
@@ -207,8 +216,7 @@ def from_document(document: Mapping[str, Any], source: str | None = None,
         problems += validate_parts(settings, stores, artifacts, unread_settings=unread)
         raise ManifestError(in_document_order(problems, settings_keys), source)
     try:  # the manifest validates itself (the same checks), so there is one place that decides
-        return manifest_class(stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings,
-                              source=source)
+        return manifest_class(stores=stores, artifacts=tuple(a for _, a in artifacts), settings=settings, source=source)
     except ManifestError as error:  # in the order of this document's settings keys
         raise ManifestError(in_document_order(error.problems, settings_keys), source) from None
 

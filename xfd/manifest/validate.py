@@ -86,8 +86,10 @@ def settings_problems(settings: Settings, unread: Collection[str] = ()) -> Itera
             yield f"settings.{field}", f"must be between 1 and {upper} (got {value})"
     streams_ok = 1 <= settings.origin_chunk_streams <= min(64, settings.origin_parallelism)
     if not streams_ok and "origin_parallelism" not in unread:
-        yield "settings.origin_chunk_streams", (f"must be between 1 and min(64, origin_parallelism) (got "
-                                                f"{settings.origin_chunk_streams})")
+        yield (
+            "settings.origin_chunk_streams",
+            (f"must be between 1 and min(64, origin_parallelism) (got {settings.origin_chunk_streams})"),
+        )
     if not 1 <= settings.origin_attempts <= 100:
         yield "settings.origin_attempts", f"must be between 1 and 100 (got {settings.origin_attempts})"
     for field in ("origin_backoff", "origin_max_backoff", "origin_timeout"):
@@ -95,10 +97,15 @@ def settings_problems(settings: Settings, unread: Collection[str] = ()) -> Itera
         if not 0 < value <= 86_400:
             yield f"settings.{field}", f"must be a number of seconds above 0 and at most one day (got {value})"
     if settings.origin_backoff > settings.origin_max_backoff and "origin_max_backoff" not in unread:
-        yield "settings.origin_backoff", (f"must not exceed origin_max_backoff ({settings.origin_backoff} > "
-                                          f"{settings.origin_max_backoff})")
+        yield (
+            "settings.origin_backoff",
+            (f"must not exceed origin_max_backoff ({settings.origin_backoff} > {settings.origin_max_backoff})"),
+        )
     if settings.disk_reserve < 0:
-        yield "settings.disk_reserve", f"must be a size of 0 bytes or more, such as 1GiB (got {settings.disk_reserve} bytes)"
+        yield (
+            "settings.disk_reserve",
+            f"must be a size of 0 bytes or more, such as 1GiB (got {settings.disk_reserve} bytes)",
+        )
 
 
 def store_problems(name: str, store: Store) -> Iterator[Problem]:
@@ -139,12 +146,14 @@ def _url_problems(path: str, url: str) -> Iterator[Problem]:
         yield path, f"must be file:///absolute/directory (got {url!r})"
 
 
-def artifact_problems(path: str, artifact: ObjectArtifact | PrefixArtifact,
-                      stores: Mapping[str, Store]) -> Iterator[Problem]:
+def artifact_problems(
+    path: str, artifact: ObjectArtifact | PrefixArtifact, stores: Mapping[str, Store]
+) -> Iterator[Problem]:
     if artifact.store not in stores:
         known = ", ".join(sorted(stores)) or "none are defined"
-        yield f"{path}.store", (
-            f"no store named {artifact.store!r}{did_you_mean(artifact.store, stores)} (stores: {known})"
+        yield (
+            f"{path}.store",
+            (f"no store named {artifact.store!r}{did_you_mean(artifact.store, stores)} (stores: {known})"),
         )
     yield from _destination_problems(f"{path}.to", artifact.to)
     if isinstance(artifact, ObjectArtifact):
@@ -165,9 +174,12 @@ def _destination_problems(path: str, destination: str) -> Iterator[Problem]:
 
 def _object_problems(path: str, artifact: ObjectArtifact) -> Iterator[Problem]:
     if not artifact.key or artifact.key.endswith("/") or artifact.key.startswith("/"):
-        yield f"{path}.key", (
-            f"must be an object key such as dir/file.bin, without leading or trailing '/' (got {artifact.key!r});"
-            " for every object under a prefix use prefix = ..."
+        yield (
+            f"{path}.key",
+            (
+                f"must be an object key such as dir/file.bin, without leading or trailing '/' (got {artifact.key!r});"
+                " for every object under a prefix use prefix = ..."
+            ),
         )
     if artifact.sha256 is not None and not _SHA256.match(artifact.sha256):
         yield f"{path}.sha256", "must be 64 lower-case hexadecimal digits"
@@ -189,7 +201,10 @@ def _object_problems(path: str, artifact: ObjectArtifact) -> Iterator[Problem]:
     if not problems and _is_within(artifact.destination, target):
         yield f"{path}.unpack.to", f"must not contain the archive itself ({artifact.destination})"
     elif not problems and _is_within(target, artifact.destination):
-        yield f"{path}.unpack.to", f"must not lie inside the archive itself ({artifact.destination}): a path cannot be both a file and a directory"
+        yield (
+            f"{path}.unpack.to",
+            f"must not lie inside the archive itself ({artifact.destination}): a path cannot be both a file and a directory",
+        )
 
 
 def _prefix_problems(path: str, artifact: PrefixArtifact) -> Iterator[Problem]:
@@ -209,7 +224,10 @@ def cross_artifact_problems(
     for index, artifact in indexed_artifacts:
         if artifact.name is not None:
             if artifact.name in names:
-                yield f"artifacts[{index}].name", f"{artifact.name!r} is already the name of artifacts[{names[artifact.name]}]"
+                yield (
+                    f"artifacts[{index}].name",
+                    f"{artifact.name!r} is already the name of artifacts[{names[artifact.name]}]",
+                )
             names.setdefault(artifact.name, index)
     outputs = list(_outputs(indexed_artifacts))
     yield from _shared_files(indexed_artifacts)
@@ -266,8 +284,14 @@ def _shared_files(indexed_artifacts: list[tuple[int, ObjectArtifact | PrefixArti
         if "store" in differ or "key" in differ:
             what, fix = "a different object", "choose a different to"
         else:
-            what, fix = f"the same object with another {' and '.join(differ)}", "make them agree or choose a different to"
-        yield f"artifacts[{index}].to", f"{artifact.destination} is also the destination of artifacts[{earlier}], {what}; {fix}"
+            what, fix = (
+                f"the same object with another {' and '.join(differ)}",
+                "make them agree or choose a different to",
+            )
+        yield (
+            f"artifacts[{index}].to",
+            f"{artifact.destination} is also the destination of artifacts[{earlier}], {what}; {fix}",
+        )
 
 
 def _files_used_as_directories(outputs: list[_Output]) -> Iterator[Problem]:
@@ -287,10 +311,15 @@ def _files_used_as_directories(outputs: list[_Output]) -> Iterator[Problem]:
                 relation = f"{output.path} {where} {file.described}"
             else:
                 later = file
-                relation = (f"{file.path} is also {output.described}" if path == output.path
-                            else f"{output.path}, {output.described}, would lie inside the file {file.path}")
-            yield (f"artifacts[{later.artifact}].{later.field}",
-                   f"{relation}: a path cannot be both a file and a directory; choose a different {later.field}")
+                relation = (
+                    f"{file.path} is also {output.described}"
+                    if path == output.path
+                    else f"{output.path}, {output.described}, would lie inside the file {file.path}"
+                )
+            yield (
+                f"artifacts[{later.artifact}].{later.field}",
+                f"{relation}: a path cannot be both a file and a directory; choose a different {later.field}",
+            )
 
 
 def _unpack_overlaps(outputs: list[_Output]) -> Iterator[Problem]:

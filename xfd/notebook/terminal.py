@@ -18,8 +18,14 @@ class TqdmRenderer:
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=snapshot.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=_description(snapshot), dynamic_ncols=True)
+            self._bar = tqdm(
+                total=snapshot.total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=_description(snapshot),
+                dynamic_ncols=True,
+            )
         # Nodes join as their agents come up: the count grows during the run.
         self._bar.set_description_str(_description(snapshot), refresh=False)
         self._bar.total = snapshot.total_bytes

@@ -37,8 +37,9 @@ class DistributionWidget:
 
         self._widgets = widgets
         self.header = widgets.HTML()
-        self.overall = widgets.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
-                                             layout=widgets.Layout(width="100%"))
+        self.overall = widgets.FloatProgress(
+            min=0.0, max=1.0, value=0.0, bar_style="info", layout=widgets.Layout(width="100%")
+        )
         self.nodes = widgets.VBox()
         self.chunk_map = widgets.HTML()
         self.failures = widgets.HTML()
@@ -84,8 +85,10 @@ class DistributionWidget:
             bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="40%"))
             label = widgets.HTML()
             self._rows[node.node_id] = (bar, label)
-            self.nodes.children = (*self.nodes.children, widgets.HBox([widgets.HTML(f"<code>{escape(node.ip)}</code>"),
-                                                                       bar, label]))
+            self.nodes.children = (
+                *self.nodes.children,
+                widgets.HBox([widgets.HTML(f"<code>{escape(node.ip)}</code>"), bar, label]),
+            )
         bar, label = self._rows[node.node_id]
         bar.max = float(max(node.total_bytes, 1))
         bar.value = float(node.done_bytes)
@@ -103,17 +106,21 @@ def chunk_map_html(snapshot: Snapshot) -> str:
     if not chunk_ids:
         return ""
     columns = min(MAP_COLUMNS, len(chunk_ids))
-    groups = [chunk_ids[i * len(chunk_ids) // columns:(i + 1) * len(chunk_ids) // columns] for i in range(columns)]
+    groups = [chunk_ids[i * len(chunk_ids) // columns : (i + 1) * len(chunk_ids) // columns] for i in range(columns)]
     cell_w, cell_h = max(2, 480 // columns), 10
     rects = []
     ips = {n.node_id: n.ip for n in snapshot.nodes}
-    for row, (node_id, states) in enumerate(sorted(snapshot.chunk_states.items(), key=lambda kv: ips.get(kv[0], ""))):
+    for row, (_, states) in enumerate(sorted(snapshot.chunk_states.items(), key=lambda kv: ips.get(kv[0], ""))):
         for column, group in enumerate(groups):
             present = [states[c] for c in group if c in states]
             state = min(present, key=_ORDER.index) if present else "missing"
-            rects.append(f"<rect x='{column * cell_w}' y='{row * (cell_h + 2)}' width='{cell_w}' height='{cell_h}' "
-                         f"fill='{STATE_COLOURS[state]}'><title>{escape(state)}</title></rect>")
+            rects.append(
+                f"<rect x='{column * cell_w}' y='{row * (cell_h + 2)}' width='{cell_w}' height='{cell_h}' "
+                f"fill='{STATE_COLOURS[state]}'><title>{escape(state)}</title></rect>"
+            )
     height = len(snapshot.chunk_states) * (cell_h + 2)
     legend = " ".join(f"<span style='color:{colour}'>&#9632;</span> {name}" for name, colour in STATE_COLOURS.items())
-    return (f"<svg class='xfd-chunk-map' width='{columns * cell_w}' height='{height}'>{''.join(rects)}</svg>"
-            f"<div style='font-size:smaller'>{legend}</div>")
+    return (
+        f"<svg class='xfd-chunk-map' width='{columns * cell_w}' height='{height}'>{''.join(rects)}</svg>"
+        f"<div style='font-size:smaller'>{legend}</div>"
+    )

@@ -32,9 +32,18 @@ class NodeAgent:
         self.engine: Any = None
         self._stopped = threading.Event()
 
-    def begin(self, plan_json: str, stores: Mapping[str, Store], token: str, *, deep_verify: bool = False,
-              upload_slots: int = 8, egress_bytes_per_sec: int | None = None,
-              fault: str | None = None, control: tuple[str, int, str] | None = None) -> dict[str, Any]:
+    def begin(
+        self,
+        plan_json: str,
+        stores: Mapping[str, Store],
+        token: str,
+        *,
+        deep_verify: bool = False,
+        upload_slots: int = 8,
+        egress_bytes_per_sec: int | None = None,
+        fault: str | None = None,
+        control: tuple[str, int, str] | None = None,
+    ) -> dict[str, Any]:
         """Builds this run's engine, scans the node's destinations, starts the peer server and opens the
         control link to the coordinator at ``control`` (``(host, port, this node's id in the run)``).
 
@@ -44,8 +53,15 @@ class NodeAgent:
         self._stopped = threading.Event()
         # The plan's text goes to the engine as it is: parsing it here only to write it again cost seconds
         # per plan of 100,000 files.
-        self.engine = node_engine(plan_json, stores, self.node.root, peer_token=token, deep_verify=deep_verify,
-                                  faults=fault or "", node_labels=self.node.labels)
+        self.engine = node_engine(
+            plan_json,
+            stores,
+            self.node.root,
+            peer_token=token,
+            deep_verify=deep_verify,
+            faults=fault or "",
+            node_labels=self.node.labels,
+        )
         try:
             scan = self.engine.scan()
         except BaseException:

@@ -158,12 +158,16 @@ def driver_node_id() -> str | None:
 
 
 def new_agent(node_id: str) -> Any:
-    return ray.remote(NodeAgent).options(
-        num_cpus=0,
-        max_concurrency=4,
-        max_restarts=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote()
+    return (
+        ray.remote(NodeAgent)
+        .options(
+            num_cpus=0,
+            max_concurrency=4,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        )
+        .remote()
+    )
 
 
 def end_agent(agent: Any) -> None:

@@ -44,8 +44,7 @@ def describe_nodes(timeout_s: float = 60.0) -> list[NodeInfo]:
     for ref in refs:
         try:
             described.append(ray.get(ref, timeout=timeout_s))
-        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError,
-                ray.exceptions.WorkerCrashedError):
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError):
             continue
     return described
 

@@ -30,8 +30,8 @@ from xfd.manifest.model import Store
 from xfd.plan import Plan
 from xfd.progress import Snapshot
 from xfd.report import NodeReport, Report
-from xfd.runtime.agent_pool import POOL, as_future, new_agent
 from xfd.runtime import took_part
+from xfd.runtime.agent_pool import POOL, as_future, new_agent
 from xfd.runtime.cluster_nodes import alive_nodes
 
 # A node whose agent sent nothing on its control link for this long is lost (an idle agent sends a
@@ -116,13 +116,19 @@ class Coordinator:
         origin_hold = ORIGIN_HOLD_S if took_part.any_took_part(run_ips) else 0.0
         took_part.remember(run_ips)
         return _core.Coordinator(
-            list(self.plan.unit_sizes.items()), self.plan.unique_bytes, token, ray.util.get_node_ip_address(),
+            list(self.plan.unit_sizes.items()),
+            self.plan.unique_bytes,
+            token,
+            ray.util.get_node_ip_address(),
             self.node_ids,
             # The scheduler counts units; each origin chunk takes up to origin_chunk_streams GETs.
             origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
-            download_slots=settings.node_parallelism, upload_slots=settings.upload_slots,
-            lost_after=self.lost_after_s, snapshot_every=min(self.progress_interval_s, 0.25),
-            with_chunks=self.with_chunks, origin_hold=origin_hold,
+            download_slots=settings.node_parallelism,
+            upload_slots=settings.upload_slots,
+            lost_after=self.lost_after_s,
+            snapshot_every=min(self.progress_interval_s, 0.25),
+            with_chunks=self.with_chunks,
+            origin_hold=origin_hold,
         )
 
     def _start_agents(self, control: Any, token: str, started: float) -> dict[Any, str]:
@@ -140,10 +146,17 @@ class Coordinator:
 
     def _begin(self, node_id: str) -> Any:
         plan_json, stores, token, (host, port) = self._begin_args
-        return as_future(self.agents[node_id].begin.remote(
-            plan_json, stores, token, deep_verify=self.deep_verify, upload_slots=self.plan.settings.upload_slots,
-            fault=self.faults.get(node_id), control=(host, port, node_id),
-        ))
+        return as_future(
+            self.agents[node_id].begin.remote(
+                plan_json,
+                stores,
+                token,
+                deep_verify=self.deep_verify,
+                upload_slots=self.plan.settings.upload_slots,
+                fault=self.faults.get(node_id),
+                control=(host, port, node_id),
+            )
+        )
 
     def _loop(self, control: Any, begins: dict[Any, str], started: float) -> dict[str, Any]:
         """Joins nodes as their agents come up, loses those whose agent dies, passes progress on; returns
@@ -164,8 +177,14 @@ class Coordinator:
             if status["outcome"] is not None:
                 return status
 
-    def _agent_began(self, control: Any, begins: dict[Future[Any], str], watches: dict[Future[Any], str],
-                     node_id: str, call: Future[Any]) -> None:
+    def _agent_began(
+        self,
+        control: Any,
+        begins: dict[Future[Any], str],
+        watches: dict[Future[Any], str],
+        node_id: str,
+        call: Future[Any],
+    ) -> None:
         try:
             info = call.result()
         except RayActorError as error:
@@ -208,8 +227,9 @@ class Coordinator:
         status = control.status()
         names = status["nodes"]
         done = [names[n["node"]] for n in status["snapshot"]["nodes"] if n["state"] == "done"]
-        calls = {node_id: as_future(self.agents[node_id].finish.remote(self.plan.settings.overwrite))
-                 for node_id in done}
+        calls = {
+            node_id: as_future(self.agents[node_id].finish.remote(self.plan.settings.overwrite)) for node_id in done
+        }
         for node_id, call in calls.items():
             try:
                 self.unpacked += len(call.result())
@@ -246,18 +266,25 @@ class Coordinator:
         self._last_progress = now
         self.on_progress(Snapshot.from_core(status, self._units))
 
-    def _report(self, status: dict[str, Any], wall: float, served: Mapping[str, int],
-                origin: Mapping[str, int]) -> Report:
+    def _report(
+        self, status: dict[str, Any], wall: float, served: Mapping[str, int], origin: Mapping[str, int]
+    ) -> Report:
         snapshot = Snapshot.from_core(status, self._units)  # once: with the chunk map it is large
         if self.on_progress is not None:
             self.on_progress(snapshot)
         finished_at = dict(zip(status["nodes"], status["finished_at"], strict=True))
         nodes = tuple(
             NodeReport(
-                node_id=n.node_id, ip=n.ip, origin_bytes=n.origin_bytes, peer_bytes=n.peer_bytes,
-                cache_bytes=n.cache_bytes, served_bytes=served.get(n.node_id, n.served_bytes),
-                seconds=finished_at.get(n.node_id), state=n.state if n.state != "running" else "failed",
-                failures=n.failures, agent_seconds=self.came_up.get(n.node_id),
+                node_id=n.node_id,
+                ip=n.ip,
+                origin_bytes=n.origin_bytes,
+                peer_bytes=n.peer_bytes,
+                cache_bytes=n.cache_bytes,
+                served_bytes=served.get(n.node_id, n.served_bytes),
+                seconds=finished_at.get(n.node_id),
+                state=n.state if n.state != "running" else "failed",
+                failures=n.failures,
+                agent_seconds=self.came_up.get(n.node_id),
             )
             for n in snapshot.nodes
         )

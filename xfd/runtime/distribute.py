@@ -91,34 +91,68 @@ def check_node_selectors(manifest: Manifest, nodes: list[dict[str, Any]]) -> Non
     for index, artifact in enumerate(manifest.artifacts):
         if artifact.nodes and not any(_has_labels(node, artifact.nodes) for node in nodes):
             wanted = ", ".join(f'"{k}": "{v}"' for k, v in artifact.nodes.items())
-            problems.append(f"artifacts[{index}] ({artifact.display_name}): no node of the {len(nodes)} chosen "
-                            f"has the labels {{{wanted}}}")
+            problems.append(
+                f"artifacts[{index}] ({artifact.display_name}): no node of the {len(nodes)} chosen "
+                f"has the labels {{{wanted}}}"
+            )
     if problems:
-        known = sorted({f"{k}={v}" for node in nodes for k, v in node.get("Labels", {}).items()
-                        if not k.startswith("ray.io/")})
-        raise ConfigError("\n".join([*problems, f"labels the chosen nodes have: {', '.join(known) or 'none'}; "
-                                      "fix the artifact's `nodes` (or label the nodes: ray start --labels)"]))
+        known = sorted(
+            {f"{k}={v}" for node in nodes for k, v in node.get("Labels", {}).items() if not k.startswith("ray.io/")}
+        )
+        raise ConfigError(
+            "\n".join(
+                [
+                    *problems,
+                    f"labels the chosen nodes have: {', '.join(known) or 'none'}; "
+                    "fix the artifact's `nodes` (or label the nodes: ray start --labels)",
+                ]
+            )
+        )
 
 
 @overload
-def distribute(manifest: Manifest, *, wait: Literal[True] = True, address: str | None = None,
-               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None,
-               raise_on_failure: bool = True) -> Report: ...
+def distribute(
+    manifest: Manifest,
+    *,
+    wait: Literal[True] = True,
+    address: str | None = None,
+    nodes: NodeChoice = None,
+    progress: Progress = "auto",
+    deep_verify: bool = False,
+    timeout: float | None = None,
+    plan: Plan | None = None,
+    raise_on_failure: bool = True,
+) -> Report: ...
 
 
 @overload
-def distribute(manifest: Manifest, *, wait: Literal[False], address: str | None = None,
-               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None,
-               raise_on_failure: bool = True) -> Distribution: ...
+def distribute(
+    manifest: Manifest,
+    *,
+    wait: Literal[False],
+    address: str | None = None,
+    nodes: NodeChoice = None,
+    progress: Progress = "auto",
+    deep_verify: bool = False,
+    timeout: float | None = None,
+    plan: Plan | None = None,
+    raise_on_failure: bool = True,
+) -> Distribution: ...
 
 
 @overload
-def distribute(manifest: Manifest, *, wait: bool, address: str | None = None,
-               nodes: NodeChoice = None, progress: Progress = "auto", deep_verify: bool = False,
-               timeout: float | None = None, plan: Plan | None = None,
-               raise_on_failure: bool = True) -> Report | Distribution: ...
+def distribute(
+    manifest: Manifest,
+    *,
+    wait: bool,
+    address: str | None = None,
+    nodes: NodeChoice = None,
+    progress: Progress = "auto",
+    deep_verify: bool = False,
+    timeout: float | None = None,
+    plan: Plan | None = None,
+    raise_on_failure: bool = True,
+) -> Report | Distribution: ...
 
 
 def distribute(
@@ -144,9 +178,16 @@ def distribute(
     except BaseException:
         give_back_agents(agents)
         raise
-    distribution = Distribution(manifest, plan, node_ids, progress=progress,
-                                deep_verify=deep_verify, timeout=timeout,
-                                raise_on_failure=raise_on_failure, agents=agents)
+    distribution = Distribution(
+        manifest,
+        plan,
+        node_ids,
+        progress=progress,
+        deep_verify=deep_verify,
+        timeout=timeout,
+        raise_on_failure=raise_on_failure,
+        agents=agents,
+    )
     if wait:
         return distribution.wait()
     return distribution
@@ -159,10 +200,18 @@ class Distribution:
     progress; iterating over :meth:`snapshots` yields progress as it happens.
     """
 
-    def __init__(self, manifest: Manifest, plan: Plan, node_ids: list[str], *,
-                 progress: Progress, deep_verify: bool,
-                 timeout: float | None, raise_on_failure: bool = True,
-                 agents: Mapping[str, tuple[Any, bool]] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        plan: Plan,
+        node_ids: list[str],
+        *,
+        progress: Progress,
+        deep_verify: bool,
+        timeout: float | None,
+        raise_on_failure: bool = True,
+        agents: Mapping[str, tuple[Any, bool]] | None = None,
+    ) -> None:
         self.plan = plan
         self.raise_on_failure = raise_on_failure
         self.snapshot: Snapshot | None = None
@@ -174,10 +223,17 @@ class Distribution:
         # Waited on instead of Thread.join: an interrupt inside join() (Python 3.11's bpo-45274 handling)
         # marks the still-running thread as finished, and every later join() returns at once.
         self._finished = threading.Event()
-        self._coordinator = Coordinator(plan, manifest.stores, node_ids=node_ids, deep_verify=deep_verify,
-                                        timeout_s=timeout, on_progress=self._on_progress,
-                                        cancel=self._cancel, with_chunks=self.widget is not None,
-                                        agents=agents)
+        self._coordinator = Coordinator(
+            plan,
+            manifest.stores,
+            node_ids=node_ids,
+            deep_verify=deep_verify,
+            timeout_s=timeout,
+            on_progress=self._on_progress,
+            cancel=self._cancel,
+            with_chunks=self.widget is not None,
+            agents=agents,
+        )
         self._thread = threading.Thread(target=self._run, name="xfd-distribute", daemon=True)
         self._thread.start()
 
@@ -237,7 +293,7 @@ class Distribution:
         last = None
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self.snapshot is not last or self.done(), timeout)
+                self._changed.wait_for(lambda last=last: self.snapshot is not last or self.done(), timeout)
                 current = self.snapshot
             if current is not None and current is not last:
                 last = current
@@ -316,4 +372,16 @@ class _CallbackRenderer:
         pass
 
 
-__all__ = ["Distribution", "DistributionCancelled", "DistributionError", "NodeChoice", "Progress", "XfdError", "check_node_selectors", "choose_nodes", "distribute", "ensure_ray", "select_nodes"]
+__all__ = [
+    "Distribution",
+    "DistributionCancelled",
+    "DistributionError",
+    "NodeChoice",
+    "Progress",
+    "XfdError",
+    "check_node_selectors",
+    "choose_nodes",
+    "distribute",
+    "ensure_ray",
+    "select_nodes",
+]

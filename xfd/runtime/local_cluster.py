@@ -65,7 +65,7 @@ class LocalCluster:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         self._cluster = Cluster(initialize_head=False)
         try:
-            for index in range(self.num_nodes):
+            for _ in range(self.num_nodes):
                 self.add_node()
             ray.init(address=self._cluster.address, _node_ip_address=self.nodes[0].ip, logging_level="WARNING")
         except BaseException:

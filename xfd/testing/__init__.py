@@ -27,8 +27,17 @@ from xfd.testing.samples import tar_gz
 if TYPE_CHECKING:
     from xfd.runtime.local_cluster import LocalCluster
 
-__all__ = ["CountingProxy", "LocalCluster", "LocalS3", "OriginTraffic", "RequestRecord", "S3Sandbox", "faults",
-           "free_port", "tar_gz"]
+__all__ = [
+    "CountingProxy",
+    "LocalCluster",
+    "LocalS3",
+    "OriginTraffic",
+    "RequestRecord",
+    "S3Sandbox",
+    "faults",
+    "free_port",
+    "tar_gz",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,11 +37,18 @@ def faults(rules: Mapping[str, str]) -> Iterator[None]:
 
 def _checked(rules: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(rules, Mapping):
-        raise ConfigError(f"faults: expected a dict of node id -> rules such as {{node_id: 'publish:abort'}}, "
-                          f"got {type(rules).__name__}")
-    bad = [f"{node!r}: {rule!r}" for node, rule in rules.items()
-           if not isinstance(node, str) or not isinstance(rule, str) or not node or not rule]
+        raise ConfigError(
+            f"faults: expected a dict of node id -> rules such as {{node_id: 'publish:abort'}}, "
+            f"got {type(rules).__name__}"
+        )
+    bad = [
+        f"{node!r}: {rule!r}"
+        for node, rule in rules.items()
+        if not isinstance(node, str) or not isinstance(rule, str) or not node or not rule
+    ]
     if bad:
-        raise ConfigError(f"faults: node ids and rules must be non-empty strings, such as "
-                          f"{{node_id: 'publish:abort'}}; got {', '.join(bad)}")
+        raise ConfigError(
+            f"faults: node ids and rules must be non-empty strings, such as "
+            f"{{node_id: 'publish:abort'}}; got {', '.join(bad)}"
+        )
     return dict(rules)

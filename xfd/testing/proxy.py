@@ -29,8 +29,16 @@ import attrs
 
 # Headers that describe one hop, not the message: never forwarded as they are.
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 _BLOCK = 1 << 20
 # Smaller blocks while throttled, so a capped response trickles out evenly instead of in 1 MiB lurches.
@@ -298,7 +306,7 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         """Silent: one line per request would drown a ranged download's output."""
 
     def _forward(self) -> None:
@@ -334,9 +342,13 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
     def _refuse(self, entry: _Entry, status: int) -> None:
         entry.status = status
         code = {403: "AccessDenied", 404: "NoSuchKey", 503: "SlowDown"}.get(status, "InternalError")
-        body = b"" if self.command == "HEAD" else (
-            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-            f"<Message>refused by the test proxy</Message></Error>".encode()
+        body = (
+            b""
+            if self.command == "HEAD"
+            else (
+                f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                f"<Message>refused by the test proxy</Message></Error>".encode()
+            )
         )
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
