@@ -91,7 +91,14 @@ class PlanFile:
     """Ray labels a node must have to get this file; empty: every node."""
 
     def applies_to(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(key) == value for key, value in self.nodes.items())
+        return selector_matches(self.nodes, labels)
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a node with Ray ``labels`` is one an artifact's ``nodes`` selector names: it has every label
+    of the selector with the same value (an empty selector names every node). The engine applies the same
+    rule (``PlanFile::applies_to`` in rust/xfd-core/src/plan.rs)."""
+    return all(labels.get(key) == value for key, value in selector.items())
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 import ray
 
 from xfd.errors import ConfigError, DistributionCancelled, DistributionError, XfdError
-from xfd.plan import Plan, compile_plan
+from xfd.plan import Plan, compile_plan, selector_matches
 from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
@@ -74,7 +74,7 @@ def _chosen_nodes(nodes: NodeChoice) -> list[dict[str, Any]]:
 
 
 def _has_labels(node: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    return all(node.get("Labels", {}).get(key) == value for key, value in labels.items())
+    return selector_matches(labels, node.get("Labels", {}))
 
 
 def choose_nodes(manifest: Manifest, nodes: NodeChoice) -> list[str]:
