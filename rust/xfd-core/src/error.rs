@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::hash::ChunkDigest;
 use crate::p2p::ChunkId;
+use crate::scheduler::FailureKind;
 
 /// Result alias used throughout the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -294,21 +295,113 @@ fn storage_advice(source: &std::io::Error) -> Option<&'static str> {
 }
 
 impl Error {
-    /// How a scheduler should react: `fatal` (retrying cannot help), `integrity` (the source served
-    /// bad bytes: penalize it), `peer` or `origin` (transient: try again, elsewhere if possible),
-    /// `busy` (a duplicate request: drop it), `stalled` (the source hung: avoid it).
-    pub fn kind(&self) -> &'static str {
+    /// How a scheduler should react (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::PeerStalled { .. } => "stalled",
-            Error::PeerDigestMismatch { .. } | Error::PeerShortBody { .. } | Error::PeerProtocol { .. } => "integrity",
+            Error::PeerStalled { .. } => ErrorKind::Stalled,
+            Error::PeerDigestMismatch { .. } | Error::PeerShortBody { .. } | Error::PeerProtocol { .. } => {
+                ErrorKind::Integrity
+            }
             Error::PeerUnreachable { .. }
             | Error::PeerAuthRefused { .. }
             | Error::ChunkNotOnPeer { .. }
             | Error::PeerBusy { .. }
-            | Error::Task(_) => "peer",
-            Error::Origin { .. } => "origin",
-            Error::ChunkBusy { .. } => "busy",
-            _ => "fatal",
+            | Error::Task(_) => ErrorKind::Peer,
+            Error::Origin { .. } => ErrorKind::Origin,
+            Error::ChunkBusy { .. } => ErrorKind::Busy,
+            _ => ErrorKind::Fatal,
         }
+    }
+}
+
+/// The class of an engine error, as it travels to the coordinator (the `error_kind` of a
+/// `chunk_failed` event, the kind of a control link's failure frame). The one home of these names
+/// and of what the scheduler makes of each ([`ErrorKind::failure`]); `tests/test_one_home.py`
+/// checks that Python's vocabulary matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Retrying cannot help (the object changed, a destination is refused).
+    Fatal,
+    /// The source served bad bytes: penalize it.
+    Integrity,
+    /// The source hung until the deadline: avoid it.
+    Stalled,
+    /// A peer could not deliver (gone, refused): try again, elsewhere if possible.
+    Peer,
+    /// A duplicate request for a chunk already being fetched: drop it.
+    Busy,
+    /// The origin could not deliver even after retries: try again.
+    Origin,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Fatal,
+        ErrorKind::Integrity,
+        ErrorKind::Stalled,
+        ErrorKind::Peer,
+        ErrorKind::Busy,
+        ErrorKind::Origin,
+    ];
+
+    /// The name on the wire and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Fatal => "fatal",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Stalled => "stalled",
+            ErrorKind::Peer => "peer",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Origin => "origin",
+        }
+    }
+
+    /// The kind a name stands for; a name this build does not know (a newer node's) is fatal, as
+    /// retrying what is not understood could go on forever.
+    pub fn parse(name: &str) -> ErrorKind {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .unwrap_or(ErrorKind::Fatal)
+    }
+
+    /// What the scheduler makes of it. A peer that hung until the deadline is penalized like one that
+    /// served bad bytes: retrying it costs a whole deadline each time.
+    pub fn failure(self) -> FailureKind {
+        match self {
+            ErrorKind::Fatal => FailureKind::Fatal,
+            ErrorKind::Integrity | ErrorKind::Stalled => FailureKind::Integrity,
+            ErrorKind::Peer | ErrorKind::Busy => FailureKind::Peer,
+            ErrorKind::Origin => FailureKind::Origin,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(kind.as_str()), kind);
+            assert_eq!(kind.as_str(), format!("{kind:?}").to_lowercase());
+        }
+        assert_eq!(ErrorKind::parse("from a newer node"), ErrorKind::Fatal);
+    }
+
+    #[test]
+    fn every_failure_kind_reads_back_from_its_name() {
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.as_str(), format!("{kind:?}").to_lowercase());
+        }
+        assert_eq!(FailureKind::parse("stalled"), None);
     }
 }

@@ -88,6 +88,29 @@ pub enum FailureKind {
     Fatal,
 }
 
+impl FailureKind {
+    /// Every kind; `xfd.scheduler.FailureKind` names the same (`tests/test_one_home.py` checks).
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Integrity,
+        FailureKind::Peer,
+        FailureKind::Origin,
+        FailureKind::Fatal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Integrity => "integrity",
+            FailureKind::Peer => "peer",
+            FailureKind::Origin => "origin",
+            FailureKind::Fatal => "fatal",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FailureKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub origin_parallelism: u32,

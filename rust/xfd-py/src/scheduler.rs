@@ -106,13 +106,8 @@ impl PyScheduler {
 
     fn failed(&mut self, transfer: TransferTuple, kind: &str, reason: &str) -> PyResult<()> {
         self.check(&transfer)?;
-        let kind = match kind {
-            "integrity" => FailureKind::Integrity,
-            "peer" => FailureKind::Peer,
-            "origin" => FailureKind::Origin,
-            "fatal" => FailureKind::Fatal,
-            other => return Err(PyValueError::new_err(format!("unknown failure kind {other:?}"))),
-        };
+        let kind =
+            FailureKind::parse(kind).ok_or_else(|| PyValueError::new_err(format!("unknown failure kind {kind:?}")))?;
         self.inner.failed(from_tuple(transfer), kind, reason);
         Ok(())
     }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use super::link::Work;
 use super::progress::{NodeState, Progress, Source};
 use super::wire::{PeerWork, Report};
+use crate::error::ErrorKind;
 use crate::scheduler::{FailureKind, Scheduler, SchedulerConfig, Transfer};
 
 /// What the run needs to know about its plan.
@@ -189,7 +190,7 @@ impl Core {
 
     fn failed(&mut self, node: u32, unit: &str, peer: Option<String>, error: &str, kind: &str) {
         let Some(&unit) = self.unit_index.get(unit) else { return };
-        let failure = failure_kind(kind);
+        let failure = ErrorKind::parse(kind).failure();
         if let Some(transfer) = self.pop_transfer(node, unit, peer.as_deref()) {
             self.scheduler.failed(transfer, failure, error);
         }
@@ -343,17 +344,6 @@ impl Core {
 
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
         self.members.iter().map(|m| m.name.as_str())
-    }
-}
-
-/// Engine error kind -> scheduler failure kind. A peer that hung until the deadline is penalized like one
-/// that served bad bytes: retrying it costs a whole deadline each time.
-fn failure_kind(kind: &str) -> FailureKind {
-    match kind {
-        "integrity" | "stalled" => FailureKind::Integrity,
-        "peer" | "busy" => FailureKind::Peer,
-        "origin" => FailureKind::Origin,
-        _ => FailureKind::Fatal,
     }
 }
 

@@ -247,7 +247,7 @@ impl Engine {
             source,
             peer,
             error: error.to_string(),
-            error_kind: error.kind().to_owned(),
+            error_kind: error.kind().to_string(),
         });
         error
     }
