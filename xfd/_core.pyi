@@ -106,7 +106,7 @@ class Engine:
         """Opens this node's control link to the coordinator at ``host:port`` (in the background): work
         arrives over it and outcomes go back over it from then on. It ends with the run or the engine."""
     def start_server(
-        self, bind: str, port: int = 0, upload_slots: int = 8, egress_bytes_per_sec: int | None = None
+        self, bind: str, port: int = 0, *, upload_slots: int, egress_bytes_per_sec: int | None = None
     ) -> tuple[str, int]:
         """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use.
         ``egress_bytes_per_sec`` caps the server's outbound rate (``None``: uncapped); no manifest setting
@@ -121,9 +121,9 @@ class Engine:
     def server_stats(self) -> dict[str, Any] | None:
         """The peer server's counters, or ``None`` when it is not running."""
     def finish(
-        self, *, max_total_bytes: int | None = None, max_entries: int | None = None, overwrite: bool = False
+        self, *, max_total_bytes: int | None = None, max_entries: int | None = None, overwrite: bool | None = None
     ) -> list[dict[str, Any]]:
-        """Runs the plan's unpacks on this node."""
+        """Runs the plan's unpacks on this node; ``overwrite=None`` takes the plan's ``settings.overwrite``."""
     def drain_events(self) -> list[dict[str, Any]]:
         """Every event since the last call, oldest first."""
     def wait_events(self, timeout: float) -> list[dict[str, Any]]:

@@ -38,8 +38,8 @@ class NodeAgent:
         stores: Mapping[str, Store],
         token: str,
         *,
+        upload_slots: int,
         deep_verify: bool = False,
-        upload_slots: int = 8,
         egress_bytes_per_sec: int | None = None,
         fault: str | None = None,
         control: tuple[str, int, str] | None = None,
@@ -70,7 +70,9 @@ class NodeAgent:
             engine.close()
             raise
         self.engine.drain_events()  # cache hits are reported once, here
-        host, port = self.engine.start_server(self.node.ip, 0, upload_slots, egress_bytes_per_sec)
+        host, port = self.engine.start_server(
+            self.node.ip, 0, upload_slots=upload_slots, egress_bytes_per_sec=egress_bytes_per_sec
+        )
         if control is not None:
             coordinator_host, coordinator_port, name = control
             self.engine.link(coordinator_host, coordinator_port, token, name)
@@ -90,7 +92,7 @@ class NodeAgent:
         actor dies, the call fails, and that is how the coordinator learns of it from Ray."""
         self._stopped.wait()
 
-    def finish(self, overwrite: bool = False) -> list[dict[str, Any]]:
+    def finish(self, overwrite: bool) -> list[dict[str, Any]]:
         """Runs the unpacks; call once the node holds every chunk."""
         return self.engine.finish(overwrite=overwrite)
 

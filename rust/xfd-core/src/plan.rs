@@ -66,9 +66,20 @@ pub struct Settings {
     pub disk_reserve: u64,
 }
 
-/// Defaults of the settings added after the first plans (older plans lack them); the origin retry
-/// policy's defaults are these too.
+/// The manifest's settings defaults as Rust needs them: for the settings added after the first plans
+/// (older plans lack them), the origin retry policy and [`crate::scheduler::SchedulerConfig::default`].
+/// Their one home is `Settings` in `xfd/manifest/model.py`: `tests/test_one_home.py` fails when a value
+/// here differs from it.
 pub(crate) mod defaults {
+    pub fn node_parallelism() -> u32 {
+        8
+    }
+    pub fn upload_slots() -> u32 {
+        8
+    }
+    pub fn origin_parallelism() -> u32 {
+        32
+    }
     pub fn origin_attempts() -> u32 {
         8
     }

@@ -134,12 +134,14 @@ pub struct SchedulerConfig {
     pub seed: u64,
 }
 
+/// The manifest's defaults for its settings; the rest are the scheduler's own.
 impl Default for SchedulerConfig {
     fn default() -> Self {
+        use crate::plan::defaults;
         SchedulerConfig {
-            origin_parallelism: 32,
-            download_slots: 8,
-            upload_slots: 8,
+            origin_parallelism: defaults::origin_parallelism(),
+            download_slots: defaults::node_parallelism(),
+            upload_slots: defaults::upload_slots(),
             sample_size: 64,
             scan_budget: 16,
             max_penalties: 2,

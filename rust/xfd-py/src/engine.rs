@@ -225,7 +225,7 @@ impl PyEngine {
 
     /// Serves this node's verified chunks to peers on `bind` (this node's own address); port 0 lets
     /// the OS choose. Returns `(host, port)` for peers.
-    #[pyo3(signature = (bind, port = 0, upload_slots = 8, egress_bytes_per_sec = None))]
+    #[pyo3(signature = (bind, port = 0, *, upload_slots, egress_bytes_per_sec = None))]
     fn start_server(
         &self,
         py: Python<'_>,
@@ -256,20 +256,21 @@ impl PyEngine {
         to_python(py, &self.inner.server_stats())
     }
 
-    /// Runs the plan's unpacks on this node; returns one dict per unpack.
-    #[pyo3(signature = (*, max_total_bytes = None, max_entries = None, overwrite = false))]
+    /// Runs the plan's unpacks on this node; returns one dict per unpack. `overwrite`: `None` takes the
+    /// plan's `settings.overwrite`.
+    #[pyo3(signature = (*, max_total_bytes = None, max_entries = None, overwrite = None))]
     fn finish<'py>(
         &self,
         py: Python<'py>,
         max_total_bytes: Option<u64>,
         max_entries: Option<u64>,
-        overwrite: bool,
+        overwrite: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let defaults = UnpackOptions::default();
         let options = UnpackOptions {
             max_total_bytes: max_total_bytes.unwrap_or(defaults.max_total_bytes),
             max_entries: max_entries.unwrap_or(defaults.max_entries),
-            overwrite,
+            overwrite: overwrite.unwrap_or(self.inner.plan().settings.overwrite),
             ..defaults
         };
         let engine = self.inner.clone();
