@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 import typing
 from pathlib import Path
@@ -17,8 +18,10 @@ import attrs
 import pytest
 
 from xfd import scheduler
+from xfd.errors import ConfigError
 from xfd.manifest.builder import ManifestBuilder
 from xfd.manifest.model import Settings
+from xfd.nodes import localize
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "rust" / "xfd-core" / "src"
@@ -158,3 +161,17 @@ def test_python_code_has_no_settings_defaults_of_its_own():
                     continue
                 own.append(f"{relative}:{node.lineno} {node.name}({arg.arg}={ast.unparse(default)})")
     assert own == [], "take these from the plan's settings instead of a default of their own"
+
+
+# localize: Python's (xfd/nodes.py) and Rust's (engine/config.rs, which the engine uses) answer the
+# same table, tests/localize_cases.json; rust/xfd-core/tests/localize.rs checks the Rust side.
+LOCALIZE_CASES = json.loads((ROOT / "tests" / "localize_cases.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", LOCALIZE_CASES, ids=lambda case: repr(case["destination"]))
+def test_localize_gives_the_answers_rust_gives(case):
+    if case["path"] is None:
+        with pytest.raises(ConfigError, match="destination"):
+            localize(case["destination"], Path(case["root"]))
+    else:
+        assert localize(case["destination"], Path(case["root"])) == Path(case["path"])

@@ -40,13 +40,19 @@ def resolve_node_root(environ: Mapping[str, str] | None = None, labels: Mapping[
 
 
 def localize(destination: str | PurePosixPath, root: Path) -> Path:
-    """Where the absolute ``destination`` of a manifest lands on a node whose node root is ``root``."""
+    """Where the absolute ``destination`` of a manifest lands on a node whose node root is ``root``.
+
+    The engine has the same function in Rust (``xfd_core::engine::localize``, arguments the other way
+    round); both give the answers of ``tests/localize_cases.json``."""
+    given = str(destination)
     destination = PurePosixPath(destination)
     if not destination.is_absolute():
-        raise ConfigError(f"destination {str(destination)!r} must be an absolute path such as '/data/file'")
+        raise ConfigError(f"destination {given!r} must be an absolute path such as '/data/file'")
     if ".." in destination.parts:
         # Under a node root, '..' would climb out of it: refuse instead of normalizing silently.
-        raise ConfigError(f"destination {str(destination)!r} must not contain '..' segments")
+        raise ConfigError(f"destination {given!r} must not contain '..' segments")
+    if len(destination.parts) < 2:
+        raise ConfigError(f"destination {given!r} is the root itself: name a path below it, such as '/data/file'")
     return root.joinpath(*destination.parts[1:])
 
 
