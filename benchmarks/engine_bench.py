@@ -117,7 +117,7 @@ def phase_xfd_peer(options: dict, key: str, root: str) -> float:
     seeder.scan()
     keep_in_flight(seeder, seeder.submit_origin, [c.id for c in plan.objects[0].chunks])
     digests = {e["chunk_id"]: e["digest"] for e in seeder.drain_events() if e["kind"] == "chunk_done"}
-    host, port = seeder.start_server("127.0.0.1", 0, IN_FLIGHT)
+    host, port = seeder.start_server("127.0.0.1", 0, upload_slots=IN_FLIGHT)
     leecher = node_engine(plan, manifest.stores, Path(root) / "leecher", peer_token=token)
     leecher.scan()
     started = time.perf_counter()

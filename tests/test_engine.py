@@ -193,7 +193,7 @@ def test_two_nodes_share_a_file_with_one_origin_copy(s3, bucket, objects, origin
     leecher = node_engine(plan, manifest.stores, tmp_path / "b", peer_token=token)
     seeder.scan()
     leecher.scan()
-    host, port = seeder.start_server("127.0.0.2")
+    host, port = seeder.start_server("127.0.0.2", upload_slots=4)
     assert host == "127.0.0.2"
     try:
         digests = {c.id: seeder.fetch_from_origin(c.id)["digest"] for c in plan.objects[0].chunks}
@@ -219,7 +219,7 @@ def test_a_wrong_token_gets_nothing_from_a_peer(s3, bucket, objects, origin, tmp
     intruder.scan()
     chunk = plan.objects[0].chunks[0].id
     seeder.fetch_from_origin(chunk)
-    host, port = seeder.start_server("127.0.0.2")
+    host, port = seeder.start_server("127.0.0.2", upload_slots=4)
     try:
         with pytest.raises(PeerError, match="refused the token"):
             intruder.fetch_from_peer(chunk, host, port)
