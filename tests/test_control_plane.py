@@ -142,11 +142,17 @@ def test_only_nodes_that_took_part_before_can_hold_the_origin_back(cluster):
 
     from xfd.runtime import took_part
 
-    ip = "127.255.255.254"  # no node of the test cluster
-    assert not took_part.any_took_part([ip])
-    took_part.remember([ip])
+    ip, other = "127.255.255.254", "127.255.255.253"  # no node of the test cluster
+
+    def forget(*ips: str) -> None:
+        for each in ips:
+            internal_kv._internal_kv_del(took_part.PREFIX + each, namespace=took_part.NAMESPACE)
+
     try:
-        assert took_part.any_took_part(["127.255.255.253", ip])
+        assert not took_part.record([ip]), "a node never seen before holds nothing"
+        assert took_part.record([other, ip]), "the node recorded by the run before"
+        assert took_part.record([other]), "recorded too, as a node of the run before"
+        forget(ip, other)
+        assert not took_part.record([ip]), "forgotten, as after a restart of the cluster's store"
     finally:
-        internal_kv._internal_kv_del(took_part.PREFIX + ip, namespace=took_part.NAMESPACE)
-    assert not took_part.any_took_part([ip])
+        forget(ip, other)

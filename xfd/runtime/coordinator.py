@@ -113,8 +113,7 @@ class Coordinator:
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in alive_nodes()}
         run_ips = [ips[n] for n in self.node_ids if n in ips]
         # Only a node that took part before can hold in its cache what an early node would fetch again.
-        origin_hold = ORIGIN_HOLD_S if took_part.any_took_part(run_ips) else 0.0
-        took_part.remember(run_ips)
+        origin_hold = ORIGIN_HOLD_S if took_part.record(run_ips) else 0.0
         return _core.Coordinator(
             list(self.plan.unit_sizes.items()),
             self.plan.unique_bytes,

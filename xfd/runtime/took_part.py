@@ -22,18 +22,16 @@ NAMESPACE = "xfd"
 PREFIX = "took-part/"
 
 
-def any_took_part(ips: Iterable[str]) -> bool:
-    """Whether any node of ``ips`` took part in a distribution on this cluster (True if unknown)."""
+def record(ips: Iterable[str]) -> bool:
+    """Records that the nodes at ``ips`` take part in a distribution (before they fetch anything); returns
+    whether any of them took part in one before (True when the cluster's store cannot tell). One listing,
+    and a write only for a node seen for the first time: at a thousand nodes, every run's start would
+    otherwise write a thousand keys that are already there."""
     if not internal_kv._internal_kv_initialized():
         return True
-    known = internal_kv._internal_kv_list(PREFIX, namespace=NAMESPACE)
-    seen = {key.decode().removeprefix(PREFIX) for key in known}
-    return any(ip in seen for ip in ips)
-
-
-def remember(ips: Iterable[str]) -> None:
-    """Records that the nodes at ``ips`` take part in a distribution (before they fetch anything)."""
-    if not internal_kv._internal_kv_initialized():
-        return
-    for ip in set(ips):
+    listed = internal_kv._internal_kv_list(PREFIX, namespace=NAMESPACE)
+    seen = {key.decode().removeprefix(PREFIX) for key in listed}
+    wanted = set(ips)
+    for ip in wanted - seen:
         internal_kv._internal_kv_put(PREFIX + ip, b"1", overwrite=True, namespace=NAMESPACE)
+    return bool(wanted & seen)
