@@ -88,7 +88,8 @@ class AgentPool:
         with self._lock:
             self._forget_other_sessions()
             if in_driver and not self._driver_agent_taken and node_id == driver_node_id():
-                if self._driver_agent is None:
+                # A driver agent of another node (the driver joined another cluster since) serves no more.
+                if self._driver_agent is None or self._driver_agent.node_id != node_id:
                     self._driver_agent = DriverAgent()
                 self._driver_agent_taken = True
                 return self._driver_agent, True
@@ -138,14 +139,11 @@ class AgentPool:
             return {node_id: list(agents) for node_id, agents in self._idle.items() if agents}
 
     def _forget_other_sessions(self) -> None:
-        # Handles from an earlier Ray session (ray.shutdown, another cluster) point at nothing, and the
-        # driver may now be on another node.
+        # Handles from an earlier Ray session (ray.shutdown, another cluster) point at nothing.
         context = ray.get_runtime_context()
         session = (str(context.gcs_address), context.get_job_id())
         if session != self._session:
             self._idle.clear()
-            if self._driver_agent is not None and not self._driver_agent_taken:
-                self._driver_agent = None
             self._session = session
 
 
