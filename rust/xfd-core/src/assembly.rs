@@ -339,6 +339,7 @@ impl PartFile {
             identity: self.target.identity.clone(),
             chunks: self.done.iter().map(|(id, d)| (id.clone(), d.to_hex())).collect(),
             stamp: None,
+            layout: crate::store::ChunkLayout::of(&self.target.chunks),
         };
         put_in_place(&self.store, &part, destination, record, faults)
     }

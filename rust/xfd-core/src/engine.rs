@@ -36,6 +36,7 @@ mod scan;
 mod serving;
 mod stores;
 mod unpacks;
+mod usage;
 
 use bundle::BundleWork;
 use claims::Claims;
@@ -130,7 +131,9 @@ impl Engine {
     /// node may start at once, in this very process, while something else still holds a reference to
     /// this engine. Idempotent; `Drop` calls it too.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.record_use(); // once per run: `Drop` closes again
+        }
         let unwritable = std::mem::take(&mut *self.unwritable.lock().unwrap());
         for work in self.objects.values() {
             let mut work = work.lock().unwrap();

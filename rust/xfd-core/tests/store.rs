@@ -33,6 +33,7 @@ fn published(dest: &Path, etag: &str) -> Op {
             identity: identity(etag),
             chunks: BTreeMap::from([("c0".to_string(), "ab".repeat(32))]),
             stamp: Some(stamp),
+            layout: None,
         },
     }
 }

@@ -63,6 +63,7 @@ pub fn publish_small(store: &Store, files: &[SmallFile<'_>], faults: &Faults) ->
             identity: file.target.identity.clone(),
             chunks: file.chunks.clone(),
             stamp: None,
+            layout: crate::store::ChunkLayout::of(&file.target.chunks),
         })
         .collect();
     let publishing: Vec<Op> = files

@@ -245,6 +245,7 @@ mod tests {
             identity: target(dir.path()).identity,
             chunks: [("c0".to_owned(), "d0".to_owned())].into(),
             stamp: None,
+            layout: None,
         };
         let mut published = ObjectState::Published(Box::new(record));
         assert!(published.take_complete().is_none());

@@ -36,6 +36,9 @@ struct Sidecar {
     chunks: BTreeMap<String, String>,
     #[serde(default)]
     stamp: Option<FileStamp>,
+    /// Never written by the previous layout; read if present, as every other field of a record.
+    #[serde(default)]
+    layout: Option<Box<super::ChunkLayout>>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +151,7 @@ fn read_sidecar(path: &Path) -> Option<FileRecord> {
         identity: sidecar.identity,
         chunks: sidecar.chunks,
         stamp: sidecar.stamp,
+        layout: sidecar.layout,
     })
 }
 

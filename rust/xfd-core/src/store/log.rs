@@ -104,8 +104,24 @@ impl Log {
                 .open(&temporary)?,
         );
         let mut lines = 0u64;
+        let mut uses = Vec::new();
         for (destination, entry) in &self.entries {
             for op in entry.ops(destination) {
+                serde_json::to_writer(&mut out, &op).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+                lines += 1;
+            }
+            if let Some(used) = &entry.used {
+                uses.push((used.at_ns, used.artifact.clone(), destination.clone()));
+            }
+        }
+        // After the records they refer to (a use of a destination with nothing published is dropped),
+        // grouped as runs write them: a few lines for 100,000 files.
+        uses.sort();
+        for group in uses.chunk_by(|a, b| (a.0, &a.1) == (b.0, &b.1)) {
+            let (at_ns, artifact) = (group[0].0, group[0].1.clone());
+            let dests: Vec<PathBuf> = group.iter().map(|u| u.2.clone()).collect();
+            for op in super::used_ops(at_ns, dests.into_iter().map(|d| (artifact.clone(), d)).collect()) {
                 serde_json::to_writer(&mut out, &op).map_err(io::Error::other)?;
                 out.write_all(b"\n")?;
                 lines += 1;

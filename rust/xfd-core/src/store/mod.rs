@@ -20,6 +20,7 @@
 //! archive is unpacked, its staging tree. Both are announced in the log before they are created, so the
 //! next run on the node, whatever its manifest, finds and removes what a killed run left.
 
+mod inventory;
 mod legacy;
 mod locks;
 mod log;
@@ -37,6 +38,9 @@ use crate::assembly::FileIdentity;
 use crate::error::{Error, Result};
 use crate::unpack::UnpackReport;
 
+pub use inventory::{
+    CacheItem, ItemKind, ItemState, Keep, PruneAction, PruneItem, VerifyItem, VerifyOutcome, list, prune, verify,
+};
 pub use legacy::import_beside;
 use locks::{LOG_SLOT, LockFile, new_run_slot, slot_of};
 use log::Log;
@@ -53,6 +57,36 @@ pub struct FileRecord {
     /// from sidecars written before stamps were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<FileStamp>,
+    /// Where each chunk lies, for a file of more than one chunk (a chunk's id says nothing of its place):
+    /// what lets `xfd cache verify` re-hash the file without its plan. Absent for a file of one chunk (it
+    /// covers the whole file) and in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Box<ChunkLayout>>,
+}
+
+/// The chunks of a file in order, all `chunk_size` bytes but the last: as the planner cuts them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLayout {
+    pub chunk_size: u64,
+    /// Chunk ids in the order of their offsets.
+    pub order: Vec<String>,
+}
+
+impl ChunkLayout {
+    /// The layout of `spans` (ids, offsets and lengths): `None` for one chunk (nothing to say) or for
+    /// spans that are not cut evenly from offset 0 (no plan makes those).
+    pub fn of(spans: &[crate::assembly::ChunkSpan]) -> Option<Box<ChunkLayout>> {
+        let chunk_size = spans.first()?.length;
+        let even = spans.iter().enumerate().all(|(i, span)| {
+            span.offset == i as u64 * chunk_size && (span.length == chunk_size || i + 1 == spans.len())
+        });
+        (spans.len() > 1 && even && chunk_size > 0).then(|| {
+            Box::new(ChunkLayout {
+                chunk_size,
+                order: spans.iter().map(|s| s.id.clone()).collect(),
+            })
+        })
+    }
 }
 
 /// What changes when a file's bytes may have: modification and status-change times, inode, size, and
@@ -129,6 +163,15 @@ impl UnpackRecord {
     }
 }
 
+/// The last run that found a published file or unpacked tree in place (a cache hit) or put it there,
+/// and the artifact it was for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub artifact: String,
+    /// When that run ended, in nanoseconds since 1970.
+    pub at_ns: i64,
+}
+
 /// Everything the store knows about one destination.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -142,6 +185,10 @@ pub struct Entry {
     /// The run slot of the last run that claimed the destination: it holds it while that slot is locked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<u64>,
+    /// The artifact the published file or unpacked tree is for, and when a run last used it. Not part of
+    /// [`Entry::ops`]: compaction writes it as grouped [`Op::Used`] lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<Usage>,
 }
 
 impl Entry {
@@ -222,6 +269,36 @@ pub enum Op {
     /// `what` is over: the file or tree is no longer xfd's, the part file or staging tree is gone, the
     /// publish in flight did not happen.
     Forget { dest: PathBuf, what: Facet },
+    /// A run that ended at `at_ns` used the published files and unpacked trees at `dests` (found them
+    /// cached or put them there) for `artifact`. One line for many destinations: a run of 100,000 files
+    /// appends a few lines, once, when it ends. Destinations with nothing published are left alone.
+    Used {
+        at_ns: i64,
+        artifact: String,
+        dests: Vec<PathBuf>,
+    },
+}
+
+/// Destinations per [`Op::Used`] line: a run of 100,000 files writes 25 lines of about 200 KB.
+pub(crate) const USED_PER_LINE: usize = 4096;
+
+/// The [`Op::Used`] lines that record `uses` (artifact, destination) at `at_ns`, grouped by artifact.
+pub fn used_ops(at_ns: i64, uses: Vec<(String, PathBuf)>) -> Vec<Op> {
+    let mut by_artifact: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for (artifact, dest) in uses {
+        by_artifact.entry(artifact).or_default().push(dest);
+    }
+    let mut ops = Vec::new();
+    for (artifact, dests) in by_artifact {
+        for part in dests.chunks(USED_PER_LINE) {
+            ops.push(Op::Used {
+                at_ns,
+                artifact: artifact.clone(),
+                dests: part.to_vec(),
+            });
+        }
+    }
+    ops
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +312,20 @@ pub enum Facet {
 }
 
 fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
-    let dest = op.dest().to_owned();
+    if let Op::Used { at_ns, artifact, dests } = op {
+        for dest in dests {
+            if let Some(entry) = entries.get_mut(&dest)
+                && (entry.published.is_some() || entry.unpacked.is_some())
+            {
+                let artifact = artifact.clone();
+                entry.used = Some(Usage { artifact, at_ns });
+            }
+        }
+        return;
+    }
+    let Some(dest) = op.dest().map(Path::to_owned) else {
+        return;
+    };
     let entry = entries.entry(dest.clone()).or_default();
     match op {
         Op::Published { record, .. } => {
@@ -262,12 +352,13 @@ fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
         Op::Staging { .. } => entry.staging = true,
         Op::Claim { run, .. } => entry.claim = Some(run),
         Op::Forget { what, .. } => match what {
-            Facet::Published => entry.published = None,
+            Facet::Published => (entry.published, entry.used) = (None, None),
             Facet::Publishing => entry.publishing = None,
             Facet::Part => entry.part = None,
-            Facet::Unpacked => entry.unpacked = None,
+            Facet::Unpacked => (entry.unpacked, entry.used) = (None, None),
             Facet::Staging => entry.staging = false,
         },
+        Op::Used { .. } => unreachable!("applied above"),
     }
     if entry.is_empty() {
         entries.remove(&dest);
@@ -275,7 +366,8 @@ fn apply(entries: &mut HashMap<PathBuf, Entry>, op: Op) {
 }
 
 impl Op {
-    pub fn dest(&self) -> &Path {
+    /// The one destination the op changes; `None` for [`Op::Used`], which names many.
+    pub fn dest(&self) -> Option<&Path> {
         match self {
             Op::Published { dest, .. }
             | Op::Publishing { dest, .. }
@@ -284,7 +376,8 @@ impl Op {
             | Op::Unpacked { dest, .. }
             | Op::Staging { dest }
             | Op::Claim { dest, .. }
-            | Op::Forget { dest, .. } => dest,
+            | Op::Forget { dest, .. } => Some(dest),
+            Op::Used { .. } => None,
         }
     }
 
@@ -359,8 +452,42 @@ impl Store {
         }))
     }
 
+    /// The store in `dir` when one was ever made there (a node where xfd never ran has none: looking at
+    /// it must not make one).
+    pub fn open_existing(dir: &Path) -> Result<Option<Arc<Store>>> {
+        match fs::symlink_metadata(dir.join("records.log")) {
+            Ok(_) => Store::open(dir).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", dir.join("records.log"), e)),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Records that a run that ends now used these (artifact, destination) pairs: one append, a few
+    /// lines ([`used_ops`]), whatever their number.
+    pub fn record_use(&self, uses: Vec<(String, PathBuf)>) -> Result<()> {
+        let at_ns = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.append(&used_ops(at_ns, uses))
+    }
+
+    /// Whether a live run of another store holds `destination` now (its last claim's run slot is
+    /// locked). Reads only: nothing is claimed.
+    pub fn held_elsewhere(&self, destination: &Path) -> Result<bool> {
+        let claim = self.entry(destination).claim;
+        let held = self.held.lock().unwrap();
+        match claim {
+            Some(run) if held.run == Some(run) => Ok(true),
+            Some(run) => self
+                .locks
+                .held_elsewhere(run)
+                .map_err(|e| Error::io("lock", self.dir.join("locks"), e)),
+            None => Ok(false),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
