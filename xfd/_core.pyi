@@ -2,7 +2,16 @@
 import os
 from typing import Any, final
 
-__all__ = ["Coordinator", "Engine", "Scheduler", "__version__", "hash_file_range"]
+__all__ = [
+    "Coordinator",
+    "Engine",
+    "Scheduler",
+    "__version__",
+    "cache_list",
+    "cache_prune",
+    "cache_verify",
+    "hash_file_range",
+]
 
 __version__: str
 
@@ -15,6 +24,31 @@ def hash_file_range(path: str | os.PathLike[str], offset: int = 0, length: int |
         FileNotFoundError, PermissionError, OSError: the file cannot be opened or read.
         xfd.errors.RangeError: the range does not lie inside the file.
     """
+
+def cache_list(state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every file and unpacked tree xfd published on this node, from the node store in ``state_dir`` (an
+    empty list when there is none: nothing is created). One dict each: ``destination`` (below
+    ``node_root``), ``path``, ``kind`` (``file`` / ``tree``), ``artifact``, ``identity``,
+    ``unpacked_from``, ``size``, ``files``, ``published_ns``, ``last_used_ns``, ``state`` (``intact`` /
+    ``touched`` / ``missing`` / ``replaced``), ``held``. The GIL is released."""
+
+def cache_verify(
+    state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str], threads: int = 4
+) -> list[dict[str, Any]]:
+    """:func:`cache_list`, each file re-hashed against its record: ``{"item", "outcome", "detail"}`` with
+    ``outcome`` ``ok`` / ``corrupt`` / ``missing`` / ``replaced`` / ``unverifiable`` / ``unreadable``."""
+
+def cache_prune(
+    state_dir: str | os.PathLike[str],
+    node_root: str | os.PathLike[str],
+    files: list[str],
+    dirs: list[str],
+    apply: bool = False,
+) -> list[dict[str, Any]]:
+    """Removes (``apply``) or lists what would go: what xfd published here that ``files`` (exact
+    destinations) and ``dirs`` (directories, everything below them) do not keep, and that is still xfd's.
+    ``{"item", "action", "applied", "detail"}`` per destination not kept, ``action`` ``remove`` /
+    ``forget`` / ``keep_held`` / ``keep_modified`` / ``failed``."""
 @final
 class Coordinator:
     """A run's coordinator (mirrors rust/xfd-py/src/coordinator.rs): a control server the agents link to,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
+mod cache;
 mod coordinator;
 mod engine;
 mod error;
@@ -24,6 +25,7 @@ fn hash_file_range(py: Python<'_>, path: PathBuf, offset: u64, length: Option<u6
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", xfd_core::VERSION)?;
     m.add_function(wrap_pyfunction!(hash_file_range, m)?)?;
+    cache::register(m)?;
     m.add_class::<coordinator::PyCoordinator>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<scheduler::PyScheduler>()?;
