@@ -42,6 +42,11 @@ LOST_AFTER_S = 30.0
 ORIGIN_HOLD_S = 3.0
 # How often this thread looks at Ray (agents that came up or died) and passes progress on.
 STEP_S = 0.1
+# How often a run that follows the cluster asks Ray for nodes that joined it (one GCS call each time).
+NEW_NODES_EVERY_S = 2.0
+# How long a run that has its outcome waits for agents still coming up on nodes that joined late: they
+# must have begun before they are stopped (a threaded actor does not keep one caller's calls in order).
+LATE_BEGIN_WAIT_S = 60.0
 # Fault injection, for xfd's own tests only: node id -> the engine's fault rules for that node. Set only
 # by xfd.testing.faults() and read when a run starts; no public call takes it, so no user's run carries one.
 INJECTED_FAULTS: ContextVar[Mapping[str, str]] = ContextVar("xfd_injected_faults", default=MappingProxyType({}))
@@ -64,6 +69,7 @@ class Coordinator:
         with_chunks: bool = False,
         lost_after_s: float = LOST_AFTER_S,
         agents: Mapping[str, tuple[Any, bool]] | None = None,
+        new_nodes: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.plan = plan
         self.stores = dict(stores)
@@ -87,6 +93,11 @@ class Coordinator:
         self._taken = dict(agents or {})
         self._units = list(plan.unit_sizes)
         self._last_progress = 0.0
+        # Following the cluster: the node ids chosen now (asked every NEW_NODES_EVERY_S); a node that
+        # joins the cluster while the run goes on joins the run.
+        self._new_nodes = new_nodes
+        self._looked_for_nodes = time.monotonic()
+        self._begins: dict[Any, str] = {}
 
     # --- the run ------------------------------------------------------------------------------------
 
@@ -98,12 +109,13 @@ class Coordinator:
         served: dict[str, int] = {}
         origin: dict[str, int] = {}
         try:
-            watches = self._start_agents(control, token, started)
-            status = self._loop(control, watches, started)
+            self._begins = self._start_agents(control, token, started)
+            status = self._loop(control, self._begins, started)
             if _finished_clean(status) and not self.failures:
                 self._finish_nodes(control)
         finally:
             status = control.end()
+            self._let_late_agents_begin()
             # A cancelled run stops uploads at once; otherwise peers get a moment to finish theirs.
             served, origin = self._stop_agents(grace=0.0 if self.cancel.is_set() else 2.0)
         return self._report(status, time.monotonic() - started, served, origin)
@@ -171,10 +183,34 @@ class Coordinator:
                 self._agent_began(control, begins, watches, begins.pop(call), call)
             for call in [c for c in watches if c.done()]:
                 self._agent_ended(control, watches.pop(call), call)
+            self._take_new_nodes(begins)
             status = control.wait(STEP_S)
             self._report_progress(status)
             if status["outcome"] is not None:
                 return status
+
+    def _take_new_nodes(self, begins: dict[Any, str]) -> None:
+        """Following the cluster: starts agents on chosen nodes that joined the cluster since the run
+        began; each joins the run once its agent is up, and the run then waits for it as for the others."""
+        if self._new_nodes is None or time.monotonic() - self._looked_for_nodes < NEW_NODES_EVERY_S:
+            return
+        self._looked_for_nodes = time.monotonic()
+        new = [n for n in self._new_nodes() if n not in self.agents]
+        for node_id, (agent, warm) in take_agents(new, self.faults).items():
+            self.node_ids.append(node_id)
+            self.agents[node_id], self._warm[node_id] = agent, warm
+            begins[self._begin(node_id)] = node_id
+
+    def _let_late_agents_begin(self) -> None:
+        """Waits for agents of late nodes still beginning when the run ended, so that the stop sent to
+        them next comes after their begin; a node whose agent began too late for this run is not in its
+        report (a follower's next run brings it up to date)."""
+        deadline = time.monotonic() + LATE_BEGIN_WAIT_S
+        for call in list(self._begins):
+            try:
+                call.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - failed or still starting: stopped (or discarded) next either way
+                pass
 
     def _agent_began(
         self,
