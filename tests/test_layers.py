@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run", ("xfd.runtime", "ray")),
     # the faces users meet: xfd.Manifest (xfd.api), the CLI, the Xenna adapter, the demo, and the stand-ins the
     # demo and tests run on (xfd.testing: local S3 server, counting proxy, LocalCluster, fault injection)
-    ("face", ("xfd", "xfd.api", "xfd.cli", "xfd.xenna", "xfd.demo", "xfd.testing")),
+    ("face", ("xfd", "xfd.api", "xfd.cache", "xfd.cli", "xfd.xenna", "xfd.demo", "xfd.testing")),
 )
 
 ROOT = "xfd"

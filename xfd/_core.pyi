@@ -25,15 +25,18 @@ def hash_file_range(path: str | os.PathLike[str], offset: int = 0, length: int |
         xfd.errors.RangeError: the range does not lie inside the file.
     """
 
-def cache_list(state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every file and unpacked tree xfd published on this node, from the node store in ``state_dir`` (an
-    empty list when there is none: nothing is created). One dict each: ``destination`` (below
+def cache_list(
+    state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str], within: str | None = None
+) -> list[dict[str, Any]]:
+    """Every file and unpacked tree xfd published on this node at or below ``within`` (a destination as
+    manifests name it; ``None``: everywhere), from the node store in ``state_dir`` (an empty list when
+    there is none: nothing is created). One dict each: ``destination`` (below
     ``node_root``), ``path``, ``kind`` (``file`` / ``tree``), ``artifact``, ``identity``,
     ``unpacked_from``, ``size``, ``files``, ``published_ns``, ``last_used_ns``, ``state`` (``intact`` /
     ``touched`` / ``missing`` / ``replaced``), ``held``. The GIL is released."""
 
 def cache_verify(
-    state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str], threads: int = 4
+    state_dir: str | os.PathLike[str], node_root: str | os.PathLike[str], within: str | None = None, threads: int = 4
 ) -> list[dict[str, Any]]:
     """:func:`cache_list`, each file re-hashed against its record: ``{"item", "outcome", "detail"}`` with
     ``outcome`` ``ok`` / ``corrupt`` / ``missing`` / ``replaced`` / ``unverifiable`` / ``unreadable``."""
@@ -44,9 +47,11 @@ def cache_prune(
     files: list[str],
     dirs: list[str],
     apply: bool = False,
+    within: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Removes (``apply``) or lists what would go: what xfd published here that ``files`` (exact
-    destinations) and ``dirs`` (directories, everything below them) do not keep, and that is still xfd's.
+    """Removes (``apply``) or lists what would go: what xfd published here, at or below ``within``, that
+    ``files`` (exact destinations) and ``dirs`` (directories, everything below them) do not keep, and that
+    is still xfd's.
     ``{"item", "action", "applied", "detail"}`` per destination not kept, ``action`` ``remove`` /
     ``forget`` / ``keep_held`` / ``keep_modified`` / ``failed``."""
 @final

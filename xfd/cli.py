@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from xfd import __version__
 from xfd.errors import ConfigError, XfdError
@@ -65,7 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--deep-verify", action="store_true", help="re-hash cached files before trusting them")
     run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--follow",
+        action="store_true",
+        help="after the run, keep bringing nodes that join the cluster up to date from their peers, until Ctrl-C",
+    )
+    run.add_argument(
+        "--event-log",
+        default=None,
+        metavar="PATH",
+        help="append the run's events to PATH as JSON lines (docs/metrics.md)",
+    )
     run.set_defaults(run=_run_distribute)
+
+    _cache_parser(commands)
 
     demo = commands.add_parser("demo", help="run xfd end to end on embedded defaults (local S3, simulated nodes)")
     demo.add_argument("--nodes", type=int, default=4, help="simulated nodes, head included (default: 4)")
@@ -121,22 +136,47 @@ def _run_distribute(args: argparse.Namespace) -> int:
         raise ConfigError(f"--timeout must be a number of seconds above 0, got {args.timeout}")
     manifest = Manifest.load(args.manifest)
     from xfd.runtime.distribute import choose_nodes, ensure_ray
+    from xfd.runtime.telemetry import check_event_log
 
+    check_event_log(args.event_log)
     ensure_ray(args.address)
     node_ids = choose_nodes(manifest, labels or None)
     plan = manifest.plan(locked=args.locked)
     print(plan.summary())
     # The report is printed either way: a failed run exits 1 with it, not with a traceback.
-    report = manifest.distribute(
+    distribution = manifest.distribute(
+        wait=False,
         plan=plan,
-        nodes=node_ids,
+        # Followed nodes are chosen again as they join: by their labels, not by the ids chosen now.
+        nodes=(labels or None) if args.follow else node_ids,
         progress=None if args.no_progress else "auto",
         deep_verify=args.deep_verify,
         timeout=args.timeout,
         raise_on_failure=False,
+        event_log=args.event_log,
+        follow=args.follow,
     )
+    report = distribution.wait()
     print(report.summary())
+    if args.follow and report.ok:
+        _follow(distribution)
     return 0 if report.ok else 1
+
+
+def _follow(distribution: Any) -> None:
+    """Prints each catch-up run's report until Ctrl-C."""
+    print("following the cluster: nodes that join get the artifacts from their peers (Ctrl-C to stop)", flush=True)
+    shown = 0
+    try:
+        while distribution.following:
+            for catch_up in distribution.catch_ups[shown:]:
+                print(catch_up.summary(), flush=True)
+                shown += 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        distribution.stop_following()
 
 
 def _labels(items: Sequence[str]) -> dict[str, str]:
@@ -167,6 +207,51 @@ def _label_problem(key: str, value: str) -> str | None:
     if not _LABEL_NAME.fullmatch(value):
         return f"the value {value!r} must be {rule}"
     return None
+
+
+def _cache_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cache = commands.add_parser("cache", help="what xfd put on each node: list, verify, prune (docs/cache.md)")
+    actions = cache.add_subparsers(title="cache commands", required=True, metavar="ACTION")
+    ls = actions.add_parser("ls", help="list what xfd published on each node: artifact, size, last used, state")
+    verify = actions.add_parser("verify", help="re-hash every file xfd published on each node (exit 1 on a problem)")
+    prune = actions.add_parser("prune", help="remove what xfd published that the manifests no longer name")
+    prune.add_argument("manifest", nargs="+", help="TOML manifests whose destinations to keep")
+    prune.add_argument("--apply", action="store_true", help="remove (default: a dry run that lists what would go)")
+    for action, run in ((ls, "list"), (verify, "verify"), (prune, "prune")):
+        action.add_argument(
+            "--address", default=None, help="Ray cluster to join (default: running one, RAY_ADDRESS, or local)"
+        )
+        action.add_argument(
+            "--label", action="append", default=[], metavar="KEY=VALUE", help="only nodes with this Ray label"
+        )
+        action.add_argument("--within", default=None, metavar="DIR", help="only destinations at or below DIR")
+        action.add_argument("--json", action="store_true", help="print every line as JSON")
+        action.set_defaults(run=_run_cache, cache_action=run)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import json
+
+    import attrs
+
+    from xfd import cache
+
+    nodes = _labels(args.label) or None
+    if args.cache_action == "list":
+        result: cache.CacheResult = cache.ls(within=args.within, nodes=nodes, address=args.address)
+    elif args.cache_action == "verify":
+        result = cache.verify(within=args.within, nodes=nodes, address=args.address)
+    else:
+        result = cache.prune(
+            *args.manifest, dry_run=not args.apply, within=args.within, nodes=nodes, address=args.address
+        )
+    if args.json:
+        print(json.dumps(attrs.asdict(result), default=str, indent=2))
+    else:
+        print(result.summary())
+    failed = bool(result.errors) or (isinstance(result, cache.CacheVerification) and not result.ok)
+    failed |= any(e.action == "failed" for e in result.entries)
+    return 1 if failed else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

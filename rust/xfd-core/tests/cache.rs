@@ -99,6 +99,7 @@ fn keep(files: &[&str], dirs: &[&str]) -> Keep {
     Keep {
         files: files.iter().map(|f| f.to_string()).collect(),
         dirs: dirs.iter().map(|d| d.to_string()).collect(),
+        within: None,
     }
 }
 
@@ -116,7 +117,7 @@ fn ls_lists_what_xfd_published_with_its_artifact_size_and_last_use() {
     // A use of a destination with nothing published records nothing.
     node.use_all("ghost", &["/nowhere"]);
 
-    let items = list(&node.store, node.root.path()).unwrap();
+    let items = list(&node.store, node.root.path(), None).unwrap();
     let seen: Vec<_> = items
         .iter()
         .map(|i| (i.destination.as_str(), i.kind, i.artifact.as_deref(), i.size, i.state))
@@ -158,7 +159,7 @@ fn a_touched_file_shows_as_touched_and_verify_finds_the_flipped_byte() {
     node.publish("/m/big.bin", &bytes);
     node.publish("/m/small.bin", &data(100, 4));
     node.publish("/m/empty.bin", &[]);
-    let all_ok = verify(&node.store, node.root.path(), 2).unwrap();
+    let all_ok = verify(&node.store, node.root.path(), None, 2).unwrap();
     assert!(all_ok.iter().all(|v| v.outcome == VerifyOutcome::Ok), "{all_ok:?}");
 
     // One byte flipped in the third chunk (bytes 2000..3000).
@@ -167,12 +168,12 @@ fn a_touched_file_shows_as_touched_and_verify_finds_the_flipped_byte() {
     file.write_all_at(&[bytes[2222] ^ 0xff], 2222).unwrap();
     drop(file);
 
-    let items = list(&node.store, node.root.path()).unwrap();
+    let items = list(&node.store, node.root.path(), None).unwrap();
     let state_of = |name: &str| items.iter().find(|i| i.destination == name).unwrap().state;
     assert_eq!(state_of("/m/big.bin"), ItemState::Touched);
     assert_eq!(state_of("/m/small.bin"), ItemState::Intact);
 
-    let verified = verify(&node.store, node.root.path(), 2).unwrap();
+    let verified = verify(&node.store, node.root.path(), None, 2).unwrap();
     let bad: Vec<_> = verified
         .iter()
         .filter(|v| v.outcome != VerifyOutcome::Ok)
@@ -191,7 +192,7 @@ fn a_touched_file_shows_as_touched_and_verify_finds_the_flipped_byte() {
     let small = node.path("/m/small.bin");
     fs::remove_file(&small).unwrap();
     fs::write(&small, b"mine").unwrap();
-    let verified = verify(&node.store, node.root.path(), 1).unwrap();
+    let verified = verify(&node.store, node.root.path(), None, 1).unwrap();
     let small = verified.iter().find(|v| v.item.destination == "/m/small.bin").unwrap();
     assert_eq!(
         (small.item.state, small.outcome),
@@ -259,7 +260,7 @@ fn prune_dry_run_changes_nothing_and_apply_removes_only_what_is_xfds() {
 
     // Only the kept and the modified remain recorded; a second prune has nothing left to do but keep
     // the user's edit.
-    let left: Vec<_> = list(&node.store, node.root.path())
+    let left: Vec<_> = list(&node.store, node.root.path(), None)
         .unwrap()
         .into_iter()
         .map(|i| i.destination)
@@ -299,7 +300,7 @@ fn prune_leaves_what_a_live_run_holds() {
     let run = Store::open(&node.root.path().join("state")).unwrap();
     let held = run.lock(&node.path("/m/busy.bin")).unwrap();
 
-    let listed = list(&node.store, node.root.path()).unwrap();
+    let listed = list(&node.store, node.root.path(), None).unwrap();
     assert_eq!(listed.iter().map(|i| i.held).collect::<Vec<_>>(), [true, false]);
     let done = node.prune(&keep(&[], &[]), true);
     assert_eq!(
@@ -335,12 +336,15 @@ fn last_use_survives_compaction_and_old_logs_stay_readable() {
     fs::write(state.join("records.log"), format!("{old}\n")).unwrap();
 
     let store = Store::open(&state).unwrap();
-    let items = list(&store, root.path()).unwrap();
+    let items = list(&store, root.path(), None).unwrap();
     assert_eq!(
         (items.len(), items[0].state, items[0].artifact.as_deref()),
         (1, ItemState::Intact, None)
     );
-    assert_eq!(verify(&store, root.path(), 1).unwrap()[0].outcome, VerifyOutcome::Ok);
+    assert_eq!(
+        verify(&store, root.path(), None, 1).unwrap()[0].outcome,
+        VerifyOutcome::Ok
+    );
 
     store.record_use(vec![("legacy".into(), dest.clone())]).unwrap();
     // Enough lines that change nothing for the log to be compacted.
@@ -353,7 +357,7 @@ fn last_use_survives_compaction_and_old_logs_stay_readable() {
     assert!(lines < 10, "the log was not compacted: {lines} lines");
 
     let reopened = Store::open(&state).unwrap();
-    let items = list(&reopened, root.path()).unwrap();
+    let items = list(&reopened, root.path(), None).unwrap();
     assert_eq!(items[0].artifact.as_deref(), Some("legacy"));
     assert!(items[0].last_used_ns.unwrap() > 0);
 }
@@ -369,4 +373,24 @@ fn a_run_of_many_files_records_its_use_in_a_few_lines() {
     node.store.record_use(uses).unwrap();
     let after = fs::read_to_string(&log).unwrap().lines().count();
     assert_eq!(after - before, 3, "10,000 destinations at 4,096 a line");
+}
+
+#[test]
+fn within_limits_what_is_listed_and_pruned() {
+    let node = node();
+    node.publish("/team-a/x.bin", &data(10, 16));
+    node.publish("/team-b/y.bin", &data(10, 17));
+    let listed = list(&node.store, node.root.path(), Some("/team-a")).unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.destination.as_str()).collect::<Vec<_>>(),
+        ["/team-a/x.bin"]
+    );
+    assert_eq!(list(&node.store, node.root.path(), Some("/")).unwrap().len(), 2);
+    let nothing_kept = Keep {
+        within: Some("/team-a".into()),
+        ..keep(&[], &[])
+    };
+    let done = node.prune(&nothing_kept, true);
+    assert_eq!(actions(&done), [("/team-a/x.bin".to_owned(), PruneAction::Remove)]);
+    assert!(node.path("/team-b/y.bin").exists());
 }

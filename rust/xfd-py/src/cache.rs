@@ -28,28 +28,38 @@ where
     to_python(py, &found.map_err(to_py)?)
 }
 
-/// Every file and tree xfd published on this node (node root `node_root`), with its state.
+/// Every file and tree xfd published on this node (node root `node_root`) at or below `within`, with its
+/// state.
 #[pyfunction]
-pub fn cache_list<'py>(py: Python<'py>, state_dir: PathBuf, node_root: PathBuf) -> PyResult<Bound<'py, PyAny>> {
-    on_store(py, state_dir, |store| store::list(store, &node_root))
+#[pyo3(signature = (state_dir, node_root, within = None))]
+pub fn cache_list<'py>(
+    py: Python<'py>,
+    state_dir: PathBuf,
+    node_root: PathBuf,
+    within: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    on_store(py, state_dir, |store| store::list(store, &node_root, within.as_deref()))
 }
 
 /// [`cache_list`], each file re-hashed against its record on `threads` threads.
 #[pyfunction]
-#[pyo3(signature = (state_dir, node_root, threads = 4))]
+#[pyo3(signature = (state_dir, node_root, within = None, threads = 4))]
 pub fn cache_verify<'py>(
     py: Python<'py>,
     state_dir: PathBuf,
     node_root: PathBuf,
+    within: Option<String>,
     threads: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    on_store(py, state_dir, |store| store::verify(store, &node_root, threads))
+    on_store(py, state_dir, |store| {
+        store::verify(store, &node_root, within.as_deref(), threads)
+    })
 }
 
 /// Removes (with `apply`) what xfd published here that `files` and `dirs` (destinations as manifests
 /// name them) do not keep; without `apply`, only says what it would do.
 #[pyfunction]
-#[pyo3(signature = (state_dir, node_root, files, dirs, apply = false))]
+#[pyo3(signature = (state_dir, node_root, files, dirs, apply = false, within = None))]
 pub fn cache_prune<'py>(
     py: Python<'py>,
     state_dir: PathBuf,
@@ -57,8 +67,9 @@ pub fn cache_prune<'py>(
     files: Vec<String>,
     dirs: Vec<String>,
     apply: bool,
+    within: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let keep = Keep { files, dirs };
+    let keep = Keep { files, dirs, within };
     on_store(py, state_dir, |store| store::prune(store, &node_root, &keep, apply))
 }
 

@@ -137,6 +137,8 @@ pub struct PruneItem {
 pub struct Keep {
     pub files: Vec<String>,
     pub dirs: Vec<String>,
+    /// Prune looks only at or below this destination (`None`: the whole node).
+    pub within: Option<String>,
 }
 
 /// [`Keep`] localized under a node root, as sets: each question costs the depth of a path.
@@ -165,22 +167,32 @@ impl KeepSet {
     }
 }
 
-/// Every file and tree xfd published on the node of `store` (whose `/` is `node_root`), sorted by
-/// destination.
-pub fn list(store: &Store, node_root: &Path) -> Result<Vec<CacheItem>> {
+/// Every file and tree xfd published on the node of `store` (whose `/` is `node_root`) at or below
+/// `within` (a destination as manifests name it; `None`: everywhere), sorted by destination.
+pub fn list(store: &Store, node_root: &Path, within: Option<&str>) -> Result<Vec<CacheItem>> {
+    let within = within.map(|w| localize_within(node_root, w)).transpose()?;
     store.refresh()?;
     let mut held = HeldCache::default();
     store
         .entries()
         .into_iter()
         .filter(|(_, e)| e.published.is_some() || e.unpacked.is_some())
+        .filter(|(path, _)| within.as_ref().is_none_or(|w| path.starts_with(w)))
         .map(|(path, entry)| item_of(store, node_root, path, &entry, &mut held))
         .collect()
 }
 
+/// `within` under the node root; `/` is the node root itself.
+fn localize_within(node_root: &Path, within: &str) -> Result<PathBuf> {
+    if within.trim_end_matches('/').is_empty() {
+        return Ok(node_root.to_owned());
+    }
+    localize(node_root, within)
+}
+
 /// [`list`], each file re-hashed against its record (streamed, on up to `threads` threads).
-pub fn verify(store: &Store, node_root: &Path, threads: usize) -> Result<Vec<VerifyItem>> {
-    let items = list(store, node_root)?;
+pub fn verify(store: &Store, node_root: &Path, within: Option<&str>, threads: usize) -> Result<Vec<VerifyItem>> {
+    let items = list(store, node_root, within)?;
     let records: Vec<Option<Box<FileRecord>>> = items.iter().map(|i| store.entry(&i.path).published).collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(VerifyOutcome, String)>>> = Mutex::new(vec![None; items.len()]);
@@ -211,13 +223,12 @@ pub fn verify(store: &Store, node_root: &Path, threads: usize) -> Result<Vec<Ver
 
 /// Removes (with `apply`; otherwise only says what it would remove) every file and tree xfd published
 /// on this node that `keep` does not name and that is still xfd's, and forgets the records of those
-/// that are gone or the user's. Returns one line per destination not kept, sorted by destination.
+/// that are gone or the user's. Only destinations at or below `keep.within` are looked at. Returns one
+/// line per destination not kept, sorted by destination.
 pub fn prune(store: &Arc<Store>, node_root: &Path, keep: &Keep, apply: bool) -> Result<Vec<PruneItem>> {
+    let candidates: Vec<CacheItem> = list(store, node_root, keep.within.as_deref())?;
     let keep = KeepSet::new(keep, node_root)?;
-    let candidates: Vec<CacheItem> = list(store, node_root)?
-        .into_iter()
-        .filter(|item| !keep.keeps(&item.path))
-        .collect();
+    let candidates: Vec<CacheItem> = candidates.into_iter().filter(|item| !keep.keeps(&item.path)).collect();
     if !apply {
         return Ok(candidates.into_iter().map(|item| decide(store, item, false)).collect());
     }
