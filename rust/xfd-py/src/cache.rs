@@ -13,14 +13,11 @@ use crate::engine::to_python;
 use crate::error::to_py;
 
 /// Runs `work` on the store in `state_dir` with the GIL released; an empty list when xfd never ran here.
-fn on_store<'py, T: Serialize>(
+fn on_store<'py, T: Serialize + Send>(
     py: Python<'py>,
     state_dir: PathBuf,
     work: impl FnOnce(&std::sync::Arc<Store>) -> xfd_core::Result<Vec<T>> + Send,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: Send,
-{
+) -> PyResult<Bound<'py, PyAny>> {
     let found = py.detach(|| match Store::open_existing(&state_dir)? {
         Some(store) => work(&store),
         None => Ok(Vec::new()),

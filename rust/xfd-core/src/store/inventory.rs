@@ -247,10 +247,10 @@ pub fn prune(store: &Arc<Store>, node_root: &Path, keep: &Keep, apply: bool) -> 
         let mut item = item_of(store, node_root, stale.path, &entry, &mut held)?;
         item.held = false; // held by this prune, now
         let mut done = decide(store, item, true);
-        if matches!(done.action, PruneAction::Remove) {
-            if let Err(error) = remove(&done.item, &entry) {
-                (done.action, done.applied, done.detail) = (PruneAction::Failed, false, error.to_string());
-            }
+        if matches!(done.action, PruneAction::Remove)
+            && let Err(error) = remove(&done.item, &entry)
+        {
+            (done.action, done.applied, done.detail) = (PruneAction::Failed, false, error.to_string());
         }
         if matches!(done.action, PruneAction::Remove | PruneAction::Forget) {
             let facet = match done.item.kind {
