@@ -9,7 +9,9 @@ tests after them see the cluster they expect.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -164,3 +166,42 @@ def test_following_needs_a_handle_and_a_choice_that_new_nodes_can_match(manifest
         manifest.distribute(follow=True)
     with pytest.raises(ConfigError, match="labels"):
         manifest.distribute(wait=False, follow=True, nodes=["a-node-id"])
+
+
+FOLLOWING_CLI = """
+import sys
+import ray
+from xfd.cli import main
+ray.init(address=sys.argv[2], _node_ip_address="127.0.0.2", logging_level="ERROR")
+sys.exit(main(["distribute", sys.argv[1], "--follow", "--no-progress"]))
+"""
+
+
+def test_xfd_distribute_follow_brings_a_new_node_up_to_date_until_ctrl_c(
+    cluster, grow, origin, manifest, files, tmp_path
+):
+    (tmp_path / "artifacts.toml").write_text(manifest.to_toml())
+    plan = manifest.plan()
+    origin.reset()
+    command = subprocess.Popen(
+        [sys.executable, "-c", FOLLOWING_CLI, str(tmp_path / "artifacts.toml"), cluster.address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Headlines only: the plan's summary, then each report's first line (its node lines are indented).
+        lines = (line for line in iter(command.stdout.readline, "") if not line.startswith(" "))
+        assert next(line for line in lines if line.startswith(("ok:", "failed"))).startswith("ok:")
+        assert next(lines).startswith("following the cluster")
+        new = grow()
+        catch_up = next(lines)  # the catch-up run's report
+        assert catch_up.startswith("ok:"), catch_up
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=DEADLINE_S) == 0
+    finally:
+        command.kill()
+        command.wait()
+        command.stdout.close()
+
+    assert_has(new, files)
+    assert origin.traffic().object_bytes == plan.unique_bytes, "the origin served bytes to the new node"

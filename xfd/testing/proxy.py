@@ -75,6 +75,14 @@ class OriginTraffic:
         """Body bytes of successful GETs: the object bytes downloaded from the origin."""
         return sum(r.body_bytes for r in self.requests if r.method == "GET" and r.status < 300)
 
+    @property
+    def object_bytes(self) -> int:
+        """Body bytes of successful GETs of objects: :attr:`get_bytes` without the stores' listings (a
+        listing is a GET of the bucket itself, ``/bucket`` path-style), so a run that plans counts the same."""
+        return sum(
+            r.body_bytes for r in self.requests if r.method == "GET" and r.status < 300 and "/" in r.path.strip("/")
+        )
+
     def get_bytes_for(self, key_path: str) -> int:
         """GET body bytes for one object, addressed as ``/bucket/key`` (path-style)."""
         return sum(r.body_bytes for r in self.requests if r.method == "GET" and r.status < 300 and r.path == key_path)
