@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +34,7 @@ from xfd.report import NodeReport, Report
 from xfd.runtime import took_part
 from xfd.runtime.agent_pool import POOL, as_future, new_agent
 from xfd.runtime.cluster_nodes import alive_nodes
+from xfd.runtime.telemetry import RunTelemetry
 
 # A node whose agent sent nothing on its control link for this long is lost (an idle agent sends a
 # heartbeat every second). Measured by the Rust coordinator where frames arrive, never by this thread.
@@ -68,6 +70,7 @@ class Coordinator:
         cancel: threading.Event | None = None,
         with_chunks: bool = False,
         lost_after_s: float = LOST_AFTER_S,
+        event_log: Path | None = None,
         agents: Mapping[str, tuple[Any, bool]] | None = None,
         new_nodes: Callable[[], Iterable[str]] | None = None,
     ) -> None:
@@ -93,6 +96,7 @@ class Coordinator:
         self._taken = dict(agents or {})
         self._units = list(plan.unit_sizes)
         self._last_progress = 0.0
+        self.telemetry = RunTelemetry(plan, self.node_ids, event_log)  # metrics, event log: docs/metrics.md
         # Following the cluster: the node ids chosen now (asked every NEW_NODES_EVERY_S); a node that
         # joins the cluster while the run goes on joins the run.
         self._new_nodes = new_nodes
@@ -103,6 +107,7 @@ class Coordinator:
 
     def run(self) -> Report:
         started = time.monotonic()
+        self.telemetry.started()
         token = secrets.token_hex(32)
         control = self._start_control(token)
         status: dict[str, Any] = {}
@@ -113,12 +118,17 @@ class Coordinator:
             status = self._loop(control, self._begins, started)
             if _finished_clean(status) and not self.failures:
                 self._finish_nodes(control)
+        except BaseException as error:
+            self.telemetry.aborted(control.status(), error)
+            raise
         finally:
             status = control.end()
             self._let_late_agents_begin()
             # A cancelled run stops uploads at once; otherwise peers get a moment to finish theirs.
             served, origin = self._stop_agents(grace=0.0 if self.cancel.is_set() else 2.0)
-        return self._report(status, time.monotonic() - started, served, origin)
+        report = self._report(status, time.monotonic() - started, served, origin)
+        self.telemetry.ended(status, report)
+        return report
 
     def _start_control(self, token: str) -> Any:
         settings = self.plan.settings
@@ -185,6 +195,7 @@ class Coordinator:
                 self._agent_ended(control, watches.pop(call), call)
             self._take_new_nodes(begins)
             status = control.wait(STEP_S)
+            self.telemetry.step(status, self.came_up)
             self._report_progress(status)
             if status["outcome"] is not None:
                 return status

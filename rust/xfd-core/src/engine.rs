@@ -14,11 +14,12 @@
 //! its end; each submodule adds one part of the API or one step of a chunk's way in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::assembly;
 use crate::error::{Error, Result};
+use crate::origin::OriginCounts;
 use crate::p2p::P2pClient;
 use crate::plan::{Plan, PlanChunk, PlanObject};
 use crate::store::{DestinationLock, Store};
@@ -73,16 +74,16 @@ pub struct Engine {
     unwritable: Mutex<BTreeSet<String>>,
     /// Set by [`Engine::close`]: no transfer may take the destinations again.
     closed: AtomicBool,
-    /// Object bytes received from the origin by this engine, every attempt included.
-    origin_received: Arc<AtomicU64>,
+    /// What the origin served this engine: bytes (every attempt included) and requests.
+    origin: Arc<OriginCounts>,
 }
 
 impl Engine {
     /// Checks the plan against this node's configuration and opens its stores (no network yet).
     pub fn new(plan: Plan, config: EngineConfig) -> Result<Engine> {
-        let origin_received = Arc::new(AtomicU64::new(0));
+        let origin = Arc::new(OriginCounts::default());
         let store = Store::open(&config.state_dir()?)?;
-        let stores = Stores::open(&plan, &config, &origin_received)?;
+        let stores = Stores::open(&plan, &config, &origin)?;
         let plan = Arc::new(plan);
         let mut objects = BTreeMap::new();
         let mut chunks = HashMap::new();
@@ -114,7 +115,7 @@ impl Engine {
             claims: Claims::default(),
             unwritable: Mutex::new(BTreeSet::new()),
             closed: AtomicBool::new(false),
-            origin_received,
+            origin,
             config,
         })
     }
@@ -159,7 +160,16 @@ impl Engine {
     /// Object bytes this engine received from the origin so far: retries, resumed ranges and transfers
     /// cut short (cancelled, failed) included, so it is what the origin served to this node.
     pub fn origin_bytes(&self) -> u64 {
-        self.origin_received.load(Ordering::Relaxed)
+        self.origin.received.load(Ordering::Relaxed)
+    }
+
+    /// GETs this engine sent to the origin so far, and those of them that failed.
+    pub fn origin_requests(&self) -> (u64, u64) {
+        let counts = &self.origin;
+        (
+            counts.requests.load(Ordering::Relaxed),
+            counts.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// `true` when every file of the plan for this node is published.

@@ -20,7 +20,7 @@ use crate::sink::PositionalWrite;
 mod counting;
 mod stores;
 
-pub use counting::CountingStore;
+pub use counting::{CountingStore, OriginCounts};
 pub use stores::{StoreConfig, open_store};
 
 /// Bytes gathered before one positional write: few syscalls, and a bounded buffer per transfer.

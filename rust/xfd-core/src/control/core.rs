@@ -157,7 +157,14 @@ impl Core {
                     error,
                     kind,
                 } => self.failed(node, &unit, peer, &error, &kind),
-                Report::OriginBytes { bytes } => self.members[node as usize].origin_bytes = bytes,
+                Report::OriginBytes {
+                    bytes,
+                    requests,
+                    failed,
+                } => {
+                    self.members[node as usize].origin_bytes = bytes;
+                    self.progress.origin_requests(node, requests, failed);
+                }
             }
         }
         self.mark_if_done(node, now);
@@ -196,7 +203,8 @@ impl Core {
         }
         // Fatal at once, or given up by the scheduler (the origin failed it round after round).
         let fatal = failure == FailureKind::Fatal || self.scheduler.failed_chunks().contains_key(&unit);
-        self.progress.chunk_failed(node, unit, error, fatal);
+        self.progress
+            .chunk_failed(node, unit, error, ErrorKind::parse(kind).as_str(), fatal);
         if fatal {
             self.failures
                 .push(format!("{}: {error}", self.members[node as usize].ip));

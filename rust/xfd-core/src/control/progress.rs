@@ -34,6 +34,12 @@ const MIN_TRANSFER_S: f64 = 1e-3;
 const MAX_FAILURES: usize = 20;
 /// The one lane of the origin's rate windows (nodes' windows are keyed by the node).
 const ORIGIN_LANE: u32 = 0;
+/// Upper bounds (seconds) of the transfer-time histogram's buckets ([`Latency`]); one more bucket
+/// counts the longer ones. From a cached-in-memory chunk on loopback (milliseconds) to a 64 MiB chunk
+/// on a slow link (a minute).
+pub const LATENCY_BOUNDS_S: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 /// Where a unit came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -148,6 +154,58 @@ pub struct NodeProgress {
     pub inflight: u32,
     pub failures: Vec<String>,
     pub state: NodeState,
+    /// Failed transfers to this node by the engine's error kind (`origin`, `peer`, `stalled`, ...),
+    /// every one counted (unlike `failures`, which keeps the first reasons).
+    pub failure_kinds: BTreeMap<String, u64>,
+    /// GETs the node's engine sent to the origin, and those of them that failed (each retried, up to
+    /// the plan's `origin_attempts`), as its engine counted them.
+    pub origin_requests: u64,
+    pub origin_failed_requests: u64,
+}
+
+/// Transfer times of one source, as a histogram over [`LATENCY_BOUNDS_S`]: `counts[i]` transfers took
+/// at most `bounds[i]` and more than the bound before it; the last count, longer than every bound.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Latency {
+    pub counts: Vec<u64>,
+    /// Seconds of every transfer counted, added up.
+    pub sum: f64,
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency {
+            counts: vec![0; LATENCY_BOUNDS_S.len() + 1],
+            sum: 0.0,
+        }
+    }
+}
+
+impl Latency {
+    fn observe(&mut self, seconds: f64) {
+        // A bogus duration (negative, NaN) counts as instant; an infinite one in the last bucket.
+        let seconds = if seconds.is_nan() { 0.0 } else { seconds.max(0.0) };
+        let bucket = LATENCY_BOUNDS_S.partition_point(|&bound| bound < seconds);
+        self.counts[bucket] += 1;
+        if seconds.is_finite() {
+            self.sum += seconds;
+        }
+    }
+
+    /// Transfers counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// How long every delivered transfer took (each counted once: the coordinator's `deliveries`), by
+/// source. Cache hits move nothing and are not counted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Latencies {
+    /// [`LATENCY_BOUNDS_S`], so that readers need no copy of their own.
+    pub bounds: Vec<f64>,
+    pub origin: Latency,
+    pub peer: Latency,
 }
 
 /// Absolute progress at one moment: renderers need nothing else. The fields of the Python `Snapshot`.
@@ -170,6 +228,8 @@ pub struct Snapshot {
     /// Seconds since the first transfer started: the part of `elapsed_s` in which bytes could move
     /// (before it, agents were starting).
     pub transfer_s: f64,
+    /// Transfer times so far (for the metrics, docs/metrics.md).
+    pub latency: Latencies,
 }
 
 impl Snapshot {
@@ -231,6 +291,7 @@ pub struct Progress {
     demand: Demand,
     peaks: Peaks,
     first_transfer: Option<f64>,
+    latency: Latencies,
 }
 
 impl Progress {
@@ -242,6 +303,10 @@ impl Progress {
             demand: Demand::new(unit_sizes),
             peaks: Peaks::default(),
             first_transfer: None,
+            latency: Latencies {
+                bounds: LATENCY_BOUNDS_S.to_vec(),
+                ..Latencies::default()
+            },
         }
     }
 
@@ -305,6 +370,12 @@ impl Progress {
         };
         if counted_inflight {
             to.inflight = to.inflight.saturating_sub(1);
+            // Every delivered transfer, a duplicate's too: it took its time all the same.
+            match source {
+                Source::Origin => self.latency.origin.observe(seconds),
+                Source::Peer => self.latency.peer.observe(seconds),
+                Source::Cache => {}
+            }
         }
         if to.units.get(unit).is_some_and(ChunkState::is_held) {
             return; // a duplicate report
@@ -320,18 +391,28 @@ impl Progress {
         }
     }
 
-    /// A transfer of `unit` to `node` failed; `fatal`: the unit will not be tried again on it.
-    pub fn chunk_failed(&mut self, node: u32, unit: u32, reason: &str, fatal: bool) {
+    /// A transfer of `unit` to `node` failed with an error of `kind` (the engine's error kind);
+    /// `fatal`: the unit will not be tried again on it.
+    pub fn chunk_failed(&mut self, node: u32, unit: u32, reason: &str, kind: &str, fatal: bool) {
         self.demand.check(unit);
         let units = self.demand.units();
         let Some(to) = node_mut(&mut self.nodes, node) else {
             return;
         };
         to.inflight = to.inflight.saturating_sub(1);
+        *to.failure_kinds.entry(kind.to_owned()).or_default() += 1;
         let state = if fatal { ChunkState::Failed } else { ChunkState::Missing };
         to.mark(unit, state, units);
         if fatal || to.failures.len() < MAX_FAILURES {
             to.failures.push(reason.to_owned());
+        }
+    }
+
+    /// What `node`'s engine counted of the origin so far: GETs sent, and those of them that failed.
+    pub fn origin_requests(&mut self, node: u32, requests: u64, failed: u64) {
+        if let Some(slot) = node_mut(&mut self.nodes, node) {
+            slot.origin_requests = requests;
+            slot.origin_failed_requests = failed;
         }
     }
 
@@ -387,6 +468,7 @@ impl Progress {
             },
             ideal_s: ideal_seconds(self.demand.origin_needed, &received, &rates),
             transfer_s: self.first_transfer.map_or(0.0, |first| (now - first).max(0.0)),
+            latency: self.latency.clone(),
             nodes,
             rates,
         }
@@ -432,6 +514,9 @@ struct Node {
     served: u64,
     inflight: u32,
     failures: Vec<String>,
+    failure_kinds: BTreeMap<String, u64>,
+    origin_requests: u64,
+    origin_failed_requests: u64,
     state: NodeState,
     finished_at: Option<f64>,
     /// Whether its needs still count in what the origin must serve (until it is lost).
@@ -451,6 +536,9 @@ impl Node {
             served: 0,
             inflight: 0,
             failures: Vec::new(),
+            failure_kinds: BTreeMap::new(),
+            origin_requests: 0,
+            origin_failed_requests: 0,
             state: NodeState::Running,
             finished_at: None,
             wanting: true,
@@ -488,6 +576,9 @@ impl Node {
             inflight: self.inflight,
             failures: self.failures.clone(),
             state: self.state,
+            failure_kinds: self.failure_kinds.clone(),
+            origin_requests: self.origin_requests,
+            origin_failed_requests: self.origin_failed_requests,
         }
     }
 }
@@ -843,7 +934,7 @@ mod tests {
         model.chunk_done(0, 0, Source::Peer, 0.1, Some(1), true, 0.3);
         // A late start or failure of another copy leaves the unit held, so its next report is a duplicate.
         model.started_transfer(0, 0, 0.4);
-        model.chunk_failed(0, 0, "peer went away", false);
+        model.chunk_failed(0, 0, "peer went away", "peer", false);
         model.chunk_done(0, 0, Source::Origin, 0.1, None, false, 0.5);
 
         let snapshot = model.snapshot(1.0, true);
@@ -879,9 +970,9 @@ mod tests {
         let mut model = model_with(&[&[0]], &[MB]);
         for attempt in 0..25 {
             model.started_transfer(0, 0, 0.0);
-            model.chunk_failed(0, 0, &format!("stalled {attempt}"), false);
+            model.chunk_failed(0, 0, &format!("stalled {attempt}"), "stalled", false);
         }
-        model.chunk_failed(0, 0, "object changed", true);
+        model.chunk_failed(0, 0, "object changed", "fatal", true);
         model.set_state(0, NodeState::Failed, "gave up", 1.0);
 
         let snapshot = model.snapshot(1.0, true);
@@ -892,6 +983,41 @@ mod tests {
         assert_eq!(node(&snapshot, 0).inflight, 0);
         assert_eq!(node(&snapshot, 0).state, NodeState::Failed);
         assert_eq!(snapshot.chunk_states[&0], "f");
+        let kinds = &node(&snapshot, 0).failure_kinds;
+        assert_eq!(
+            (kinds["stalled"], kinds["fatal"]),
+            (25, 1),
+            "every failure counted by kind"
+        );
+    }
+
+    #[test]
+    fn every_delivered_transfer_is_timed_once_by_source() {
+        let mut model = model_with(&[&[0, 1], &[0, 1]], &[MB, MB]);
+        model.chunk_done(0, 0, Source::Origin, 0.004, None, true, 0.1);
+        model.chunk_done(0, 0, Source::Peer, 0.3, Some(1), true, 0.2); // an endgame duplicate: timed too
+        model.chunk_done(1, 0, Source::Peer, 0.5, Some(0), true, 0.6);
+        model.chunk_done(1, 1, Source::Cache, 0.0, None, false, 0.0); // a cache hit moves nothing
+        model.chunk_done(0, 1, Source::Origin, 500.0, None, true, 1.0);
+        model.chunk_done(0, 1, Source::Origin, f64::NAN, None, true, 1.0);
+        model.origin_requests(0, 7, 2);
+
+        let snapshot = model.snapshot(1.0, false);
+        let latency = &snapshot.latency;
+        assert_eq!(latency.bounds, LATENCY_BOUNDS_S);
+        let bucket = |seconds: f64| LATENCY_BOUNDS_S.iter().position(|&b| seconds <= b);
+        assert_eq!((bucket(0.004), bucket(0.3), bucket(0.5)), (Some(0), Some(6), Some(6)));
+        let mut origin = vec![0; LATENCY_BOUNDS_S.len() + 1];
+        origin[0] = 2; // 0.004 s and the NaN, counted as instant
+        origin[LATENCY_BOUNDS_S.len()] = 1; // 500 s: longer than every bound
+        assert_eq!(latency.origin.counts, origin);
+        assert_eq!(latency.origin.sum, 500.004);
+        assert_eq!(
+            (latency.peer.count(), latency.peer.counts[6], latency.peer.sum),
+            (2, 2, 0.8)
+        );
+        let first = node(&snapshot, 0);
+        assert_eq!((first.origin_requests, first.origin_failed_requests), (7, 2));
     }
 
     #[test]
@@ -990,7 +1116,7 @@ mod tests {
         model.add_node(4, "127.0.0.6".into(), &[0, 2]);
         model.add_node(1, "127.0.0.3".into(), &[]);
         model.started_transfer(1, 1, 0.2); // a unit it does not need is still shown
-        model.chunk_failed(3, 0, "never added", true);
+        model.chunk_failed(3, 0, "never added", "fatal", true);
 
         let snapshot = model.snapshot(1.0, true);
         let indices: Vec<u32> = snapshot.nodes.iter().map(|n| n.node).collect();
@@ -1022,11 +1148,16 @@ mod tests {
             "nodes": [{
                 "node": 0, "ip": "127.0.0.2", "total_bytes": 2 * MB, "done_bytes": MB, "origin_bytes": MB,
                 "peer_bytes": 0, "cache_bytes": 0, "served_bytes": 0, "inflight": 0, "failures": [],
-                "state": "running",
+                "state": "running", "failure_kinds": {}, "origin_requests": 0, "origin_failed_requests": 0,
             }],
             "chunk_states": {"0": "om"},
             "rates": {"origin": 2e6, "node_download": 2e6, "node_upload": 0.0},
             "ideal_s": 1.0, "transfer_s": 1.5,
+            "latency": {
+                "bounds": LATENCY_BOUNDS_S,
+                "origin": {"counts": [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], "sum": 0.5},
+                "peer": {"counts": vec![0; LATENCY_BOUNDS_S.len() + 1], "sum": 0.0},
+            },
         });
         assert_eq!(json, expected);
         let codes: String = ChunkState::ALL.iter().map(|s| s.code()).collect();

@@ -48,8 +48,15 @@ pub enum Report {
         error: String,
         kind: String,
     },
-    /// Every byte the origin served this node so far (attempts that failed or were cut short included).
-    OriginBytes { bytes: u64 },
+    /// Every byte the origin served this node so far (attempts that failed or were cut short included),
+    /// and the GETs it sent and that failed (absent from an older node: 0).
+    OriginBytes {
+        bytes: u64,
+        #[serde(default)]
+        requests: u64,
+        #[serde(default)]
+        failed: u64,
+    },
 }
 
 impl Report {
@@ -156,7 +163,11 @@ mod tests {
                         error: "gone".into(),
                         kind: "origin".into(),
                     },
-                    Report::OriginBytes { bytes: 7 },
+                    Report::OriginBytes {
+                        bytes: 7,
+                        requests: 3,
+                        failed: 1,
+                    },
                 ],
             },
         ];
@@ -174,6 +185,17 @@ mod tests {
             }
             assert_eq!(read_frame::<_, Up>(&mut reader, &mut line).await.unwrap(), None);
         });
+    }
+
+    #[test]
+    fn an_older_nodes_origin_bytes_count_no_requests() {
+        let report: Report = serde_json::from_str(r#"{"k":"origin_bytes","bytes":7}"#).unwrap();
+        let expected = Report::OriginBytes {
+            bytes: 7,
+            requests: 0,
+            failed: 0,
+        };
+        assert_eq!(report, expected);
     }
 
     #[test]

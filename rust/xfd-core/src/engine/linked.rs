@@ -135,8 +135,11 @@ impl Engine {
         };
         let _ = tap.send(report);
         if *source == Source::Origin {
+            let (requests, failed) = self.origin_requests();
             let _ = tap.send(Report::OriginBytes {
                 bytes: self.origin_bytes(),
+                requests,
+                failed,
             });
         }
         true

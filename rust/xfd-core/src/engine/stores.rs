@@ -2,13 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use object_store::ObjectStore;
 
 use super::EngineConfig;
 use crate::error::{Error, Result};
-use crate::origin::{self, StoreConfig};
+use crate::origin::{self, OriginCounts, StoreConfig};
 use crate::plan::Plan;
 
 /// A store, or why it could not be opened: `(url, message)`.
@@ -20,8 +19,8 @@ pub(super) struct Stores(BTreeMap<String, OpenedStore>);
 
 impl Stores {
     /// Opens every store of `plan` with this node's options for it, counting the object bytes they serve
-    /// into `origin_received`. A node's store at another URL than the plan's is refused.
-    pub(super) fn open(plan: &Plan, config: &EngineConfig, origin_received: &Arc<AtomicU64>) -> Result<Stores> {
+    /// into `origin`. A node's store at another URL than the plan's is refused.
+    pub(super) fn open(plan: &Plan, config: &EngineConfig, origin: &Arc<OriginCounts>) -> Result<Stores> {
         let mut stores = BTreeMap::new();
         for (name, store) in &plan.stores {
             let configured = config.stores.get(name).cloned().unwrap_or_else(|| StoreConfig {
@@ -35,9 +34,7 @@ impl Stores {
                 });
             }
             let opened = origin::open_store(&configured)
-                .map(|opened| -> Arc<dyn ObjectStore> {
-                    Arc::new(origin::CountingStore::new(opened, origin_received.clone()))
-                })
+                .map(|opened| -> Arc<dyn ObjectStore> { Arc::new(origin::CountingStore::new(opened, origin.clone())) })
                 .map_err(|error| match error {
                     Error::StoreConfig { url, message } => (url, message),
                     other => (store.url.clone(), other.to_string()),

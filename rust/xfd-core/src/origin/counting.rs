@@ -15,16 +15,27 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-/// Wraps a store; [`CountingStore::received`] is shared by every store of one engine.
+/// What the origin did for one engine, shared by every store of it.
+#[derive(Debug, Default)]
+pub struct OriginCounts {
+    /// Object bytes received.
+    pub received: AtomicU64,
+    /// GETs sent.
+    pub requests: AtomicU64,
+    /// GETs that failed, before or during their body (the engine retries most of them).
+    pub failed: AtomicU64,
+}
+
+/// Wraps a store; its [`OriginCounts`] are shared by every store of one engine.
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
-    received: Arc<AtomicU64>,
+    counts: Arc<OriginCounts>,
 }
 
 impl CountingStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, received: Arc<AtomicU64>) -> CountingStore {
-        CountingStore { inner, received }
+    pub fn new(inner: Arc<dyn ObjectStore>, counts: Arc<OriginCounts>) -> CountingStore {
+        CountingStore { inner, counts }
     }
 }
 
@@ -45,20 +56,28 @@ impl ObjectStore for CountingStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let mut result = self.inner.get_opts(location, options).await?;
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        let mut result = self.inner.get_opts(location, options).await.inspect_err(|_| {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        })?;
         result.payload = match result.payload {
             GetResultPayload::Stream(stream) => {
-                let received = self.received.clone();
-                let counted = stream.inspect(move |piece| {
-                    if let Ok(bytes) = piece {
-                        received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let counts = self.counts.clone();
+                let counted = stream.inspect(move |piece| match piece {
+                    Ok(bytes) => {
+                        counts.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    // A stream ends at its first error: one failed request.
+                    Err(_) => {
+                        counts.failed.fetch_add(1, Ordering::Relaxed);
                     }
                 });
                 GetResultPayload::Stream(counted.boxed())
             }
             // A local file is read in full by whoever takes it; there is no stream to count.
             file @ GetResultPayload::File(..) => {
-                self.received
+                self.counts
+                    .received
                     .fetch_add(result.range.end - result.range.start, Ordering::Relaxed);
                 file
             }
