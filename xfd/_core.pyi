@@ -148,8 +148,8 @@ class Engine:
         self, bind: str, port: int = 0, *, upload_slots: int, egress_bytes_per_sec: int | None = None
     ) -> tuple[str, int]:
         """Serves this node's verified chunks to peers; returns the ``(host, port)`` peers must use.
-        ``egress_bytes_per_sec`` caps the server's outbound rate (``None``: uncapped); no manifest setting
-        reaches it yet (docs/p2p.md)."""
+        ``egress_bytes_per_sec`` caps the server's outbound rate (``None``: the plan's ``upload_rate``, where
+        0 is uncapped; docs/rate-caps.md)."""
     def stop_server(self, grace: float = 5.0) -> None:
         """Stops the peer server, letting in-flight uploads finish for up to ``grace`` seconds."""
     def cancel(self, grace: float = 10.0) -> None:

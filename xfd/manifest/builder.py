@@ -58,6 +58,9 @@ class ManifestBuilder(Generic[M]):
         origin_max_backoff: float | None = None,
         origin_timeout: float | None = None,
         disk_reserve: int | str | None = None,  # a size
+        origin_rate: int | str | None = None,  # a rate: "200MB/s"
+        origin_request_rate: int | None = None,
+        upload_rate: int | str | None = None,  # a rate
     ) -> ManifestBuilder[M]:
         """Overrides settings (see :class:`xfd.manifest.model.Settings` for each one's meaning and default)."""
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}

@@ -109,6 +109,23 @@ class Settings:
     it is refused and nothing of it stays. 1 GiB leaves room for the logs, caches and scratch files of the
     jobs that run on the node next; a node whose disk an unpack filled breaks them all."""
 
+    origin_rate: int = 0
+    """Bytes per second the whole cluster may fetch from the origin, a rate such as ``"200MB/s"`` (or bytes
+    per second); 0 (the default): uncapped. For an origin link or egress budget shared with other work.
+    Each of the ``origin_parallelism / origin_chunk_streams`` transfers the scheduler lets run from the
+    origin at once gets an equal share, so the sum never exceeds the cap and reaches it while they are
+    all busy (``docs/rate-caps.md``)."""
+
+    origin_request_rate: int = 0
+    """GET requests per second the whole cluster may send to the origin; 0 (the default): uncapped. For
+    a request budget (S3 bills and throttles per request): small files make one GET each. Shared out as
+    ``origin_rate`` is."""
+
+    upload_rate: int = 0
+    """Bytes per second each node's peer server may send, a rate such as ``"1GB/s"`` (or bytes per second);
+    0 (the default): uncapped. For a node link that training traffic shares. At least ``upload_slots``
+    times 2 MiB/s, the pace below which a peer transfer is taken for stalled."""
+
     def chunk_size_for(self, size: int) -> int:
         """The chunk size of a file of ``size`` bytes."""
         if self.chunk_size != "auto":

@@ -32,7 +32,7 @@ from xfd.manifest.model import (
     Unpack,
     UnpackFormat,
 )
-from xfd.manifest.units import format_size, parse_size
+from xfd.manifest.units import format_rate, format_size, parse_rate, parse_size
 from xfd.manifest.validate import Problem, did_you_mean, in_document_order, validate_parts
 
 M = TypeVar("M", bound=Manifest)
@@ -72,8 +72,10 @@ def _make_converter() -> cattrs.Converter:
     chunk_hook = override(struct_hook=lambda v, _: _chunk_size(v))
     size_hook = override(struct_hook=lambda v, _: parse_size(v))
     ratio_hook = override(struct_hook=_strict(float))
+    rate_hook = override(struct_hook=lambda v, _: parse_rate(v))
+    rates = {"origin_rate": rate_hook, "upload_rate": rate_hook}
     for cls, overrides in (
-        (Settings, {"chunk_size": chunk_hook, "disk_reserve": size_hook}),
+        (Settings, {"chunk_size": chunk_hook, "disk_reserve": size_hook, **rates}),
         (Unpack, {"max_size": size_hook, "max_ratio": ratio_hook}),
         (ObjectArtifact, {}),
         (PrefixArtifact, {}),
@@ -274,6 +276,9 @@ def to_document(manifest: Manifest) -> dict[str, Any]:
     document: dict[str, Any] = {}
     settings = CONVERTER.unstructure(manifest.settings)
     _sizes_as_text(settings, "chunk_size", "disk_reserve")
+    for key in ("origin_rate", "upload_rate"):
+        if key in settings:
+            settings[key] = format_rate(settings[key])
     if settings:
         document["settings"] = settings
     if manifest.stores:

@@ -1,5 +1,5 @@
 """Byte sizes in a manifest, written the way people write them: ``64MiB``, ``1.5 GiB``, ``100MB``, or a plain
-integer. Showing a size approximately (``1.5 GiB``) is :func:`xfd.formatting.human_size`."""
+integer; rates the same with ``/s`` (``200MB/s``). Showing a size approximately (``1.5 GiB``) is :func:`xfd.formatting.human_size`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,29 @@ def parse_size(value: int | str) -> int:
     if bytes_.denominator != 1:
         raise ValueError(f"must be a whole number of bytes (got {value!r})")
     return int(bytes_)
+
+
+def parse_rate(value: int | str) -> int:
+    """Bytes per second in ``value`` (``"200MB/s"``, ``"1 GiB/s"``, ``"200MB"`` or an integer); raises
+    ``ValueError`` with a message meant for the user."""
+    size = value.strip()[:-2] if isinstance(value, str) and value.strip().lower().endswith("/s") else value
+    try:
+        return parse_size(size)
+    except ValueError as error:
+        if "at most" in str(error):
+            raise ValueError(f"must be a rate of at most 8EiB/s (got {shown(value):.60})") from None
+        raise ValueError(
+            f"must be a rate such as 200MB/s, 1GiB/s or a number of bytes per second (got {shown(value):.60})"
+        ) from None
+
+
+def format_rate(rate: int) -> str:
+    """The shortest exact form of ``rate`` bytes per second: ``200MB/s``, ``64MiB/s``."""
+    for unit in ("TiB", "TB", "GiB", "GB", "MiB", "MB", "KiB", "KB"):  # the largest exact unit
+        factor = _UNITS[unit.lower()]
+        if rate and rate % factor == 0:
+            return f"{rate // factor}{unit}/s"
+    return f"{rate}/s"
 
 
 def format_size(size: int) -> str:

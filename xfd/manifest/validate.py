@@ -14,6 +14,7 @@ import attrs
 
 from xfd.manifest.model import UNPACK_FORMATS, ObjectArtifact, PrefixArtifact, Settings, Store
 from xfd.manifest.stores import SCHEMES, allowed_options, scheme_of, template_problem
+from xfd.manifest.units import format_rate
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
@@ -105,6 +106,38 @@ def settings_problems(settings: Settings, unread: Collection[str] = ()) -> Itera
         yield (
             "settings.disk_reserve",
             f"must be a size of 0 bytes or more, such as 1GiB (got {settings.disk_reserve} bytes)",
+        )
+    yield from _rate_problems(settings, unread)
+
+
+PEER_MIN_THROUGHPUT = 2 * MiB
+"""Bytes per second below which a peer transfer is taken for stalled (``min_throughput_bytes_per_sec`` of
+the peer client, ``rust/xfd-core/src/p2p/client.rs``): a capped server must give each upload slot more."""
+
+
+def _rate_problems(settings: Settings, unread: Collection[str]) -> Iterator[Problem]:
+    for field in ("origin_rate", "upload_rate"):
+        if getattr(settings, field) < 0:
+            yield (
+                f"settings.{field}",
+                f"must be a rate of 0 (uncapped) or more, such as 200MB/s (got {getattr(settings, field)} bytes per second)",
+            )
+    if settings.origin_request_rate < 0:
+        yield (
+            "settings.origin_request_rate",
+            f"must be a number of GET requests per second, 0 (uncapped) or more (got {settings.origin_request_rate})",
+        )
+    floor = settings.upload_slots * PEER_MIN_THROUGHPUT
+    if 0 < settings.upload_rate < floor and "upload_slots" not in unread:
+        slots = settings.upload_rate // PEER_MIN_THROUGHPUT
+        fewer = f", or lower upload_slots to {slots}" if slots else ""
+        yield (
+            "settings.upload_rate",
+            (
+                f"gives each of the {settings.upload_slots} upload slots less than 2MiB/s, the pace below which "
+                f"peers take a transfer for stalled; raise it to at least {floor // MiB}MiB/s{fewer} "
+                f"(got {format_rate(settings.upload_rate)})"
+            ),
         )
 
 

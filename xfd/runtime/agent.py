@@ -47,6 +47,9 @@ class NodeAgent:
         """Builds this run's engine, scans the node's destinations, starts the peer server and opens the
         control link to the coordinator at ``control`` (``(host, port, this node's id in the run)``).
 
+        The peer server sends at most the plan's ``upload_rate`` (the engine reads it from the plan);
+        ``egress_bytes_per_sec`` overrides it for this run.
+
         ``fault`` is fault injection for the reliability tests (``"serve:corrupt"``, ``"publish:abort"``,
         ... see docs/reliability.md), never used otherwise.
         """

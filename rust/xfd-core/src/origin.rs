@@ -18,9 +18,11 @@ use crate::hash::ChunkDigest;
 use crate::sink::PositionalWrite;
 
 mod counting;
+mod rate;
 mod stores;
 
 pub use counting::{CountingStore, OriginCounts};
+pub use rate::{Pace, paced};
 pub use stores::{StoreConfig, open_store};
 
 /// Bytes gathered before one positional write: few syscalls, and a bounded buffer per transfer.

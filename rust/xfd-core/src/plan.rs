@@ -64,6 +64,25 @@ pub struct Settings {
     /// `settings.disk_reserve`).
     #[serde(default = "defaults::disk_reserve")]
     pub disk_reserve: u64,
+    /// Bytes per second the whole cluster may fetch from the origin; 0: uncapped
+    /// ([`crate::origin::Pace`] shares it out).
+    #[serde(default = "defaults::origin_rate")]
+    pub origin_rate: u64,
+    /// GET requests per second the whole cluster may send to the origin; 0: uncapped.
+    #[serde(default = "defaults::origin_request_rate")]
+    pub origin_request_rate: u64,
+    /// Bytes per second each node's peer server may send; 0: uncapped.
+    #[serde(default = "defaults::upload_rate")]
+    pub upload_rate: u64,
+}
+
+impl Settings {
+    /// Origin transfers (units: chunks or bundles) the run's scheduler lets run at once across the
+    /// cluster: `origin_parallelism` counts GETs, and one unit makes up to `origin_chunk_streams` of them
+    /// at a time (as `xfd/runtime/coordinator.py` configures the scheduler).
+    pub fn origin_units(&self) -> u32 {
+        (self.origin_parallelism / self.origin_chunk_streams.max(1)).max(1)
+    }
 }
 
 /// The manifest's settings defaults as Rust needs them: for the settings added after the first plans
@@ -98,6 +117,16 @@ pub(crate) mod defaults {
     /// Room for logs, caches and the next job's scratch files once an archive is unpacked.
     pub fn disk_reserve() -> u64 {
         1 << 30
+    }
+    /// The rate caps: uncapped unless the manifest sets them.
+    pub fn origin_rate() -> u64 {
+        0
+    }
+    pub fn origin_request_rate() -> u64 {
+        0
+    }
+    pub fn upload_rate() -> u64 {
+        0
     }
 }
 

@@ -250,21 +250,36 @@ impl Engine {
     /// one GET each, `origin_chunk_streams` at once.
     async fn gather_from_origin(&self, bundle: &BundleWork, buffer: &Arc<MemoryBuffer>) -> Result<()> {
         let streams = self.plan.settings.origin_chunk_streams.max(1) as usize;
+        // One share of the rate caps for the whole bundle: it is one origin transfer.
+        let pace = origin::Pace::for_unit(&self.plan.settings);
         // Collected first: a lazy `map` over the members inside this future makes it not `Send` for
         // every lifetime, which spawning it requires.
         let fetches: Vec<_> = bundle
             .members
             .iter()
-            .map(|member| self.gather_member(member, buffer))
+            .map(|member| self.gather_member(member, buffer, pace.as_ref()))
             .collect();
         let mut running = futures::stream::iter(fetches).buffer_unordered(streams);
+        let mut gathered = Ok(());
         while let Some(done) = running.next().await {
-            done?;
+            if let Err(error) = done {
+                gathered = Err(error);
+                break;
+            }
         }
-        Ok(())
+        drop(running);
+        if let Some(pace) = pace {
+            pace.settle().await; // the next transfer in this origin slot starts within the caps
+        }
+        gathered
     }
 
-    async fn gather_member(&self, member: &Member, buffer: &Arc<MemoryBuffer>) -> Result<()> {
+    async fn gather_member(
+        &self,
+        member: &Member,
+        buffer: &Arc<MemoryBuffer>,
+        pace: Option<&Arc<origin::Pace>>,
+    ) -> Result<()> {
         let (identity, store_name, local) = {
             let work = member.work.lock().unwrap();
             let object = work.object();
@@ -285,7 +300,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        let store = self.stores.get(&store_name)?;
+        let store = origin::paced(self.stores.get(&store_name)?, pace);
         let dest: Arc<dyn PositionalWrite> = buffer.clone();
         origin::fetch_range(
             store.as_ref(),

@@ -79,11 +79,15 @@ impl Engine {
                 chunk: chunk_id.to_owned(),
             });
         };
-        let store = self.stores.get(&to_write.store)?;
+        let pace = origin::Pace::for_unit(&self.plan.settings);
+        let store = origin::paced(self.stores.get(&to_write.store)?, pace.as_ref());
         self.started(&chunk, Source::Origin, None);
         self.config.faults.crash_point(Point::OriginFetch);
         let started = Instant::now();
         let fetched = self.fetch_chunk(store.as_ref(), &chunk, fence, to_write).await;
+        if let Some(pace) = pace {
+            pace.settle().await; // the next transfer in this origin slot starts within the caps
+        }
         let digest = match fetched {
             Err(_) if self.holds(&work, &chunk) => return Ok(self.already_held(&work, &chunk)),
             other => other?,

@@ -51,7 +51,8 @@ impl Engine {
     }
 
     /// Starts serving this node's verified chunks to peers on `bind` (the node's own address) and
-    /// `port` (0: chosen by the OS). Returns the address peers must use.
+    /// `port` (0: chosen by the OS). Returns the address peers must use. `egress_bytes_per_sec` caps
+    /// what the server sends; `None`: the plan's `upload_rate` (0 there: uncapped).
     pub async fn start_server(
         &self,
         bind: IpAddr,
@@ -70,7 +71,9 @@ impl Engine {
             port,
             token: self.config.peer_token.clone(),
             upload_slots,
-            egress_bytes_per_sec,
+            egress_bytes_per_sec: egress_bytes_per_sec
+                .or(Some(self.plan.settings.upload_rate))
+                .filter(|&rate| rate > 0),
             faults: self.config.faults.clone(),
             ..ServerConfig::default()
         };
