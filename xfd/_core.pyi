@@ -71,6 +71,7 @@ class Coordinator:
         expected: list[str],
         *,
         origin_parallelism: int,
+        origin_chunk_streams: int,
         download_slots: int,
         upload_slots: int,
         lost_after: float = 30.0,

@@ -10,6 +10,7 @@ returns this class.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Literal, overload
 
 import attrs
@@ -53,6 +54,7 @@ class Manifest(model.Manifest):
         timeout: float | None = None,
         plan: Plan | None = None,
         raise_on_failure: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
     ) -> Report: ...
 
     @overload
@@ -67,6 +69,8 @@ class Manifest(model.Manifest):
         timeout: float | None = None,
         plan: Plan | None = None,
         raise_on_failure: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
+        follow: bool = False,
     ) -> Distribution: ...
 
     @overload
@@ -81,6 +85,8 @@ class Manifest(model.Manifest):
         timeout: float | None = None,
         plan: Plan | None = None,
         raise_on_failure: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
+        follow: bool = False,
     ) -> Report | Distribution: ...
 
     def distribute(
@@ -94,6 +100,8 @@ class Manifest(model.Manifest):
         timeout: float | None = None,
         plan: Plan | None = None,
         raise_on_failure: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
+        follow: bool = False,
     ) -> Report | Distribution:
         """Puts every artifact on every node (or the chosen ones) of the Ray cluster and returns a Report.
 
@@ -106,7 +114,12 @@ class Manifest(model.Manifest):
         :class:`~xfd.errors.DistributionError`, whose ``report`` says what each node did; False returns the
         failed report. Ctrl-C while waiting cancels the run and raises ``KeyboardInterrupt``;
         ``cancel()`` makes ``wait()`` raise :class:`~xfd.errors.DistributionCancelled`; an artifact whose
-        ``nodes`` labels match no chosen node is a :class:`~xfd.errors.ConfigError`.
+        ``nodes`` labels match no chosen node is a :class:`~xfd.errors.ConfigError`. ``follow=True`` (with
+        ``wait=False``) keeps the cluster's chosen nodes up to date as it autoscales: nodes that join during
+        the run join it, nodes that join later get the files from their peers, not from the origin, until
+        ``stop_following()`` (see docs/runtime.md, "Nodes that join later"). Running ``distribute()`` again
+        does the same once: new nodes are fed by the nodes that hold the files. ``event_log``: a file to
+        append the run's events to, one JSON object per line (docs/metrics.md).
         """
         from xfd.runtime.distribute import distribute  # Ray is imported only when a run starts
 
@@ -120,6 +133,8 @@ class Manifest(model.Manifest):
             timeout=timeout,
             plan=plan,
             raise_on_failure=raise_on_failure,
+            event_log=event_log,
+            follow=follow,
         )
 
     def to_xenna(self) -> XennaRequests:

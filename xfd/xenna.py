@@ -892,6 +892,9 @@ def _settings_unmappable(settings: Settings) -> list[tuple[str, str]]:
             "origin_max_backoff",
             "origin_timeout",
             "disk_reserve",
+            "origin_rate",
+            "origin_request_rate",
+            "upload_rate",
         )
         if getattr(settings, field) not in (getattr(defaults, field), xenna_does.get(field, getattr(defaults, field)))
     ]

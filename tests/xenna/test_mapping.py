@@ -659,7 +659,7 @@ def test_what_xenna_cannot_express_is_refused_when_handing_over():
         .prefix("default", "p/", to="/p", include=["*.json"])
         .object("default", "k", to="/k", sha256="a" * 64)
         .prefix("default", "q/", to="/q", cache=False)
-        .settings(overwrite=True, upload_slots=3)
+        .settings(overwrite=True, upload_slots=3, origin_rate="100MB/s", upload_rate="1GB/s")
         .build()
     )
     with pytest.raises(XennaAdapterError) as caught:
@@ -668,6 +668,8 @@ def test_what_xenna_cannot_express_is_refused_when_handing_over():
     assert "artifacts[0]: include/exclude" in message and "artifacts[1].sha256" in message
     assert "artifacts[2].cache: Xenna caches every file" in message
     assert "settings.overwrite" in message and "settings.upload_slots" in message
+    # A capped run handed to Xenna would run uncapped: refused, not dropped.
+    assert "settings.origin_rate" in message and "settings.upload_rate" in message
 
 
 def test_the_drop_in_keeps_xennas_parameters_in_order():

@@ -142,8 +142,8 @@ class Coordinator:
             token,
             ray.util.get_node_ip_address(),
             self.node_ids,
-            # The scheduler counts units; each origin chunk takes up to origin_chunk_streams GETs.
-            origin_parallelism=max(1, settings.origin_parallelism // settings.origin_chunk_streams),
+            origin_parallelism=settings.origin_parallelism,
+            origin_chunk_streams=settings.origin_chunk_streams,
             download_slots=settings.node_parallelism,
             upload_slots=settings.upload_slots,
             lost_after=self.lost_after_s,

@@ -14,8 +14,10 @@ same call works on a laptop and on a hundred nodes.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import ray
@@ -26,6 +28,8 @@ from xfd.progress import Snapshot
 from xfd.report import Report
 from xfd.runtime.cluster_nodes import alive_nodes
 from xfd.runtime.coordinator import INJECTED_FAULTS, Coordinator, give_back_agents, take_agents
+from xfd.runtime.follow import Follower
+from xfd.runtime.telemetry import check_event_log
 
 if TYPE_CHECKING:
     from xfd.manifest.model import Manifest
@@ -122,6 +126,7 @@ def distribute(
     timeout: float | None = None,
     plan: Plan | None = None,
     raise_on_failure: bool = True,
+    event_log: str | os.PathLike[str] | None = None,
 ) -> Report: ...
 
 
@@ -137,6 +142,8 @@ def distribute(
     timeout: float | None = None,
     plan: Plan | None = None,
     raise_on_failure: bool = True,
+    event_log: str | os.PathLike[str] | None = None,
+    follow: bool = False,
 ) -> Distribution: ...
 
 
@@ -152,6 +159,8 @@ def distribute(
     timeout: float | None = None,
     plan: Plan | None = None,
     raise_on_failure: bool = True,
+    event_log: str | os.PathLike[str] | None = None,
+    follow: bool = False,
 ) -> Report | Distribution: ...
 
 
@@ -166,8 +175,12 @@ def distribute(
     timeout: float | None = None,
     plan: Plan | None = None,
     raise_on_failure: bool = True,
+    event_log: str | os.PathLike[str] | None = None,
+    follow: bool = False,
 ) -> Report | Distribution:
     """Puts every artifact of ``manifest`` on the chosen nodes; see :meth:`xfd.Manifest.distribute`."""
+    _check_follow(follow, wait, nodes)
+    log_path = check_event_log(event_log)  # before any node starts: a path that cannot be written fails now
     ensure_ray(address)
     node_ids = choose_nodes(manifest, nodes)  # before planning: a wrong label fails at once, not after listing
     # Agents start while the stores are listed: a first run's agents take seconds to come up (a new Ray
@@ -186,11 +199,40 @@ def distribute(
         deep_verify=deep_verify,
         timeout=timeout,
         raise_on_failure=raise_on_failure,
+        event_log=log_path,
         agents=agents,
+        follow=_chooser(nodes) if follow else None,
     )
     if wait:
         return distribution.wait()
     return distribution
+
+
+def _check_follow(follow: bool, wait: bool, nodes: NodeChoice) -> None:
+    if not follow:
+        return
+    if wait:
+        raise ConfigError(
+            "follow=True keeps the distribution running after the call returns: pass wait=False as well, "
+            "keep the Distribution it returns, and call its stop_following() when new nodes need no more"
+        )
+    if nodes is not None and not isinstance(nodes, Mapping):
+        raise ConfigError(
+            "follow=True brings nodes that join the cluster up to date; a list of node ids names no node "
+            "that has yet to join: choose nodes by labels (nodes={...}) or leave nodes=None for every node"
+        )
+
+
+def _chooser(nodes: NodeChoice) -> Callable[[], list[str]]:
+    """The ids of the nodes ``nodes`` chooses at the time of the call (none while none matches)."""
+
+    def chosen() -> list[str]:
+        try:
+            return select_nodes(nodes)
+        except ConfigError:
+            return []
+
+    return chosen
 
 
 class Distribution:
@@ -210,10 +252,13 @@ class Distribution:
         deep_verify: bool,
         timeout: float | None,
         raise_on_failure: bool = True,
+        event_log: Path | None = None,
         agents: Mapping[str, tuple[Any, bool]] | None = None,
+        follow: Callable[[], list[str]] | None = None,
     ) -> None:
         self.plan = plan
         self.raise_on_failure = raise_on_failure
+        self._follower = Follower(plan, manifest.stores, follow, deep_verify, timeout, event_log) if follow else None
         self.snapshot: Snapshot | None = None
         self._changed = threading.Condition()
         self._report: Report | None = None
@@ -232,7 +277,9 @@ class Distribution:
             on_progress=self._on_progress,
             cancel=self._cancel,
             with_chunks=self.widget is not None,
+            event_log=event_log,
             agents=agents,
+            new_nodes=follow,
         )
         self._thread = threading.Thread(target=self._run, name="xfd-distribute", daemon=True)
         self._thread.start()
@@ -270,8 +317,27 @@ class Distribution:
             pass
 
     def cancel(self) -> None:
-        """Asks the distribution to stop; :meth:`wait` then raises :class:`~xfd.errors.DistributionCancelled`."""
+        """Asks the distribution to stop; :meth:`wait` then raises :class:`~xfd.errors.DistributionCancelled`.
+        A distribution that follows the cluster stops following too."""
         self._cancel.set()
+        if self._follower is not None:
+            self._follower.stop(wait=False)
+
+    @property
+    def following(self) -> bool:
+        """Whether this distribution still brings nodes that join the cluster up to date (``follow=True``)."""
+        return self._follower is not None and self._follower.running
+
+    @property
+    def catch_ups(self) -> list[Report]:
+        """The report of each run that brought nodes which joined after this distribution up to date."""
+        return list(self._follower.reports) if self._follower is not None else []
+
+    def stop_following(self, timeout: float | None = STOP_AFTER_INTERRUPT_S) -> None:
+        """Stops bringing new nodes up to date; a catch-up run in progress is cancelled (nothing partial is
+        published). Waits up to ``timeout`` seconds for it to end."""
+        if self._follower is not None:
+            self._follower.stop(wait=True, timeout=timeout)
 
     def done(self) -> bool:
         return self._finished.is_set()
@@ -319,6 +385,10 @@ class Distribution:
             with self._changed:
                 self._finished.set()
                 self._changed.notify_all()
+        if self._follower is not None:
+            if self._report is None:
+                self._follower.stop(wait=False)  # cancelled or broken: nothing to follow from
+            self._follower.follow({n.node_id for n in self._report.nodes} if self._report else set())
 
 
 def _renderer(progress: Progress, plan: Plan) -> Any:
@@ -375,6 +445,7 @@ class _CallbackRenderer:
 __all__ = [
     "Distribution",
     "DistributionCancelled",
+    "Follower",
     "DistributionError",
     "NodeChoice",
     "Progress",

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from xfd.errors import DistributionCancelled
 from xfd.manifest.model import Store
@@ -45,12 +46,14 @@ class Follower:
         chosen: Callable[[], list[str]],
         deep_verify: bool = False,
         timeout_s: float | None = None,
+        event_log: Path | None = None,
     ) -> None:
         self.plan = plan
         self.stores = dict(stores)
         self.chosen = chosen
         self.deep_verify = deep_verify
         self.timeout_s = timeout_s
+        self.event_log = event_log  # each catch-up appends its events after the first run's
         self.reports: list[Report] = []
         self._stopped = threading.Event()
         self._cancel = threading.Event()  # cancels a catch-up in progress
@@ -98,6 +101,7 @@ class Follower:
             timeout_s=self.timeout_s,
             cancel=self._cancel,
             new_nodes=self.chosen,
+            event_log=self.event_log,
         )
         try:
             report = coordinator.run()

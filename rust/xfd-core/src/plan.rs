@@ -77,12 +77,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Origin transfers (units: chunks or bundles) the run's scheduler lets run at once across the
-    /// cluster: `origin_parallelism` counts GETs, and one unit makes up to `origin_chunk_streams` of them
-    /// at a time (as `xfd/runtime/coordinator.py` configures the scheduler).
+    /// See [`origin_units`].
     pub fn origin_units(&self) -> u32 {
-        (self.origin_parallelism / self.origin_chunk_streams.max(1)).max(1)
+        origin_units(self.origin_parallelism, self.origin_chunk_streams)
     }
+}
+
+/// Origin transfers (units: chunks or bundles) the run's scheduler lets run at once across the cluster:
+/// `origin_parallelism` counts GETs, and one unit makes up to `origin_chunk_streams` of them at a time.
+/// The one formula for both the coordinator's scheduler (`xfd._core.Coordinator`) and the origin rate
+/// caps' shares ([`crate::origin::Pace`]): the caps hold only while the two agree.
+pub fn origin_units(origin_parallelism: u32, origin_chunk_streams: u32) -> u32 {
+    (origin_parallelism / origin_chunk_streams.max(1)).max(1)
 }
 
 /// The manifest's settings defaults as Rust needs them: for the settings added after the first plans

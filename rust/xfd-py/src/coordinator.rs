@@ -11,6 +11,7 @@ use pyo3::types::PyAny;
 use xfd_core::control::core::RunPlan;
 use xfd_core::control::progress::NodeState;
 use xfd_core::control::server::{Coordinator, CoordinatorConfig};
+use xfd_core::plan::origin_units;
 use xfd_core::scheduler::SchedulerConfig;
 
 use crate::engine::{runtime, to_python};
@@ -24,9 +25,10 @@ pub struct PyCoordinator {
 #[pymethods]
 impl PyCoordinator {
     /// `units`: every unit of the plan and its size; `bind`: the driver's IP (port chosen by the OS);
-    /// `expected`: the node ids the run waits for.
+    /// `expected`: the node ids the run waits for; `origin_parallelism` and `origin_chunk_streams`: the
+    /// plan's settings (GETs), from which the origin transfers allowed at once follow.
     #[new]
-    #[pyo3(signature = (units, unique_bytes, token, bind, expected, *, origin_parallelism, download_slots, upload_slots, lost_after = 30.0, snapshot_every = 0.25, with_chunks = false, origin_hold = 3.0))]
+    #[pyo3(signature = (units, unique_bytes, token, bind, expected, *, origin_parallelism, origin_chunk_streams, download_slots, upload_slots, lost_after = 30.0, snapshot_every = 0.25, with_chunks = false, origin_hold = 3.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -36,6 +38,7 @@ impl PyCoordinator {
         bind: &str,
         expected: Vec<String>,
         origin_parallelism: u32,
+        origin_chunk_streams: u32,
         download_slots: u32,
         upload_slots: u32,
         lost_after: f64,
@@ -51,7 +54,8 @@ impl PyCoordinator {
                 units,
                 unique_bytes,
                 scheduler: SchedulerConfig {
-                    origin_parallelism,
+                    // The scheduler counts origin units; the settings count GETs.
+                    origin_parallelism: origin_units(origin_parallelism, origin_chunk_streams),
                     download_slots,
                     upload_slots,
                     ..SchedulerConfig::default()
