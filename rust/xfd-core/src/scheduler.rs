@@ -74,6 +74,14 @@ impl Transfer {
     }
 }
 
+/// A transfer handed to a node, and when the node starts it: at once, or as a follow-up, the moment
+/// the transfer `after` (same node, same source) ends, on the slots that one held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub transfer: Transfer,
+    pub after: Option<Transfer>,
+}
+
 /// How a transfer failed, as the engine classifies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
@@ -131,6 +139,14 @@ pub struct SchedulerConfig {
     /// ends with the origin's error instead of retrying until its timeout.
     pub max_origin_failures: u32,
     pub endgame: bool,
+    /// Follow-ups queued behind each peer transfer: transfers from the same source to the same node
+    /// that the node starts by itself, on the same download and upload slots, the moment the one
+    /// ahead ends. A freed slot then never waits a round trip to the coordinator (report up, decision,
+    /// work down) for its next transfer, and no source's upload slot is held by work that is not
+    /// flowing. Only for callers whose nodes run them (a control link does, see
+    /// `control::link`): `None` is the caller's default, none for a bare scheduler, whose
+    /// [`Scheduler::next_transfers`] are all to start at once.
+    pub follow_ups: Option<u32>,
     pub seed: u64,
 }
 
@@ -147,6 +163,7 @@ impl Default for SchedulerConfig {
             max_penalties: 2,
             max_origin_failures: 3,
             endgame: true,
+            follow_ups: None,
             seed: 0,
         }
     }
@@ -344,6 +361,16 @@ pub struct Scheduler {
     active: IndexSet<Transfer>,
     /// While set, no transfer from the origin starts (see [`Scheduler::hold_origin`]).
     origin_held: bool,
+    /// Follow-ups: the transfer queued behind each transfer (running or itself queued), and the
+    /// reverse. A queued transfer is in its node's `inflight` but not in `active`, and holds no slot:
+    /// it takes over the slots of the one ahead when that one ends.
+    queued: IndexMap<Transfer, Transfer>,
+    ahead: IndexMap<Transfer, Transfer>,
+    /// Running transfers that started (or were promoted from the queue) since the last call: each may
+    /// take follow-ups.
+    refill: Vec<Transfer>,
+    /// Follow-ups promoted since [`Scheduler::take_promoted`] was last called.
+    promoted: Vec<Transfer>,
     rng: Rng,
 }
 
@@ -374,6 +401,10 @@ impl Scheduler {
             lost: Vec::new(),
             active: IndexSet::default(),
             origin_held: false,
+            queued: IndexMap::default(),
+            ahead: IndexMap::default(),
+            refill: Vec::new(),
+            promoted: Vec::new(),
         };
         for node in 0..nodes as u32 {
             let wanted: Vec<u32> = match needs {
@@ -555,11 +586,31 @@ impl Scheduler {
 
     // --- decisions -----------------------------------------------------------------------------------
 
-    /// Transfers to start now, within every slot limit.
+    /// Transfers to start now, within every slot limit. With follow-ups (see
+    /// [`SchedulerConfig::follow_ups`]), ask [`Scheduler::next_assignments`] instead.
     pub fn next_transfers(&mut self) -> Vec<Transfer> {
         let mut started = self.origin_transfers();
         started.extend(self.peer_transfers());
         started
+    }
+
+    /// Transfers to start now, then the follow-ups queued behind running transfers, each listed after
+    /// the transfer it follows.
+    pub fn next_assignments(&mut self) -> Vec<Assignment> {
+        let mut assigned: Vec<Assignment> = self
+            .next_transfers()
+            .into_iter()
+            .map(|transfer| Assignment { transfer, after: None })
+            .collect();
+        self.queue_follow_ups(&mut assigned);
+        assigned
+    }
+
+    /// The follow-ups that started since the last call (the transfer ahead of each ended), still running.
+    pub fn take_promoted(&mut self) -> Vec<Transfer> {
+        let mut promoted = std::mem::take(&mut self.promoted);
+        promoted.retain(|t| self.active.contains(t));
+        promoted
     }
 
     /// Every surviving node holds every chunk it needs, or what is left has failed for good.
@@ -696,6 +747,93 @@ impl Scheduler {
         started
     }
 
+    fn follow_up_depth(&self) -> u32 {
+        self.config.follow_ups.unwrap_or(0)
+    }
+
+    /// Fills the queue behind each transfer that started or was promoted since the last call.
+    fn queue_follow_ups(&mut self, assigned: &mut Vec<Assignment>) {
+        let depth = self.follow_up_depth();
+        for head in std::mem::take(&mut self.refill) {
+            let Some(source) = head.source.filter(|_| self.active.contains(&head)) else {
+                continue;
+            };
+            let (mut tail, mut queued) = (head, 0);
+            while let Some(&next) = self.queued.get(&tail) {
+                (tail, queued) = (next, queued + 1);
+            }
+            while queued < depth {
+                let Some(chunk) = self.follow_up_chunk(head.node, source) else {
+                    break;
+                };
+                let follow = Transfer {
+                    chunk,
+                    node: head.node,
+                    source: Some(source),
+                    duplicate: false,
+                };
+                self.enqueue(tail, follow);
+                assigned.push(Assignment {
+                    transfer: follow,
+                    after: Some(tail),
+                });
+                (tail, queued) = (follow, queued + 1);
+            }
+        }
+    }
+
+    /// The rarest chunk (in a sample) that `source` holds and `node` wants, while `node` wants more
+    /// than its download slots: with fewer left, each freed slot takes one from the least busy holder
+    /// and the endgame duplicates the slow ones, where a follow-up would wait behind its source.
+    fn follow_up_chunk(&mut self, node: u32, source: u32) -> Option<u32> {
+        let (nodes, holders, rng) = (&self.nodes, &self.holders, &mut self.rng);
+        let (wants, serves) = (&nodes[node as usize], &nodes[source as usize]);
+        if !serves.alive
+            || serves.penalties >= self.config.max_penalties
+            || wants.wanting.len() <= self.config.download_slots as usize
+        {
+            return None;
+        }
+        let sample = self.config.sample_size;
+        let rarest = if serves.holding.len() <= wants.wanting.len() {
+            let held = serves.holding.window(sample, rng);
+            rank(held.filter(|&c| wants.wanting.contains(c)), &self.rank_counts)
+        } else {
+            let wanted = wants.wanting.window(sample, rng);
+            rank(
+                wanted.filter(|&c| holders[c as usize].contains(source)),
+                &self.rank_counts,
+            )
+        };
+        rarest.chunks().next()
+    }
+
+    /// Queues `follow` behind `tail`: its chunk is in flight to its node, no slot is taken.
+    fn enqueue(&mut self, tail: Transfer, follow: Transfer) {
+        let state = &mut self.nodes[follow.node as usize];
+        state.wanting.remove(follow.chunk);
+        state.inflight.entry(follow.chunk).or_default().push(follow);
+        self.queued.insert(tail, follow);
+        self.ahead.insert(follow, tail);
+    }
+
+    /// Takes `transfer` out of the queue it waits in, if it does; whether it did.
+    fn unqueue(&mut self, transfer: Transfer) -> bool {
+        let Some(before) = self.ahead.remove(&transfer) else {
+            return false;
+        };
+        match self.queued.remove(&transfer) {
+            Some(next) => {
+                self.queued.insert(before, next);
+                self.ahead.insert(next, before);
+            }
+            None => {
+                self.queued.remove(&before);
+            }
+        }
+        true
+    }
+
     /// Adds the next `budget` free nodes in turn to `scan`.
     fn take_turns(&mut self, budget: usize, scan: &mut Vec<u32>) {
         let free = &self.free.items;
@@ -731,10 +869,11 @@ impl Scheduler {
         if !self.config.endgame || state.inflight.is_empty() {
             return None;
         }
+        // Only running transfers: a queued follow-up starts by itself.
         let single: Vec<u32> = state
             .inflight
             .iter()
-            .filter(|(_, ts)| ts.len() == 1 && !ts[0].from_origin())
+            .filter(|(_, ts)| ts.len() == 1 && !ts[0].from_origin() && self.active.contains(&ts[0]))
             .map(|(c, _)| *c)
             .take(self.config.sample_size)
             .collect();
@@ -840,6 +979,9 @@ impl Scheduler {
 
     fn start(&mut self, transfer: Transfer) -> Transfer {
         self.active.insert(transfer);
+        if self.follow_up_depth() > 0 && !transfer.from_origin() && !transfer.duplicate {
+            self.refill.push(transfer);
+        }
         let state = &mut self.nodes[transfer.node as usize];
         state.wanting.remove(transfer.chunk);
         state.inflight.entry(transfer.chunk).or_default().push(transfer);
@@ -859,9 +1001,17 @@ impl Scheduler {
         transfer
     }
 
-    /// Frees a transfer's slots, once.
+    /// Frees a transfer's slots, once, or hands them to the follow-up queued behind it, which its node
+    /// starts the moment this one ends. A follow-up that never started holds no slot.
     fn release(&mut self, transfer: Transfer) {
-        if !self.active.remove(&transfer) {
+        if self.unqueue(transfer) || !self.active.remove(&transfer) {
+            return;
+        }
+        if let Some(next) = self.queued.remove(&transfer) {
+            self.ahead.remove(&next);
+            self.active.insert(next);
+            self.refill.push(next);
+            self.promoted.push(next);
             return;
         }
         if self.alive(transfer.node) {
@@ -913,6 +1063,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn recomputed_spare(scheduler: &Scheduler) -> u64 {
         (0..scheduler.nodes.len() as u32).map(|n| scheduler.spare_of(n)).sum()
@@ -935,6 +1086,233 @@ mod tests {
         assert!(!set.contains(5));
         set.add(9);
         assert!(set.contains(9) && set.len() == 1);
+    }
+
+    /// Nodes that run follow-ups as a control link does: a follow-up starts when the transfer ahead of
+    /// it ends (or at once if that one already has), every transfer ends once.
+    #[derive(Default)]
+    struct Nodes {
+        running: Vec<Transfer>,
+        /// The follow-up waiting behind each transfer, running or waiting itself.
+        behind: HashMap<Transfer, Transfer>,
+        /// Times each transfer was assigned and ended (a failed one may be assigned again).
+        assigned: HashMap<Transfer, u32>,
+        ended: HashMap<Transfer, u32>,
+        origin_fetches: HashMap<u32, u32>,
+    }
+
+    impl Nodes {
+        fn take(&mut self, assignments: Vec<Assignment>) {
+            for Assignment { transfer, after } in assignments {
+                assert!(!self.live(transfer), "{transfer:?} assigned while it runs");
+                *self.assigned.entry(transfer).or_default() += 1;
+                if transfer.from_origin() {
+                    *self.origin_fetches.entry(transfer.chunk).or_default() += 1;
+                }
+                match after {
+                    Some(ahead) if self.live(ahead) => {
+                        assert_eq!((ahead.node, ahead.source), (transfer.node, transfer.source));
+                        assert!(self.behind.insert(ahead, transfer).is_none());
+                    }
+                    _ => self.running.push(transfer),
+                }
+            }
+        }
+
+        fn live(&self, transfer: Transfer) -> bool {
+            self.assigned.get(&transfer).copied().unwrap_or(0) > self.ended.get(&transfer).copied().unwrap_or(0)
+        }
+
+        /// `transfer` ended on its node (reported, or shut out): what waited behind it starts.
+        fn end(&mut self, transfer: Transfer) {
+            assert!(self.live(transfer), "{transfer:?} ended twice");
+            *self.ended.entry(transfer).or_default() += 1;
+            self.running.retain(|t| *t != transfer);
+            if let Some(next) = self.behind.remove(&transfer) {
+                self.running.push(next);
+            }
+        }
+
+        /// Transfers the scheduler dropped (a lost node's): they will never report.
+        fn forget(&mut self, dropped: &[Transfer]) {
+            for transfer in dropped {
+                *self.ended.entry(*transfer).or_default() += 1;
+                self.running.retain(|t| t != transfer);
+                self.behind.remove(transfer);
+            }
+            self.behind.retain(|_, next| !dropped.contains(next));
+        }
+    }
+
+    fn with_follow_ups(seed: u64) -> SchedulerConfig {
+        SchedulerConfig {
+            download_slots: 2,
+            upload_slots: 2,
+            origin_parallelism: 3,
+            follow_ups: Some(1),
+            seed,
+            ..SchedulerConfig::default()
+        }
+    }
+
+    /// Through random runs with failures and a lost node: the scheduler's running transfers are exactly
+    /// those the nodes run, slots are never over-counted, each transfer ends once, the queues end empty.
+    #[test]
+    fn follow_ups_run_where_the_scheduler_counts_them_through_random_runs() {
+        let mut follow_ups = 0;
+        for seed in 0..40u64 {
+            let mut rng = Rng(seed | 1);
+            let mut scheduler = Scheduler::new(40, 6, None, with_follow_ups(seed));
+            let mut nodes = Nodes::default();
+            scheduler.held(0, &[0, 1]);
+            let mut steps = 0;
+            while !scheduler.done() {
+                steps += 1;
+                assert!(steps < 20_000, "seed {seed}: no progress");
+                let assigned = scheduler.next_assignments();
+                follow_ups += assigned.iter().filter(|a| a.after.is_some()).count();
+                nodes.take(assigned);
+                let mut running = nodes.running.clone();
+                running.sort();
+                assert_eq!(scheduler.active(), running, "seed {seed}");
+                assert_eq!(scheduler.spare_uploads, recomputed_spare(&scheduler), "seed {seed}");
+                for node in 0..6 {
+                    assert!(scheduler.node_stats(node).downloads <= 2, "seed {seed}");
+                }
+                assert!(!running.is_empty(), "seed {seed}: stalled");
+                let transfer = running[rng.below(running.len())];
+                match rng.below(10) {
+                    0 => {
+                        scheduler.failed(transfer, FailureKind::Peer, "busy");
+                        nodes.end(transfer);
+                    }
+                    1 if steps == 7 && transfer.node != 0 => {
+                        let dropped = scheduler.node_lost(transfer.node);
+                        nodes.forget(&dropped);
+                    }
+                    _ => {
+                        let losers = scheduler.finished(transfer);
+                        nodes.end(transfer);
+                        losers.into_iter().for_each(|loser| nodes.end(loser));
+                    }
+                }
+            }
+            assert!(scheduler.queued.is_empty() && scheduler.ahead.is_empty(), "seed {seed}");
+            assert!(nodes.behind.is_empty() && nodes.running.is_empty(), "seed {seed}");
+            assert_eq!(nodes.ended, nodes.assigned, "seed {seed}: every transfer ends once");
+        }
+        assert!(follow_ups > 1000, "follow-ups were queued: {follow_ups}");
+    }
+
+    /// A run without failures fetches each chunk from the origin once, follow-ups or not.
+    #[test]
+    fn follow_ups_fetch_each_chunk_from_the_origin_once() {
+        let mut rng = Rng(3);
+        let mut scheduler = Scheduler::new(30, 8, None, with_follow_ups(3));
+        let mut nodes = Nodes::default();
+        while !scheduler.done() {
+            nodes.take(scheduler.next_assignments());
+            let transfer = nodes.running[rng.below(nodes.running.len())];
+            let losers = scheduler.finished(transfer);
+            nodes.end(transfer);
+            losers.into_iter().for_each(|loser| nodes.end(loser));
+        }
+        assert_eq!(nodes.origin_fetches.len(), 30);
+        assert!(
+            nodes.origin_fetches.values().all(|&n| n == 1),
+            "{:?}",
+            nodes.origin_fetches
+        );
+        assert_eq!(scheduler.origin_refetches(), 0);
+    }
+
+    /// Node 0 holds every chunk and serves node 1: one transfer per slot, one follow-up behind each.
+    fn serving_with_follow_ups() -> (Scheduler, Vec<Assignment>) {
+        let mut scheduler = Scheduler::new(20, 3, None, with_follow_ups(1));
+        scheduler.held(0, &(0..20).collect::<Vec<u32>>());
+        scheduler.node_lost(2);
+        let assigned = scheduler.next_assignments();
+        (scheduler, assigned)
+    }
+
+    #[test]
+    fn a_follow_up_takes_over_the_slots_of_the_transfer_ahead() {
+        let (mut scheduler, assigned) = serving_with_follow_ups();
+        let (heads, queued): (Vec<Assignment>, Vec<Assignment>) = assigned.into_iter().partition(|a| a.after.is_none());
+        assert_eq!((heads.len(), queued.len()), (2, 2), "{heads:?} {queued:?}");
+        for follow in &queued {
+            let ahead = follow.after.unwrap();
+            assert!(heads.iter().any(|h| h.transfer == ahead));
+            assert_eq!((follow.transfer.node, follow.transfer.source), (1, Some(0)));
+            assert_ne!(follow.transfer.chunk, ahead.chunk);
+        }
+        let (downloads, uploads) = (scheduler.node_stats(1).downloads, scheduler.node_stats(0).uploads);
+        assert_eq!((downloads, uploads), (2, 2));
+        assert_eq!(
+            scheduler.node_stats(1).inflight,
+            4,
+            "queued chunks are in flight, not wanted"
+        );
+
+        scheduler.finished(heads[0].transfer);
+        let follow = queued.iter().find(|f| f.after == Some(heads[0].transfer)).unwrap();
+        assert!(scheduler.active().contains(&follow.transfer), "promoted");
+        assert_eq!(scheduler.take_promoted(), vec![follow.transfer]);
+        assert_eq!(scheduler.node_stats(1).downloads, 2, "the same slot, still taken");
+        assert_eq!(scheduler.node_stats(0).uploads, 2);
+        let refilled = scheduler.next_assignments();
+        assert_eq!(
+            refilled.len(),
+            1,
+            "the promoted one gets a follow-up of its own: {refilled:?}"
+        );
+        assert_eq!(refilled[0].after, Some(follow.transfer));
+    }
+
+    /// The source of queued follow-ups is lost: they are dropped with the transfers ahead of them, and
+    /// their chunks are decided again (here, from the origin: nobody else holds them).
+    #[test]
+    fn follow_ups_from_a_lost_source_are_dropped_and_decided_again() {
+        let (mut scheduler, assigned) = serving_with_follow_ups();
+        let dropped = scheduler.node_lost(0);
+        let mut expected: Vec<Transfer> = assigned.iter().map(|a| a.transfer).collect();
+        let mut dropped_sorted = dropped.clone();
+        expected.sort();
+        dropped_sorted.sort();
+        assert_eq!(dropped_sorted, expected, "every transfer from it, queued ones too");
+        assert!(scheduler.queued.is_empty() && scheduler.ahead.is_empty());
+        assert!(scheduler.take_promoted().is_empty(), "nothing started in a freed slot");
+        assert_eq!(scheduler.node_stats(1).downloads, 0);
+        assert_eq!(scheduler.node_stats(1).wanting, 20);
+        let again = scheduler.next_assignments();
+        assert!(!again.is_empty() && again.iter().all(|a| a.transfer.from_origin() && a.transfer.node == 1));
+    }
+
+    /// A node with follow-ups queued is lost: they are dropped, the source's slots come back whole, and
+    /// the chunks go to another node that needs them.
+    #[test]
+    fn follow_ups_of_a_lost_node_are_dropped_and_its_source_serves_others() {
+        let mut scheduler = Scheduler::new(20, 3, None, with_follow_ups(1));
+        scheduler.held(0, &(0..20).collect::<Vec<u32>>());
+        let assigned = scheduler.next_assignments();
+        let to_one: Vec<Transfer> = assigned.iter().map(|a| a.transfer).filter(|t| t.node == 1).collect();
+        assert!(
+            assigned.iter().any(|a| a.after.is_some() && a.transfer.node == 1),
+            "{assigned:?}"
+        );
+        let mut dropped = scheduler.node_lost(1);
+        dropped.sort();
+        let mut expected = to_one.clone();
+        expected.sort();
+        assert_eq!(dropped, expected);
+        assert_eq!(scheduler.spare_uploads, recomputed_spare(&scheduler));
+        assert!(scheduler.ahead.keys().all(|t| t.node == 2) && scheduler.queued.keys().all(|t| t.node == 2));
+        let again = scheduler.next_assignments();
+        assert!(again.iter().all(|a| a.transfer.node == 2), "{again:?}");
+        assert!(
+            again.iter().any(|a| a.after.is_none()),
+            "node 0's freed upload slot serves node 2"
+        );
     }
 
     /// The spare upload count is kept incrementally through every kind of fact; a drift would make

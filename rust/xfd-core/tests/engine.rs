@@ -1086,6 +1086,7 @@ async fn linked_work_with_a_digest_that_does_not_parse_fails_instead_of_going_un
             unit: chunk.clone(),
             peer: "127.0.0.9:9".into(),
             digest: Some("not-hex".into()),
+            after: None,
         }],
     });
     let events = node.drain_events();

@@ -2,9 +2,10 @@
 //! control link per virtual node, transfers timed by the fluid model on the wall clock.
 //!
 //!     cargo run --release -p xfd-bench --bin xfd-control-bench -- --nodes 1024 --bytes 10GB
-//!         [--chunk-mib 64] [--time-scale 1] [--json]
+//!         [--chunk-mib 64] [--time-scale 1] [--follow-ups 1] [--json]
 //!
-//! `--bytes` takes a decimal size (`10GB`, `640MiB`, `1e10`). Prints what the run measured, or with
+//! `--bytes` takes a decimal size (`10GB`, `640MiB`, `1e10`). `--follow-ups` sets the transfers queued
+//! behind each peer transfer (the coordinator's default without it; 0: none, as before they existed). Prints what the run measured, or with
 //! `--json` one JSON object on one line.
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ struct Args {
     bytes: u64,
     chunk_mib: f64,
     time_scale: f64,
+    follow_ups: Option<u32>,
     json: bool,
 }
 
@@ -26,6 +28,7 @@ fn parse() -> Result<Args, String> {
         bytes: 10_000_000_000,
         chunk_mib: 64.0,
         time_scale: 1.0,
+        follow_ups: None,
         json: false,
     };
     let mut raw = std::env::args().skip(1);
@@ -49,6 +52,13 @@ fn parse() -> Result<Args, String> {
             "--bytes" => args.bytes = size(&value)?,
             "--chunk-mib" => args.chunk_mib = number()?,
             "--time-scale" => args.time_scale = number()?,
+            "--follow-ups" => {
+                args.follow_ups = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--follow-ups: not a whole number: {value}"))?,
+                )
+            }
             _ => {
                 return Err(format!(
                     "unknown option {flag} (see the usage at the top of the source)"
@@ -94,11 +104,13 @@ fn main() {
         eprintln!("xfd-control-bench: {error}");
         std::process::exit(2);
     });
+    let mut sim = SimConfig {
+        chunk_size: (args.chunk_mib * 1048576.0) as u64,
+        ..SimConfig::datacenter(args.nodes, args.bytes)
+    };
+    sim.scheduler.follow_ups = args.follow_ups;
     let config = FleetConfig {
-        sim: SimConfig {
-            chunk_size: (args.chunk_mib * 1048576.0) as u64,
-            ..SimConfig::datacenter(args.nodes, args.bytes)
-        },
+        sim,
         time_scale: args.time_scale,
         timeout: Duration::from_secs(1800),
         ..FleetConfig::new(SimConfig::datacenter(args.nodes, args.bytes))
@@ -154,6 +166,11 @@ fn print(r: &FleetResult) {
         "delivery lag       {:.1} ms max, {:.2} ms mean",
         r.max_lag_s * 1e3,
         r.mean_lag_s * 1e3
+    );
+    println!(
+        "slot refill        {:.2} ms mean wait of a freed slot, {} follow-ups started",
+        r.mean_refill_s * 1e3,
+        r.follow_ups
     );
     println!("peak RSS           {:.0} MiB", r.peak_rss_bytes as f64 / 1048576.0);
     println!(

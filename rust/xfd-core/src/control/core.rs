@@ -6,13 +6,19 @@
 //! checked against it), which transfer a report answers, the origin bytes each node counted, and the
 //! run's progress.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::link::Work;
 use super::progress::{NodeState, Progress, Source};
 use super::wire::{PeerWork, Report};
 use crate::error::ErrorKind;
-use crate::scheduler::{FailureKind, Scheduler, SchedulerConfig, Transfer};
+use crate::scheduler::{Assignment, FailureKind, Scheduler, SchedulerConfig, Transfer};
+
+/// Follow-ups queued behind each peer transfer when the plan leaves it to the coordinator (see
+/// [`SchedulerConfig::follow_ups`]): nodes on a control link run them. One keeps a freed slot busy as
+/// long as the coordinator answers within a transfer's time; more would commit chunks to sources
+/// earlier than rarest-first needs (measured in `docs/benchmarks.md`, "Control plane").
+pub const FOLLOW_UPS: u32 = 1;
 
 /// What the run needs to know about its plan.
 #[derive(Clone, Debug)]
@@ -46,6 +52,8 @@ pub struct Core {
     digests: Vec<Option<String>>,
     /// Transfers started and not yet answered, by (unit, node): a report names its unit and source.
     active: HashMap<(u32, u32), Vec<Transfer>>,
+    /// Follow-ups handed to their nodes that have not started yet (the transfer ahead still runs).
+    queued: HashSet<Transfer>,
     failures: Vec<String>,
     deliveries: u64,
 }
@@ -55,8 +63,12 @@ impl Core {
         let sizes: Vec<u64> = plan.units.iter().map(|(_, size)| *size).collect();
         let units: Vec<String> = plan.units.into_iter().map(|(id, _)| id).collect();
         let unit_index = units.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
+        let config = SchedulerConfig {
+            follow_ups: Some(plan.scheduler.follow_ups.unwrap_or(FOLLOW_UPS)),
+            ..plan.scheduler
+        };
         Core {
-            scheduler: Scheduler::new(units.len(), 0, Some(&[]), plan.scheduler),
+            scheduler: Scheduler::new(units.len(), 0, Some(&[]), config),
             progress: Progress::new(sizes, plan.unique_bytes),
             digests: vec![None; units.len()],
             units,
@@ -65,6 +77,7 @@ impl Core {
             by_name: HashMap::new(),
             by_address: HashMap::new(),
             active: HashMap::new(),
+            queued: HashSet::new(),
             failures: Vec::new(),
             deliveries: 0,
         }
@@ -166,6 +179,7 @@ impl Core {
                     self.progress.origin_requests(node, requests, failed);
                 }
             }
+            self.count_promoted(now);
         }
         self.mark_if_done(node, now);
     }
@@ -222,11 +236,22 @@ impl Core {
 
     /// A transfer that will never report (an endgame loser, or one to or from a lost node).
     fn drop_transfer(&mut self, transfer: Transfer) {
+        let started = !self.queued.remove(&transfer);
         if self
             .remove_active(transfer.chunk, transfer.node, |t| *t == transfer)
             .is_some()
+            && started
         {
             self.progress.transfer_dropped(transfer.node);
+        }
+    }
+
+    /// Follow-ups whose transfer ahead ended: their nodes started them then.
+    fn count_promoted(&mut self, now: f64) {
+        for transfer in self.scheduler.take_promoted() {
+            if self.queued.remove(&transfer) {
+                self.progress.started_transfer(transfer.node, transfer.chunk, now);
+            }
         }
     }
 
@@ -248,6 +273,7 @@ impl Core {
         for transfer in self.scheduler.node_lost(node) {
             self.drop_transfer(transfer);
         }
+        self.count_promoted(now);
         self.progress.set_state(node, NodeState::Lost, reason, now);
     }
 
@@ -259,12 +285,16 @@ impl Core {
     /// The transfers to start now, as work per node.
     pub fn decide(&mut self, now: f64) -> Vec<(u32, Work)> {
         let mut work: HashMap<u32, Work> = HashMap::new();
-        for transfer in self.scheduler.next_transfers() {
+        for Assignment { transfer, after } in self.scheduler.next_assignments() {
             self.active
                 .entry((transfer.chunk, transfer.node))
                 .or_default()
                 .push(transfer);
-            self.progress.started_transfer(transfer.node, transfer.chunk, now);
+            if after.is_none() {
+                self.progress.started_transfer(transfer.node, transfer.chunk, now);
+            } else {
+                self.queued.insert(transfer);
+            }
             let unit = self.units[transfer.chunk as usize].clone();
             let for_node = work.entry(transfer.node).or_default();
             match transfer.source {
@@ -273,6 +303,7 @@ impl Core {
                     unit,
                     peer: self.members[source as usize].address.clone(),
                     digest: self.digests[transfer.chunk as usize].clone(),
+                    after: after.map(|ahead| self.units[ahead.chunk as usize].clone()),
                 }),
             }
         }
@@ -400,7 +431,8 @@ mod tests {
                 vec![PeerWork {
                     unit: "u0".into(),
                     peer: address.clone(),
-                    digest: Some("d".into())
+                    digest: Some("d".into()),
+                    after: None,
                 }]
             );
             core.report(*node, vec![done("u0", Some(&address))], 2.0);
@@ -448,6 +480,66 @@ mod tests {
         let lost_address = format!("10.0.0.{}:1", seeder + 1);
         core.report(leecher, vec![done("u0", Some(&lost_address))], 2.0);
         assert!(core.finished(), "the node holds the unit: nothing is missing");
+    }
+
+    /// `a` holds 20 units and serves `b`: one transfer per download slot, and follow-ups behind them
+    /// while `b` wants more than its slots.
+    fn serving_with_follow_ups() -> (Core, Vec<PeerWork>) {
+        let mut core = core(20);
+        let held: Vec<(String, String)> = all(20).into_iter().map(|u| (u, "d".into())).collect();
+        core.join("a", "10.0.0.1:1", &[], &held, 0.0).unwrap();
+        core.join("b", "10.0.0.2:1", &all(20), &[], 0.0).unwrap();
+        let work = core.decide(0.0);
+        assert_eq!(work.len(), 1);
+        (core, work[0].1.peers.clone())
+    }
+
+    fn inflight(core: &Core, node: usize) -> usize {
+        core.progress().snapshot(1.0, false).nodes[node].inflight as usize
+    }
+
+    #[test]
+    fn follow_ups_go_out_behind_their_transfer_and_count_once_they_start() {
+        let (mut core, peers) = serving_with_follow_ups();
+        let slots = SchedulerConfig::default().download_slots as usize;
+        let (heads, follow_ups): (Vec<&PeerWork>, Vec<&PeerWork>) = peers.iter().partition(|p| p.after.is_none());
+        assert_eq!(heads.len(), slots);
+        assert_eq!(follow_ups.len(), 20 - 2 * slots, "until b wants no more than its slots");
+        assert!(
+            follow_ups
+                .iter()
+                .all(|f| heads.iter().any(|h| Some(&h.unit) == f.after.as_ref()))
+        );
+        assert_eq!(inflight(&core, 1), slots, "a queued follow-up is not running");
+
+        // The first head ends: its follow-up starts in its slot, and reports once like any other.
+        let follow = follow_ups[0].clone();
+        let ahead = follow.after.clone().unwrap();
+        core.report(1, vec![done(&ahead, Some("10.0.0.1:1"))], 1.0);
+        assert_eq!(inflight(&core, 1), slots);
+        let refill = core.decide(1.0);
+        let started = refill.iter().flat_map(|(_, w)| &w.peers).filter(|p| p.after.is_none());
+        assert_eq!(started.count(), 0, "no slot freed: {refill:?}");
+        core.report(1, vec![done(&follow.unit, Some("10.0.0.1:1"))], 2.0);
+        assert_eq!(core.deliveries(), 2);
+        core.report(1, vec![done(&follow.unit, Some("10.0.0.1:1"))], 2.0);
+        assert_eq!(core.deliveries(), 2, "a second report of it answers nothing");
+    }
+
+    #[test]
+    fn follow_ups_from_a_lost_source_are_dropped_and_their_units_decided_again() {
+        let (mut core, peers) = serving_with_follow_ups();
+        core.lose(0, "gone", 1.0);
+        assert_eq!(inflight(&core, 1), 0, "queued follow-ups were never counted as running");
+        let again = core.decide(1.0);
+        let mut units: Vec<String> = again[0].1.origin.clone();
+        let slots = SchedulerConfig::default().download_slots as usize;
+        assert_eq!(units.len(), slots, "from the origin now, one per slot: {again:?}");
+        units.retain(|u| peers.iter().any(|p| &p.unit == u));
+        assert!(
+            !units.is_empty(),
+            "units that were queued from the lost source are decided again"
+        );
     }
 
     #[test]

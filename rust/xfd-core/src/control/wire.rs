@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWr
 use crate::error::{Error, Result};
 
 /// The `Upgrade` token of the handshake; a new version of the frames gets a new token.
-pub const PROTOCOL: &str = "xfd-control/1";
+pub const PROTOCOL: &str = "xfd-control/2";
 /// The path of the handshake request.
 pub const PATH: &str = "/v1/control";
 /// The header naming the node a link speaks for.
@@ -84,13 +84,18 @@ pub enum Down {
     End,
 }
 
-/// Fetch `unit` from the peer server at `peer` (`ip:port`).
+/// Fetch `unit` from the peer server at `peer` (`ip:port`): at once, or, with `after`, as a follow-up
+/// the moment this node's transfer of unit `after` from the same peer ends (at once if it already has).
+/// A follow-up takes over the slots of the transfer it follows, so a node's next transfer does not
+/// wait for the coordinator to hear that a slot freed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerWork {
     pub unit: String,
     pub peer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// Writes `frames` as lines and flushes once: a writer that fell behind sends its backlog in one write.
