@@ -19,7 +19,7 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def test_there_are_example_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "builder", "node_failure"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "builder", "node_failure", "operations"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

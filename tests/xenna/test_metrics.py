@@ -1,5 +1,9 @@
 """Metrics read back from Ray's Prometheus endpoints, and the event log, after real distributions.
 
+In the Xenna ring's environment because it has ``ray[default]`` (cosmos-xenna needs it), whose metrics
+agent serves Ray's Prometheus endpoints; the main environment keeps plain ``ray``, whose simulated nodes
+start twice as fast (docs/metrics.md, "Tested").
+
 The driver records xfd's metrics through ``ray.util.metrics``; Ray's metrics agent on the driver's node
 exports them. Counters add up every run of the session's driver, so each check compares what one run
 added (read once the endpoints show every earlier run's end) with that run's report.
@@ -22,7 +26,7 @@ from xfd import Manifest
 from xfd.nodes import localize
 from xfd.runtime import telemetry
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.timeout(600)
 MiB = 1 << 20
 # Labels xfd sets; Ray adds its own (WorkerId, SessionName, ...), which the checks add up over.
 XFD_LABELS = {"node", "source", "kind", "outcome", "state", "le"}
@@ -32,9 +36,12 @@ Metrics = Mapping[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape() -> Metrics:
-    """Every ``xfd_`` sample of every node's metrics endpoint, summed over the labels Ray adds."""
+    """Every ``xfd_`` sample this driver recorded, from every node's metrics endpoint, summed over the other
+    labels Ray adds. Other drivers of the session's cluster (the tests' subprocesses: a restarted kernel,
+    the CLI) record their runs' metrics too; Ray tells them apart by ``WorkerId``."""
     import ray
 
+    me = ray.get_runtime_context().get_worker_id()
     totals: dict[tuple[str, frozenset[tuple[str, str]]], float] = defaultdict(float)
     for node in ray.nodes():
         if not node["Alive"]:
@@ -45,7 +52,7 @@ def scrape() -> Metrics:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 name = sample.name.removeprefix("ray_")
-                if name.startswith("xfd_"):
+                if name.startswith("xfd_") and sample.labels.get("WorkerId", me) == me:
                     labels = frozenset((k, v) for k, v in sample.labels.items() if k in XFD_LABELS)
                     totals[(name, labels)] += sample.value
     return dict(totals)
