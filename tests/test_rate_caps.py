@@ -118,7 +118,9 @@ def test_the_origin_serves_the_cluster_within_origin_rate(cluster, s3, bucket, o
         report = manifest.distribute(plan=plan, progress=None)
     assert report.ok, report.summary()
     window = watch.window()
-    assert window.get_bytes == plan.unique_bytes, f"each byte from the origin once, as without a cap: {report.summary()}"
+    assert window.get_bytes == plan.unique_bytes, (
+        f"each byte from the origin once, as without a cap: {report.summary()}"
+    )
     print(f"origin_rate: {window.byte_rate / cap:.3f} x the cap ({window})")
     assert window.byte_rate <= cap * TOLERANCE, (window, f"{window.byte_rate / cap:.3f} x the cap")
 
