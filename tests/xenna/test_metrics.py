@@ -32,6 +32,7 @@ MiB = 1 << 20
 XFD_LABELS = {"node", "source", "kind", "outcome", "state", "le"}
 EXPORTED_WITHIN_S = 60.0
 
+KINDS = ("origin", "peer", "stalled", "integrity", "busy", "fatal")
 Metrics = Mapping[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -142,7 +143,8 @@ def test_metrics_and_event_log_tell_what_the_report_says(cluster, s3, bucket, ar
     assert added(after, before, "xfd_origin_fetched_bytes_total") == report.origin_bytes == origin.traffic().get_bytes
     assert added(after, before, "xfd_origin_requests_total") == origin.traffic().get_requests
     assert added(after, before, "xfd_origin_failed_requests_total") == 0
-    assert added(after, before, "xfd_transfer_failures_total") == 0
+    failures = {k: added(after, before, "xfd_transfer_failures_total", kind=k) for k in KINDS}
+    assert added(after, before, "xfd_transfer_failures_total") == 0, (failures, report.failures)
     assert added(after, before, "xfd_runs_total", outcome="ok") == 1
     assert added(after, before, "xfd_run_nodes_total", state="done") == len(cluster.nodes)
     assert value(after, "xfd_active_runs") == 0
