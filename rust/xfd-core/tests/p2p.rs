@@ -77,7 +77,7 @@ impl Node {
             std::fs::write(&path, content).unwrap();
             bytes.extend_from_slice(&content[range.clone()]);
             let (offset, length) = (range.start as u64, range.len() as u64);
-            segments.push(Segment { path, offset, length });
+            segments.push(Segment::new(path, offset, length));
         }
         let chunk = ServedChunk::in_files(segments, ChunkDigest::of_bytes(&bytes));
         self.registry.insert(id, chunk);
@@ -564,6 +564,50 @@ async fn a_chunk_whose_file_is_missing_or_too_short_is_not_found() {
     );
 }
 
+/// A part file is renamed to its destination when published; the registry learns the new name only
+/// afterwards. Requests that looked the chunk up in between, before the body or during it, read the
+/// file under its new name instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_file_published_while_it_is_served_is_read_under_its_new_name() {
+    let node = Node::start().await;
+    let bytes = pattern(3 * MIB, 7);
+    let (prefix, digest) = (1000, ChunkDigest::of_bytes(&bytes));
+    let mut requests = Vec::new();
+    for _ in 0..2 {
+        let id = next_id();
+        let written = node.write_file(&id, &bytes, prefix);
+        let (part, published) = (written.with_extension("part"), written.with_extension("published"));
+        std::fs::rename(&written, &part).unwrap();
+        let chunk = ServedChunk::in_part_file(
+            part.clone(),
+            published.clone(),
+            prefix as u64,
+            bytes.len() as u64,
+            digest,
+        );
+        node.registry.insert(id, chunk);
+        requests.push((id, part, published));
+    }
+    let (mid_body, before) = (&requests[0], &requests[1]);
+    let (mut stream, status) = open_without_reading(node.addr(), &mid_body.0).await;
+    assert_eq!(status, 200);
+    for (_, part, published) in &requests {
+        std::fs::rename(part, published).unwrap();
+    }
+
+    fetch_whole(&client(), &node, &before.0, &bytes).await.unwrap();
+    let tail = read_at_least(&mut stream, bytes.len() - 1024).await;
+    assert!(
+        tail.ends_with(&bytes[bytes.len() - 4096..]),
+        "{} bytes received",
+        tail.len()
+    );
+    std::fs::remove_file(&before.2).unwrap();
+    let err = fetch_whole(&client(), &node, &before.0, &bytes).await.unwrap_err();
+    assert!(matches!(err, Error::ChunkNotOnPeer { .. }), "{err}");
+    assert_eq!(node.server.stats().read_failures, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_shrinking_or_vanishing_mid_stream_aborts_the_body() {
     let node = Node::start().await;
@@ -870,6 +914,19 @@ async fn a_hung_peer_is_given_up_at_the_deadline() {
 }
 
 /// Reads until the server closes the connection; the bytes it sent first.
+/// Reads until `length` bytes came (or the connection closed); returns them.
+async fn read_at_least(stream: &mut TcpStream, length: usize) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    while received.len() < length {
+        match stream.read(&mut buffer).await.unwrap() {
+            0 => break,
+            n => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    received
+}
+
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut received = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut received)).await;

@@ -20,11 +20,7 @@ async fn every_slot_serves_a_bundle_of_300_files_under_a_low_open_file_limit() {
         let path = dir.path().join(format!("member-{i}"));
         std::fs::write(&path, &content).unwrap();
         let length = content.len() as u64;
-        segments.push(Segment {
-            path,
-            offset: 0,
-            length,
-        });
+        segments.push(Segment::new(path, 0, length));
         bytes.extend_from_slice(&content);
     }
     let id = ChunkId::from_bytes([0xc0; 16]);

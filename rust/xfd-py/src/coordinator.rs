@@ -56,10 +56,6 @@ impl PyCoordinator {
                 scheduler: SchedulerConfig {
                     // The scheduler counts origin units; the settings count GETs.
                     origin_parallelism: origin_units(origin_parallelism, origin_chunk_streams),
-                    // Off in real runs for now: with follow-ups on, a run behind a slow (rate-capped)
-                    // origin fetched some chunks from the origin twice (tests/test_rate_caps.py,
-                    // "origin refetches"), a bug not yet found. The virtual-node benchmark keeps them on.
-                    follow_ups: Some(0),
                     download_slots,
                     upload_slots,
                     ..SchedulerConfig::default()

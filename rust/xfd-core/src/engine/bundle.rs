@@ -117,11 +117,7 @@ impl BundleWork {
             .iter()
             .map(|m| {
                 let work = m.work.lock().unwrap();
-                Segment {
-                    path: work.targets[0].destination.clone(),
-                    offset: 0,
-                    length: work.object().size,
-                }
+                Segment::new(work.targets[0].destination.clone(), 0, work.object().size)
             })
             .collect()
     }

@@ -2,12 +2,13 @@
 //! goes to a scratch file; whichever copy verifies first is the one kept.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::object::{ObjectState, ObjectWork};
 use super::publish::{Published, record_and_maybe_publish};
+use super::serving::ChunkFile;
 use super::{ChunkDone, Engine, Source};
 use crate::error::{Error, Result};
 use crate::hash::ChunkDigest;
@@ -39,13 +40,13 @@ impl Engine {
             .await?;
         let digest = report.digest;
         let committed = self.commit_duplicate(&work, &chunk, scratch, digest).await?;
-        let Some((path, published)) = committed else {
+        let Some((file, published)) = committed else {
             return Ok(self.already_held(&work, &chunk));
         };
         let object_id = work.lock().unwrap().object().id.clone();
         let peer = Some(peer.to_string());
         let elapsed = started.elapsed();
-        Ok(self.announce(&object_id, chunk, digest, Source::Peer, peer, elapsed, &path, published))
+        Ok(self.announce(&object_id, chunk, digest, Source::Peer, peer, elapsed, &file, published))
     }
 
     /// Puts the verified scratch copy in place and records it, unless the slower transfer finished
@@ -56,7 +57,7 @@ impl Engine {
         chunk: &PlanChunk,
         scratch: Arc<std::fs::File>,
         digest: ChunkDigest,
-    ) -> Result<Option<(PathBuf, Option<Published>)>> {
+    ) -> Result<Option<(ChunkFile, Option<Published>)>> {
         let fence = self.claims.fence_of(&chunk.id);
         let (chunk_id, length, offset) = (chunk.id.clone(), chunk.length, chunk.offset);
         let (work, faults) = (work.clone(), self.config.faults.clone());

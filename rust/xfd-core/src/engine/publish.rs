@@ -1,11 +1,12 @@
 //! Recording a chunk whose bytes are in the part file, and publishing the file once every chunk is.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::object::{ObjectState, ObjectWork};
+use super::serving::ChunkFile;
 use super::{ChunkDone, Engine, Event, Source};
 use crate::assembly::{self, PartFile};
 use crate::error::{Error, Result};
@@ -30,13 +31,13 @@ impl Engine {
         let object_id = work.lock().unwrap().object().id.clone();
         let chunk_id = chunk.id.clone();
         let faults = self.config.faults.clone();
-        let (path, published) = tokio::task::spawn_blocking(move || {
+        let (file, published) = tokio::task::spawn_blocking(move || {
             record_and_maybe_publish(&mut work.lock().unwrap(), &chunk_id, digest, &faults)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
         self.config.faults.crash_point(Point::ChunkRecorded);
-        Ok(self.announce(&object_id, chunk, digest, source, peer, elapsed, &path, published))
+        Ok(self.announce(&object_id, chunk, digest, source, peer, elapsed, &file, published))
     }
 
     /// Makes a recorded chunk servable and reports it (and the file, if this chunk completed it).
@@ -49,10 +50,10 @@ impl Engine {
         source: Source,
         peer: Option<String>,
         elapsed: Duration,
-        path: &Path,
+        file: &ChunkFile,
         published: Option<Published>,
     ) -> ChunkDone {
-        self.register(&chunk.id, path, digest);
+        self.register(&chunk.id, file, digest);
         self.emit(Event::ChunkDone {
             chunk_id: chunk.id.clone(),
             object_id: object_id.to_owned(),
@@ -63,8 +64,9 @@ impl Engine {
             digest: digest.to_hex(),
         });
         if let Some((destination, digests)) = published {
+            let placed = ChunkFile::Placed(destination.clone());
             for (id, digest) in digests {
-                self.register(&id, &destination, digest);
+                self.register(&id, &placed, digest);
             }
             let bytes = self.objects[object_id].lock().unwrap().object().size;
             self.emit(Event::FilePublished {
@@ -84,36 +86,34 @@ impl Engine {
 }
 
 /// Records `chunk_id` in the object's part file and publishes the file if that was its last missing
-/// chunk. Returns where the chunk can be served from, and what was published.
+/// chunk. Returns the file the chunk can be served from, and what was published.
 pub(super) fn record_and_maybe_publish(
     work: &mut ObjectWork,
     chunk_id: &str,
     digest: ChunkDigest,
     faults: &Faults,
-) -> Result<(PathBuf, Option<Published>)> {
-    let path = match &mut work.state {
+) -> Result<(ChunkFile, Option<Published>)> {
+    let in_part = ChunkFile::Part(work.targets[0].destination.clone());
+    match &mut work.state {
         ObjectState::Published(record) => {
             // Published meanwhile (a duplicate transfer won the race): nothing left to record.
             debug_assert!(record.chunks.contains_key(chunk_id));
-            return Ok((work.targets[0].destination.clone(), None));
+            return Ok((ChunkFile::Placed(work.targets[0].destination.clone()), None));
         }
         ObjectState::Missing => {
             return Err(Error::InvalidPlan(
                 "chunk recorded before its part file was opened".into(),
             ));
         }
-        ObjectState::Assembling(part) if part.done().contains_key(chunk_id) => return Ok((part.path(), None)),
-        ObjectState::Assembling(part) => {
-            part.record(chunk_id, digest)?;
-            part.path()
-        }
-    };
+        ObjectState::Assembling(part) if part.done().contains_key(chunk_id) => return Ok((in_part, None)),
+        ObjectState::Assembling(part) => part.record(chunk_id, digest)?,
+    }
     match work.state.take_complete() {
         Some(part) => {
             let published = publish(work, part, faults)?;
-            Ok((published.0.clone(), Some(published)))
+            Ok((ChunkFile::Placed(published.0.clone()), Some(published)))
         }
-        None => Ok((path, None)),
+        None => Ok((in_part, None)),
     }
 }
 

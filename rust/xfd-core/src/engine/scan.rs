@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::object::{ObjectState, ObjectWork};
 use super::publish::publish;
+use super::serving::ChunkFile;
 use super::{Engine, Event, Source};
 use crate::assembly::{self, CacheState, FileRecord, FileTarget, PartFile};
 use crate::error::{Error, Result};
@@ -38,7 +39,7 @@ enum ScanFound {
     },
     Partial {
         object_id: String,
-        path: PathBuf,
+        file: ChunkFile,
         digests: BTreeMap<String, ChunkDigest>,
         published: Option<Event>,
     },
@@ -83,16 +84,16 @@ impl Engine {
                 object_id,
             } => {
                 report.cached_files += 1;
-                self.register_all(&object_id, &path, &digests, report);
+                self.register_all(&object_id, &ChunkFile::Placed(path), &digests, report);
             }
             ScanFound::Partial {
-                path,
+                file,
                 digests,
                 object_id,
                 published,
             } => {
                 report.resumed_chunks += digests.len() as u64;
-                self.register_all(&object_id, &path, &digests, report);
+                self.register_all(&object_id, &file, &digests, report);
                 if let Some(event) = published {
                     self.emit(event);
                 }
@@ -103,12 +104,12 @@ impl Engine {
     fn register_all(
         &self,
         object_id: &str,
-        path: &Path,
+        file: &ChunkFile,
         digests: &BTreeMap<String, ChunkDigest>,
         report: &mut ScanReport,
     ) {
         for (chunk_id, digest) in digests {
-            self.register(chunk_id, path, *digest);
+            self.register(chunk_id, file, *digest);
             report.held.insert(chunk_id.clone(), digest.to_hex());
             self.emit(Event::ChunkDone {
                 chunk_id: chunk_id.clone(),
@@ -172,11 +173,11 @@ fn scan_object(
     let part = PartFile::open(store, target.clone())?;
     let digests = part.done().clone();
     if !part.is_complete() {
-        let path = part.path();
+        let file = ChunkFile::Part(part.target().destination.clone());
         work.state = ObjectState::Assembling(Box::new(part));
         return Ok(ScanFound::Partial {
             object_id,
-            path,
+            file,
             digests,
             published: None,
         });
@@ -190,7 +191,7 @@ fn scan_object(
     };
     Ok(ScanFound::Partial {
         object_id,
-        path: destination,
+        file: ChunkFile::Placed(destination),
         digests,
         published: Some(published),
     })

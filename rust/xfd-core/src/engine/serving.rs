@@ -2,14 +2,24 @@
 //! that serves them once the runtime starts it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Engine;
+use crate::assembly::part_path;
 use crate::error::{Error, Result};
 use crate::hash::ChunkDigest;
 use crate::p2p::{ChunkId, MemoryRegistry, P2pServer, ServedChunk, ServerConfig, ServerStats};
+
+/// The file a verified chunk of a file is read from.
+#[derive(Debug, Clone)]
+pub(super) enum ChunkFile {
+    /// The part file of this destination, renamed to it when the file is published.
+    Part(PathBuf),
+    /// A file in place: published, or a cache hit.
+    Placed(PathBuf),
+}
 
 /// The verified chunks of this node, and the server of them while it runs. Chunks are registered
 /// from the scan on, before any server runs: a server started later serves them at once.
@@ -90,15 +100,22 @@ impl Engine {
         self.serving.server.lock().unwrap().as_ref().map(P2pServer::stats)
     }
 
-    /// Serves the plan's chunk `chunk_id` from `path` (its part file, or the published file), at the
-    /// chunk's offset there.
-    pub(super) fn register(&self, chunk_id: &str, path: &Path, digest: ChunkDigest) {
+    /// Serves the plan's chunk `chunk_id` from `file`, at the chunk's offset there. A chunk of a part
+    /// file stays servable while the file is published: its segment knows the name it is renamed to.
+    pub(super) fn register(&self, chunk_id: &str, file: &ChunkFile, digest: ChunkDigest) {
         let Some((_, chunk)) = self.chunk(chunk_id) else {
             return;
         };
-        if let Ok(id) = ChunkId::parse(chunk_id) {
-            let served = ServedChunk::in_file(path.to_owned(), chunk.offset, chunk.length, digest);
-            self.serving.serve(id, served);
-        }
+        let Ok(id) = ChunkId::parse(chunk_id) else {
+            return;
+        };
+        let (offset, length) = (chunk.offset, chunk.length);
+        let served = match file {
+            ChunkFile::Part(destination) => {
+                ServedChunk::in_part_file(part_path(destination), destination.clone(), offset, length, digest)
+            }
+            ChunkFile::Placed(path) => ServedChunk::in_file(path.clone(), offset, length, digest),
+        };
+        self.serving.serve(id, served);
     }
 }

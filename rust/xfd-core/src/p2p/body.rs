@@ -193,7 +193,7 @@ fn read_span(
         let n = (segment.length - skip).min((buffer.len() - filled) as u64) as usize;
         let file = match kept.take() {
             Some(kept) if kept.index == index => kept.file,
-            _ => File::open(&segment.path)?,
+            _ => segment.open()?,
         };
         file.read_exact_at(&mut buffer[filled..filled + n], segment.offset.saturating_add(skip))?;
         filled += n;

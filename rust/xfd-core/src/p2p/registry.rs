@@ -1,7 +1,9 @@
 //! What a peer server may serve: the engine's list of verified chunks.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use super::ChunkId;
@@ -14,6 +16,41 @@ pub struct Segment {
     /// Offset of the range's first byte in `path`.
     pub offset: u64,
     pub length: u64,
+    /// Where `path` is renamed to, byte for byte, when its file is published: a part file's
+    /// destination. A request that looked the chunk up just before the rename finds `path` gone and
+    /// reads here, so a publish never turns a peer's request away.
+    pub renamed_to: Option<PathBuf>,
+}
+
+impl Segment {
+    /// `length` bytes of `path` from `offset`, a file that stays where it is.
+    pub fn new(path: PathBuf, offset: u64, length: u64) -> Segment {
+        Segment {
+            path,
+            offset,
+            length,
+            renamed_to: None,
+        }
+    }
+
+    /// Opens the segment's file, where it is now.
+    pub fn open(&self) -> io::Result<File> {
+        self.at_current_path(|path| File::open(path))
+    }
+
+    /// The metadata of the segment's file, where it is now.
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.at_current_path(|path| std::fs::metadata(path))
+    }
+
+    /// `action` on `path`, or on `renamed_to` once `path` is gone. Renames are atomic, so one of the two
+    /// names holds the file at every moment: `path` missing means the rename has happened.
+    fn at_current_path<T>(&self, action: impl Fn(&Path) -> io::Result<T>) -> io::Result<T> {
+        match (action(&self.path), &self.renamed_to) {
+            (Err(error), Some(renamed)) if error.kind() == io::ErrorKind::NotFound => action(renamed),
+            (result, _) => result,
+        }
+    }
 }
 
 /// Where a verified chunk's bytes lie on this node, and their digest.
@@ -32,7 +69,23 @@ pub struct ServedChunk {
 impl ServedChunk {
     /// A chunk that is `length` bytes of `path` from `offset` (usually of the artifact being assembled).
     pub fn in_file(path: PathBuf, offset: u64, length: u64, digest: ChunkDigest) -> ServedChunk {
-        ServedChunk::in_files(vec![Segment { path, offset, length }], digest)
+        ServedChunk::in_files(vec![Segment::new(path, offset, length)], digest)
+    }
+
+    /// A chunk that is `length` bytes from `offset` of the part file `part`, which becomes
+    /// `destination` when published.
+    pub fn in_part_file(
+        part: PathBuf,
+        destination: PathBuf,
+        offset: u64,
+        length: u64,
+        digest: ChunkDigest,
+    ) -> ServedChunk {
+        let segment = Segment {
+            renamed_to: Some(destination),
+            ..Segment::new(part, offset, length)
+        };
+        ServedChunk::in_files(vec![segment], digest)
     }
 
     /// A chunk whose bytes are `segments` one after the other.
@@ -56,8 +109,9 @@ pub trait ChunkRegistry: Send + Sync + 'static {
     fn verified(&self, id: &ChunkId) -> Option<ServedChunk>;
 }
 
-/// A thread-safe in-memory [`ChunkRegistry`]: the engine inserts a chunk once it is verified and
-/// removes it before its file is moved or deleted.
+/// A thread-safe in-memory [`ChunkRegistry`]: the engine inserts a chunk once it is verified, and again
+/// at the published file once its part file is renamed there ([`Segment::renamed_to`] covers the moment
+/// between the two).
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     chunks: RwLock<HashMap<ChunkId, ServedChunk>>,

@@ -540,9 +540,9 @@ fn segments_in(segments: &[Segment], span: &Range<u64>) -> Vec<Segment> {
         let (from, to) = (span.start.max(start), span.end.min(end));
         if from < to {
             parts.push(Segment {
-                path: segment.path.clone(),
                 offset: segment.offset.saturating_add(from - start),
                 length: to - from,
+                ..segment.clone()
             });
         }
         start = end;
@@ -556,7 +556,7 @@ fn segments_in(segments: &[Segment], span: &Range<u64>) -> Vec<Segment> {
 async fn check_segments(segments: Vec<Segment>) -> io::Result<Vec<Segment>> {
     let check = move || {
         for segment in &segments {
-            if std::fs::metadata(&segment.path)?.len() < segment.offset.saturating_add(segment.length) {
+            if segment.metadata()?.len() < segment.offset.saturating_add(segment.length) {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
