@@ -3,7 +3,13 @@
 Starts a local S3-protocol server (behind a proxy that counts what the origin serves), uploads sample
 artifacts (a large file, a prefix of many small files, a tar.gz), starts a simulated multi-node Ray
 cluster with one node root per node, distributes with live progress, checks every file on every node
-against the origin byte for byte, prints the report, and cleans everything up.
+against the origin byte for byte, and prints the report. Then it uploads a new version of every sample
+and distributes again on the same cluster, as a notebook re-running its cell does, and cleans
+everything up.
+
+Each run is compared with a bound measured just before it: how long one client takes to GET every
+object once from the origin (64 GETs in flight, into memory). Every distribution takes each byte from
+the origin at least once, so no run beats it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import obstore
 
 from xfd import Manifest, _core
 from xfd.formatting import human_size
+from xfd.report import Report
 from xfd.testing import CountingProxy, LocalS3, tar_gz
 
 MiB = 1 << 20
@@ -34,37 +41,53 @@ def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
         CountingProxy(s3.endpoint) as origin,
     ):
         print(f"origin    local S3 server at {s3.endpoint}, counted through a proxy at {origin.endpoint}")
-        expected = _upload_samples(s3, size_mib)
+        expected = _upload_samples(s3, size_mib, version=1)
         manifest = _manifest(s3, origin.endpoint, chunk_mib=max(1, size_mib // 16))
-        plan = manifest.plan()
-        print(plan.summary())
+        print(manifest.plan().summary())
         started = time.perf_counter()
         with LocalCluster(os.path.join(workdir, "nodes"), num_nodes=nodes) as cluster:
             print(
                 f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s "
                 f"({', '.join(n.ip for n in cluster.nodes)})"
             )
-            bound = _origin_once_seconds(s3, origin.endpoint, [o.key for o in plan.objects])
-            origin.reset()
-            report = manifest.distribute(plan=plan, raise_on_failure=False)  # the demo shows a failed report too
-            print(report.summary())
-            print(
-                f"bound     the origin serves the sample once in {bound:.2f} s to one client ({IN_FLIGHT} GETs "
-                f"in flight, to memory), the pace of any distribution that takes each byte from it once; "
-                f"this one took {report.wall_seconds:.2f} s: efficiency {bound / report.wall_seconds:.2f}"
-            )
-            counted = origin.traffic().get_bytes
-            print(
-                f"origin    served {human_size(counted)} for {human_size(plan.unique_bytes)} of unique bytes "
-                f"({counted / plan.unique_bytes:.2f}x), counted at the origin"
-            )
-            mismatches = _verify(cluster, expected)
-            files = len(expected) * len(cluster.nodes)
-            print(
-                f"verify    {files - len(mismatches)}/{files} files identical to the origin (BLAKE3) on "
-                f"{len(cluster.nodes)} nodes" + (f"; MISMATCH: {mismatches[:5]}" if mismatches else "")
-            )
-    return 0 if report.ok and not mismatches else 1
+            ok = _run(manifest, s3, origin, cluster, expected, "first run: the agents start")
+            print("\nnew       version 2 of every sample uploaded; the same cell runs again (agents kept)")
+            expected = _upload_samples(s3, size_mib, version=2)
+            ok = _run(manifest, s3, origin, cluster, expected, "second run") and ok
+    return 0 if ok else 1
+
+
+def _run(manifest: Manifest, s3: LocalS3, origin: CountingProxy, cluster, expected, title: str) -> bool:
+    """Plans, measures the bound, distributes and verifies; prints what a user wants to know of it."""
+    print(f"\n--- {title}")
+    plan = manifest.plan()
+    bound = _origin_once_seconds(s3, origin.endpoint, [o.key for o in plan.objects])
+    origin.reset()
+    report = manifest.distribute(plan=plan, raise_on_failure=False)  # the demo shows a failed report too
+    print(report.summary())
+    _print_pace(report, bound)
+    counted = origin.traffic().get_bytes
+    print(
+        f"origin    served {human_size(counted)} for {human_size(plan.unique_bytes)} of unique bytes "
+        f"({counted / plan.unique_bytes:.2f}x), counted at the origin"
+    )
+    mismatches = _verify(cluster, expected)
+    files = len(expected) * len(cluster.nodes)
+    print(
+        f"verify    {files - len(mismatches)}/{files} files identical to the origin (BLAKE3) on "
+        f"{len(cluster.nodes)} nodes" + (f"; MISMATCH: {mismatches[:5]}" if mismatches else "")
+    )
+    return report.ok and not mismatches
+
+
+def _print_pace(report: Report, bound: float) -> None:
+    agents = max((n.agent_seconds or 0.0) for n in report.nodes)
+    print(
+        f"bound     the origin serves the sample once in {bound:.2f} s to one client ({IN_FLIGHT} GETs in flight, "
+        f"to memory), the pace of any distribution that takes each byte from it once; this run took "
+        f"{report.wall_seconds:.2f} s: efficiency {bound / report.wall_seconds:.2f} (its last agent was up at "
+        f"{agents:.2f} s)"
+    )
 
 
 def _origin_once_seconds(s3: LocalS3, endpoint: str, keys: list[str]) -> float:
@@ -86,10 +109,11 @@ def _origin_once_seconds(s3: LocalS3, endpoint: str, keys: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _upload_samples(s3: LocalS3, size_mib: int) -> dict[str, str]:
-    """Uploads the sample artifacts; returns destination path -> BLAKE3 of the content expected there."""
-    store = s3.create_bucket(BUCKET)
-    rng = random.Random(7)
+def _upload_samples(s3: LocalS3, size_mib: int, version: int) -> dict[str, str]:
+    """Uploads the sample artifacts (each version with other bytes, the same names and sizes); returns
+    destination path -> BLAKE3 of the content expected there."""
+    store = s3.create_bucket(BUCKET) if version == 1 else s3.store(BUCKET)
+    rng = random.Random(7 * version)
     expected: dict[str, str] = {}
     with tempfile.NamedTemporaryFile() as big:
         for _ in range(size_mib):
