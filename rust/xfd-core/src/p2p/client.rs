@@ -29,8 +29,9 @@ pub struct ClientConfig {
     /// 2 MiB/s: far below what any healthy peer delivers (hundreds of MiB/s), so only a stalled or
     /// overloaded peer misses it, and then another source is the better choice.
     pub min_throughput_bytes_per_sec: u64,
-    /// Extra attempts after a connection failure (refused, reset, connect timeout). Default 2: enough
-    /// to ride out a peer's restart or a full accept queue, few enough to give up on a dead node fast.
+    /// Extra attempts after a connection failure (refused, reset, connect timeout) or a busy answer
+    /// (503). Default 2: enough to ride out a peer's restart, a full accept queue or a slot about to be
+    /// freed, few enough to give up on a dead or overloaded node fast.
     pub retries: u32,
     /// Backoff before the first retry; doubles each retry, with jitter. Default 100 ms.
     pub backoff_base: Duration,
@@ -235,7 +236,13 @@ impl P2pClient {
             error: transfer.unreachable(error_chain(&e)),
             retryable: true,
         })?;
-        let advertised = transfer.check_head(&response)?;
+        let advertised = transfer.check_head(&response).map_err(|error| {
+            // A full server frees a slot within moments: a transfer there ends, or the slower copy of an
+            // endgame race (which the scheduler counts free as soon as the faster one is in) finishes.
+            // So a 503 is worth another try after the backoff, as its `Retry-After` says.
+            let retryable = matches!(error, Error::PeerBusy { .. });
+            Failure { error, retryable }
+        })?;
         let (bytes, digest) = transfer.receive(response).await?;
         transfer.verify(advertised, digest)?;
         Ok((bytes, digest))
