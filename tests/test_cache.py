@@ -4,8 +4,10 @@ pruned against a changed manifest; a user's files are never removed. From Python
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections import Counter
 
 import obstore
 import pytest
@@ -95,6 +97,14 @@ def test_ls_verify_prune_across_the_cluster(cluster, s3, bucket, origin, base, t
     assert not verified.ok
     assert main(["cache", "verify", "--within", base]) == 1
     assert f"{base}/model.bin" in capsys.readouterr().out
+    assert main(["cache", "verify", "--within", base, "--json"]) == 1
+    as_json = json.loads(capsys.readouterr().out)
+    assert [
+        (node["ip"], entry["destination"])
+        for node in as_json["nodes"]
+        for entry in node["entries"]
+        if entry["outcome"] == "corrupt"
+    ] == [(corrupted_ip, f"{base}/model.bin")]
 
     # The user's files: one of their own beside xfd's, one put in place of a file xfd published.
     users_ip, replacer_ip = ips[1], ips[3]
@@ -125,6 +135,10 @@ def test_ls_verify_prune_across_the_cluster(cluster, s3, bucket, origin, base, t
     assert main(["cache", "prune", str(toml), "--within", base]) == 0
     out = capsys.readouterr().out
     assert "would remove 15 entries" in out and "dry run" in out
+    assert main(["cache", "prune", str(toml), "--within", base, "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    actions = Counter(entry["action"] for node in as_json["nodes"] for entry in node["entries"])
+    assert as_json["dry_run"] is True and actions == {"remove": 15, "forget": 1}
 
     # Applied: the dropped artifacts' files and trees go, and nothing else.
     done = cache.prune(smaller, within=base, dry_run=False)
@@ -141,6 +155,15 @@ def test_ls_verify_prune_across_the_cluster(cluster, s3, bucket, origin, base, t
     assert main(["cache", "ls", "--within", base]) == 0
     out = capsys.readouterr().out
     assert all(ip in out for ip in ips) and "model" in out
+    assert main(["cache", "ls", "--within", base, "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    listed = {
+        node["ip"]: [(e["destination"], e["artifact"], e["state"]) for e in node["entries"]]
+        for node in as_json["nodes"]
+    }
+    # The file whose byte was flipped in place is no longer as xfd published it.
+    state = {ip: "touched" if ip == corrupted_ip else "intact" for ip in ips}
+    assert listed == {ip: [(f"{base}/model.bin", "model", state[ip])] for ip in ips}
 
 
 def test_prune_needs_a_manifest():
