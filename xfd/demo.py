@@ -24,6 +24,7 @@ import obstore
 
 from xfd import Manifest, _core
 from xfd.formatting import human_size
+from xfd.plan import Plan
 from xfd.report import Report
 from xfd.testing import CountingProxy, LocalS3, tar_gz
 
@@ -43,24 +44,24 @@ def run_demo(nodes: int = 4, size_mib: int = 128) -> int:
         print(f"origin    local S3 server at {s3.endpoint}, counted through a proxy at {origin.endpoint}")
         expected = _upload_samples(s3, size_mib, version=1)
         manifest = _manifest(s3, origin.endpoint, chunk_mib=max(1, size_mib // 16))
-        print(manifest.plan().summary())
+        plan = manifest.plan()
+        print(plan.summary())
         started = time.perf_counter()
         with LocalCluster(os.path.join(workdir, "nodes"), num_nodes=nodes) as cluster:
             print(
                 f"cluster   {nodes} simulated nodes up in {time.perf_counter() - started:.1f} s "
                 f"({', '.join(n.ip for n in cluster.nodes)})"
             )
-            ok = _run(manifest, s3, origin, cluster, expected, "first run: the agents start")
-            print("\nnew       version 2 of every sample uploaded; the same cell runs again (agents kept)")
+            ok = _run(manifest, plan, s3, origin, cluster, expected, "first run: the agents start")
             expected = _upload_samples(s3, size_mib, version=2)
-            ok = _run(manifest, s3, origin, cluster, expected, "second run") and ok
+            print("\nnew       version 2 of every sample uploaded; the same cell runs again (agents kept)")
+            ok = _run(manifest, manifest.plan(), s3, origin, cluster, expected, "second run") and ok
     return 0 if ok else 1
 
 
-def _run(manifest: Manifest, s3: LocalS3, origin: CountingProxy, cluster, expected, title: str) -> bool:
-    """Plans, measures the bound, distributes and verifies; prints what a user wants to know of it."""
+def _run(manifest: Manifest, plan: Plan, s3: LocalS3, origin: CountingProxy, cluster, expected, title: str) -> bool:
+    """Measures the bound, distributes `plan` and verifies; prints what a user wants to know of it."""
     print(f"\n--- {title}")
-    plan = manifest.plan()
     bound = _origin_once_seconds(s3, origin.endpoint, [o.key for o in plan.objects])
     origin.reset()
     report = manifest.distribute(plan=plan, raise_on_failure=False)  # the demo shows a failed report too
