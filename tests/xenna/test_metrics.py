@@ -115,13 +115,19 @@ def read_events(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_metrics_and_event_log_tell_what_the_report_says(cluster, s3, bucket, artifacts, origin, tmp_path):
+def fresh_run(cluster, s3, bucket, origin, tmp_path):
+    """Empty node roots, the manifest and its plan, an event log's path, the metrics exported so far, and
+    the origin's count reset: what each run here starts from."""
     clear(cluster)
     manifest = manifest_for(s3, bucket, origin.endpoint)
     plan = manifest.plan()
-    log = tmp_path / "run.jsonl"
     before = exported()
     origin.reset()
+    return manifest, plan, tmp_path / "run.jsonl", before
+
+
+def test_metrics_and_event_log_tell_what_the_report_says(cluster, s3, bucket, artifacts, origin, tmp_path):
+    manifest, plan, log, before = fresh_run(cluster, s3, bucket, origin, tmp_path)
     report = manifest.distribute(plan=plan, progress=None, event_log=log)
     after = exported()
     assert report.ok, report.summary()
@@ -190,12 +196,7 @@ def test_metrics_and_event_log_tell_what_the_report_says(cluster, s3, bucket, ar
 def test_a_refused_origin_is_counted_by_kind_and_the_failed_run_logged(
     cluster, s3, bucket, artifacts, origin, tmp_path
 ):
-    clear(cluster)
-    manifest = manifest_for(s3, bucket, origin.endpoint)
-    plan = manifest.plan()
-    log = tmp_path / "run.jsonl"
-    before = exported()
-    origin.reset()
+    manifest, plan, log, before = fresh_run(cluster, s3, bucket, origin, tmp_path)
     origin.refuse(f"/{bucket}/root/model.bin", status=403)  # access denied: fatal, not retried
     report = manifest.distribute(plan=plan, progress=None, event_log=log, raise_on_failure=False)
     seen = origin.traffic()
